@@ -1,0 +1,193 @@
+"""Dataclass configs: YAML files plus ``--set key=value`` overrides, validated with clear errors.
+
+Every config field carries its help text in ``field(metadata={"help": ...})``; ``describe``
+turns that into the CLI's ``--help`` listing so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import FlexpaftError
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with help text (lists/dicts get a default_factory)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(
+            default_factory=lambda: type(value)(value), metadata={"help": help}, **kw
+        )
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested config section whose default is ``cls()``."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a YAML value against a type hint; raise FlexpaftError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except FlexpaftError as e:
+                errors.append(str(e))
+        raise FlexpaftError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise FlexpaftError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise FlexpaftError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            # "a,b,c" on the command line means a list
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise FlexpaftError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FlexpaftError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise FlexpaftError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FlexpaftError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FlexpaftError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise FlexpaftError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error, not ignored."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise FlexpaftError(
+            f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise FlexpaftError(f"{where or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], YAML-parsed value)."""
+    if "=" not in text:
+        raise FlexpaftError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise FlexpaftError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FlexpaftError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise FlexpaftError(f"malformed YAML in {path}{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FlexpaftError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Defaults <- YAML file <- ``--set`` overrides, then validated as a whole."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise FlexpaftError(f"--set {text}: {k} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return from_dict(cls, data)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: ``key (default): help``, nested sections flattened with dots."""
+    lines = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if _is_dataclass_type(hints[f.name]):
+            lines.extend(describe(hints[f.name], key + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "required"
+        lines.append(f"  {key} = {default!r}\n      {f.metadata.get('help', '')}")
+    return lines

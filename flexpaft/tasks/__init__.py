@@ -1,0 +1,17 @@
+"""Tasks: specs (fields, choices, gold answer, answer format) and their data."""
+
+from .builtin import BUILTIN_TASKS, get_task
+from .data import load_examples, load_task, read_records, split_examples
+from .spec import AnswerFormat, Example, TaskSpec
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "AnswerFormat",
+    "Example",
+    "TaskSpec",
+    "get_task",
+    "load_examples",
+    "load_task",
+    "read_records",
+    "split_examples",
+]

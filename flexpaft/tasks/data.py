@@ -1,0 +1,109 @@
+"""Reading task data: a Hugging Face hub dataset by name, or a local jsonl/json/csv/parquet file.
+
+Everything goes through ``datasets.load_dataset`` so hub and local data take one code path and
+the user gets datasets' caching; records are then normalized by the task spec.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import FlexpaftError
+from .builtin import get_task
+from .spec import Example, TaskSpec
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_task(name_or_path: str) -> TaskSpec:
+    """A built-in task name, ``bigbench:<task>``, or a YAML file describing a custom task."""
+    p = Path(name_or_path)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FlexpaftError(f"task file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise FlexpaftError(f"malformed YAML in task file {p}: {e}") from None
+        if not isinstance(data, dict):
+            raise FlexpaftError(f"task file {p} must be a mapping")
+        return TaskSpec.from_mapping(data)
+    return get_task(name_or_path)
+
+
+def read_records(
+    source: str, split: str | None = None, name: str | None = None
+) -> list[dict[str, Any]]:
+    """Raw records from a local file or a hub dataset id."""
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in LOCAL_BUILDERS or path.exists():
+        if not path.is_file():
+            raise FlexpaftError(f"data file not found: {source}")
+        if suffix not in LOCAL_BUILDERS:
+            raise FlexpaftError(
+                f"{source}: unsupported data file type (use jsonl, json, csv or parquet)"
+            )
+        try:
+            ds = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files=str(path), split="train")
+        except Exception as e:
+            raise FlexpaftError(f"cannot read {source}: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            ds = datasets.load_dataset(source, name or None, split=split or "validation")
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FlexpaftError(f"cannot load dataset {source!r} from the hub: {msg}") from None
+    return [dict(r) for r in ds]
+
+
+def load_examples(
+    task: TaskSpec,
+    source: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> list[Example]:
+    """Normalized examples of ``task`` from ``source`` (default: the task's hub dataset)."""
+    if source:
+        records = read_records(source, split)
+    elif task.hf_path:
+        records = read_records(task.hf_path, split or task.hf_split, task.hf_name or None)
+    else:
+        raise FlexpaftError(f"task {task.name} has no default dataset: give a data source")
+    examples = [task.normalize(r, uid=str(i)) for i, r in enumerate(records)]
+    if not examples:
+        raise FlexpaftError(f"no examples in {source or task.hf_path}")
+    if shuffle:
+        random.Random(seed).shuffle(examples)
+    if limit is not None and limit > 0:
+        examples = examples[:limit]
+    return examples
+
+
+def split_examples(
+    examples: list[Example], n_heldout: int, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Disjoint (rest, held-out) example lists, held-out drawn at random with ``seed``."""
+    if n_heldout <= 0:
+        return list(examples), []
+    if n_heldout >= len(examples):
+        raise FlexpaftError(
+            f"cannot hold out {n_heldout} of {len(examples)} examples: nothing would be left"
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_heldout])
+    return (
+        [e for i, e in enumerate(examples) if i not in held],
+        [e for i, e in enumerate(examples) if i in held],
+    )

@@ -1,0 +1,304 @@
+"""Task specifications: which fields a template may use, the choices, the gold answer, the format.
+
+A task is declared as data (``TaskSpec``), not code, so a user can describe their own dataset in
+YAML with the same keys the built-in tasks use. ``TaskSpec.normalize`` turns one raw record in the
+dataset's own schema into an ``Example``: the slot values a template sees, the option texts and the
+index of the gold option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..errors import FlexpaftError
+
+LETTERS = string.ascii_uppercase
+
+
+class AnswerFormat(str, Enum):
+    """How the answer is written after the prompt and how it is scored."""
+
+    LETTER = "letter"  # options enumerated in the template; answer " A" / " B" ...
+    LABEL_WORDS = "label_words"  # a verbalizer: answer " yes" / " no"
+    OPTION_TEXT = "option_text"  # cloze: each option's text is scored as the continuation
+    GENERATION = "generation"  # free text is generated; the answer is extracted from it
+
+    @classmethod
+    def parse(cls, value: str | AnswerFormat) -> AnswerFormat:
+        try:
+            return cls(value)
+        except ValueError:
+            raise FlexpaftError(
+                f"unknown answer format {value!r} (choose from {', '.join(f.value for f in cls)})"
+            ) from None
+
+
+# Slots every task offers, derived from its options (see TaskSpec.normalize).
+GENERIC_SLOTS = ("options", "option_letters", "label_words")
+# In option_text format this slot marks where each option's text goes; the scored continuation
+# runs from there to the end of the rendered text (appended after the prompt when absent).
+OPTION_SLOT = "option"
+
+
+@dataclass
+class Example:
+    """One task instance: what templates can show, the options and which one is right."""
+
+    fields: dict[str, str]
+    options: list[str]
+    gold: int
+    uid: str = ""
+
+
+def _get(record: dict[str, Any], path: str) -> Any:
+    """Read ``a.b`` from nested dicts; a missing key raises KeyError with the full path."""
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str = field(metadata={"help": "Task name used on the command line."})
+    description: str = field(
+        default="", metadata={"help": "One sentence describing the task (used in meta-prompts)."}
+    )
+    fields: tuple[str, ...] = field(
+        default=(), metadata={"help": "Dataset fields that templates may use as slots."}
+    )
+    required: tuple[str, ...] = field(
+        default=(), metadata={"help": "Slots every template must contain (the question itself)."}
+    )
+    options: tuple[str, ...] | str = field(
+        default=(),
+        metadata={
+            "help": "Option texts: a list of fields (sol1, sol2) or one field holding a list "
+            "(endings, choices.text)."
+        },
+    )
+    option_slots: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Names templates use for the individual options (A..D, sol1/sol2)."},
+    )
+    gold: str = field(default="label", metadata={"help": "Field holding the gold answer."})
+    gold_kind: str = field(
+        default="index",
+        metadata={
+            "help": "How to read the gold field: index (0-based), one_based, letter (A..), "
+            "bool (true = first option), option_label (match against option_labels), text."
+        },
+    )
+    option_labels: str = field(
+        default="", metadata={"help": "Field holding per-option labels (choices.label)."}
+    )
+    label_words: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Verbalizer: one answer word per option (label_words format)."},
+    )
+    fixed_options: tuple[str, ...] = field(
+        default=(), metadata={"help": "Options that are the same for every example (yes/no)."}
+    )
+    aliases: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Extra slot names mapped to fields (prompt -> sentence)."},
+    )
+    blank_field: str = field(
+        default="",
+        metadata={"help": "Field with a '_' blank, split into before_blank / after_blank slots."},
+    )
+    formats: tuple[AnswerFormat, ...] = field(
+        default=(AnswerFormat.LETTER, AnswerFormat.OPTION_TEXT, AnswerFormat.GENERATION),
+        metadata={"help": "Answer formats this task supports."},
+    )
+    default_format: AnswerFormat = field(
+        default=AnswerFormat.LETTER, metadata={"help": "Answer format used when none is given."}
+    )
+    templates: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "A human-written default template per answer format."},
+    )
+    hf_path: str = field(default="", metadata={"help": "Hugging Face dataset id."})
+    hf_name: str = field(default="", metadata={"help": "Hugging Face dataset config name."})
+    hf_split: str = field(default="validation", metadata={"help": "Default split to read."})
+
+    # ---- slots ---------------------------------------------------------------------------
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """Every slot name a template of this task may use."""
+        names = (
+            list(self.fields) + list(self.option_slots) + list(self.aliases) + list(GENERIC_SLOTS)
+        )
+        if self.blank_field:
+            names += ["before_blank", "after_blank"]
+        return tuple(dict.fromkeys(names))
+
+    def slot_problems(self, used: list[str], fmt: AnswerFormat) -> list[str]:
+        """Why a template using slots ``used`` cannot serve this task in format ``fmt``."""
+        problems = []
+        allowed = set(self.slots) | ({OPTION_SLOT} if fmt is AnswerFormat.OPTION_TEXT else set())
+        for s in dict.fromkeys(used):
+            if s not in allowed:
+                problems.append(
+                    f"slot {{{s}}} is not a field of task {self.name} "
+                    f"(fields: {', '.join(sorted(allowed))})"
+                )
+        names = set(used)
+        for r in self.required:
+            # A required field is satisfied by itself or any alias that maps to it.
+            synonyms = {r} | {a for a, f in self.aliases.items() if f == r}
+            if self.blank_field == r:
+                synonyms |= {"before_blank", "after_blank"}
+            if not names & synonyms:
+                problems.append(f"required slot {{{r}}} is missing")
+        if fmt is AnswerFormat.LETTER and not self.fixed_options:
+            if "options" not in names:
+                per_option = [self._option_synonyms(i) for i in range(len(self.option_slots))]
+                missing = [syn[0] for syn in per_option if not names & set(syn)]
+                if not self.option_slots or missing:
+                    what = ", ".join("{" + m + "}" for m in missing) or "{options}"
+                    problems.append(f"letter format needs the options: add {{options}} or {what}")
+        if fmt is AnswerFormat.OPTION_TEXT and self.option_slots and names & set(self.option_slots):
+            pass  # showing the options in a cloze prompt is allowed
+        return problems
+
+    def _option_synonyms(self, i: int) -> list[str]:
+        slot = self.option_slots[i]
+        syn = [slot]
+        target = (
+            self.options[i] if isinstance(self.options, tuple) and i < len(self.options) else None
+        )
+        syn += [a for a, f in self.aliases.items() if f in (slot, target)]
+        if target:
+            syn.append(target)
+        return syn
+
+    # ---- records -> examples -------------------------------------------------------------
+    def normalize(self, record: dict[str, Any], uid: str = "") -> Example:
+        """Raw dataset record -> Example; a malformed record raises FlexpaftError."""
+        try:
+            options = self._read_options(record)
+            gold = self._read_gold(record, options)
+            values: dict[str, str] = {}
+            for f in self.fields:
+                v = _get(record, f)
+                values[f] = v if isinstance(v, str) else _to_text(v)
+        except KeyError as e:
+            raise FlexpaftError(
+                f"task {self.name}: record {uid or '?'} has no field {e.args[0]!r}"
+            ) from None
+        if not options:
+            raise FlexpaftError(f"task {self.name}: record {uid or '?'} has no options")
+        if not 0 <= gold < len(options):
+            raise FlexpaftError(
+                f"task {self.name}: record {uid or '?'} has gold answer outside the "
+                f"{len(options)} choices"
+            )
+        for i, slot in enumerate(self.option_slots):
+            values[slot] = options[i] if i < len(options) else ""
+        for alias, target in self.aliases.items():
+            values[alias] = values.get(target, "")
+        if self.blank_field:
+            text = values.get(self.blank_field, "")
+            before, _, after = text.partition("_")
+            values["before_blank"], values["after_blank"] = before.rstrip(), after
+        values["options"] = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        letters = [LETTERS[i] for i in range(len(options))]
+        values["option_letters"] = _join_or(letters)
+        values["label_words"] = _join_or(list(self.label_words or options))
+        return Example(fields=values, options=options, gold=gold, uid=str(uid))
+
+    def _read_options(self, record: dict[str, Any]) -> list[str]:
+        if self.fixed_options:
+            return list(self.fixed_options)
+        if isinstance(self.options, str):
+            value = _get(record, self.options)
+            if not isinstance(value, list):
+                raise FlexpaftError(f"task {self.name}: field {self.options!r} is not a list")
+            return [_to_text(v) for v in value]
+        return [_to_text(_get(record, f)) for f in self.options]
+
+    def _read_gold(self, record: dict[str, Any], options: list[str]) -> int:
+        raw = _get(record, self.gold)
+        kind = self.gold_kind
+        try:
+            if kind == "index":
+                return int(raw)
+            if kind == "one_based":
+                return int(raw) - 1
+            if kind == "letter":
+                s = str(raw).strip().upper()
+                return LETTERS.index(s) if len(s) == 1 and s in LETTERS else -1
+            if kind == "bool":
+                if isinstance(raw, str):
+                    raw = raw.strip().lower() in ("true", "yes", "1")
+                return 0 if raw else 1
+            if kind == "option_label":
+                labels = [str(x).strip() for x in _get(record, self.option_labels)]
+                return labels.index(str(raw).strip()) if str(raw).strip() in labels else -1
+            if kind == "text":
+                return options.index(str(raw)) if str(raw) in options else -1
+        except (TypeError, ValueError):
+            return -1
+        raise FlexpaftError(f"task {self.name}: unknown gold_kind {kind!r}")
+
+    # ---- answers -------------------------------------------------------------------------
+    def answer_strings(self, example: Example, fmt: AnswerFormat) -> list[str]:
+        """The text each option is answered with after the prompt, in option order."""
+        if fmt is AnswerFormat.LETTER:
+            return [LETTERS[i] for i in range(len(example.options))]
+        if fmt is AnswerFormat.LABEL_WORDS:
+            if not self.label_words:
+                raise FlexpaftError(f"task {self.name} has no label words; use another format")
+            return list(self.label_words)
+        if fmt is AnswerFormat.GENERATION:
+            return list(self.label_words) if self.label_words else list(example.options)
+        return list(example.options)
+
+    def check_format(self, fmt: AnswerFormat) -> None:
+        if fmt not in self.formats:
+            raise FlexpaftError(
+                f"task {self.name} does not support the {fmt.value} format "
+                f"(supported: {', '.join(f.value for f in self.formats)})"
+            )
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> TaskSpec:
+        """Build a spec from YAML-style data (lists become tuples, formats are parsed)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FlexpaftError(
+                f"unknown task key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+            )
+        if "name" not in data:
+            raise FlexpaftError("a task definition needs a name")
+        d = dict(data)
+        for key in ("fields", "required", "option_slots", "label_words", "fixed_options"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if isinstance(d.get("options"), list):
+            d["options"] = tuple(d["options"])
+        if "formats" in d:
+            d["formats"] = tuple(AnswerFormat.parse(f) for f in d["formats"])
+        if "default_format" in d:
+            d["default_format"] = AnswerFormat.parse(d["default_format"])
+        return cls(**d)
+
+
+def _to_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "" if v is None else str(v)
+
+
+def _join_or(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
