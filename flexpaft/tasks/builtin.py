@@ -10,13 +10,13 @@ from __future__ import annotations
 from ..errors import FlexpaftError
 from .spec import AnswerFormat, TaskSpec
 
-L, W, O, G = (
+LET, WORDS, CLOZE, GEN = (
     AnswerFormat.LETTER,
     AnswerFormat.LABEL_WORDS,
     AnswerFormat.OPTION_TEXT,
     AnswerFormat.GENERATION,
 )
-MC = (L, O, G)
+MC = (LET, CLOZE, GEN)
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     t.name: t
@@ -30,8 +30,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             label_words=("yes", "no"),
             gold="answer",
             gold_kind="bool",
-            formats=(W, L, O, G),
-            default_format=W,
+            formats=(WORDS, LET, CLOZE, GEN),
+            default_format=WORDS,
             templates={
                 "label_words": "{passage}\nQuestion: {question}?\nAnswer:",
                 "letter": "{passage}\nQuestion: {question}?\n{options}\nAnswer:",
