@@ -1,0 +1,1 @@
+"""PAFT stage 1: candidate prompts (offline grammar, LLM generators), filters, adversarial set."""

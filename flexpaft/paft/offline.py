@@ -1,0 +1,183 @@
+"""Offline candidate prompts: a format grammar over a phrasing bank, no LLM needed.
+
+In the spirit of FormatSpread (Sclar et al., 2023), a candidate is one draw from the product of
+instruction phrasing x field labels x separators x option markers x casing x answer cue, so the
+set varies both wording and surface format, the two things PAFT should make a model robust to.
+Format rules that keep every candidate usable:
+
+* letter: the options are enumerated (per-option slots, or ``{options}`` when the number of
+  options varies) and the template ends with an answer cue; markers stay upper-case letters,
+  because the answer is always `` A`` / `` B``.
+* label_words: ends with a cue; may name ``{label_words}``.
+* option_text: context first, then a cue, so an option's text is the continuation; a task with
+  a blank (Winogrande) puts ``{option}`` into the sentence instead.
+* generation: shows the options (or names the label words) and asks for the answer explicitly.
+
+Templates never end in whitespace: the answer is appended as " A" / " yes".
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..prompts.promptset import PromptSet
+from ..prompts.template import Template, parse_template
+from ..tasks.spec import LETTERS, OPTION_SLOT, AnswerFormat, TaskSpec
+from .filters import normalize_text
+from .phrasings import BodyPart, TaskBank, enumeration_slots, escape_literal, load_bank, task_bank
+
+# Draws per requested candidate before giving up: the grammar is large, so running out means the
+# bank is too small for ``n``, and the caller gets fewer candidates rather than a hang.
+_ATTEMPTS_PER_CANDIDATE = 50
+
+
+@dataclass(frozen=True)
+class _Style:
+    """The surface choices shared by every part of one candidate."""
+
+    separator: str
+    joiner: str
+    option_joiner: str
+    marker: str
+    header: str
+    casing: str
+
+
+def recase(text: str, mode: str) -> str:
+    """Change the case of a template's literal text; slot names are never touched."""
+    if mode in ("as_is", "upper_labels", "lower_labels"):
+        return text
+    change = {"lower": str.lower, "upper": str.upper}[mode]
+    return "".join(
+        escape_literal(change(lit)) + ("{" + slot + "}" if slot else "")
+        for lit, slot in parse_template(text)
+    )
+
+
+def _label_case(label: str, mode: str) -> str:
+    if mode == "upper_labels":
+        return label.upper()
+    if mode in ("lower", "lower_labels"):
+        return label.lower()
+    return label
+
+
+def _field_block(part: BodyPart, style: _Style, rng: random.Random) -> str:
+    if part.lines:
+        return recase(rng.choice(part.lines), style.casing)
+    label = _label_case(rng.choice(part.labels), style.casing)
+    value = "{" + part.slot + "}" + part.suffix
+    if not label:
+        return value
+    return label + style.separator + value
+
+
+def _options_block(task: TaskSpec, bank: TaskBank, style: _Style, rng: random.Random) -> str:
+    header = _label_case(style.header, style.casing)
+    per_option = enumeration_slots(task, bank)
+    if per_option is None:
+        # {options} renders its own "A. text" lines, so it always goes on its own line.
+        listing = "{options}"
+        return f"{header}\n{listing}" if header else listing
+    # One naming scheme for all options ({A} {B} or {sol1} {sol2}), never a mix.
+    scheme = rng.randrange(min(len(s) for s in per_option))
+    listing = style.option_joiner.join(
+        style.marker.replace("@", LETTERS[i]) + "{" + synonyms[scheme] + "}"
+        for i, synonyms in enumerate(per_option)
+    )
+    if not header:
+        return listing
+    return header + ("\n" if style.option_joiner == "\n" else " ") + listing
+
+
+def _instruction(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
+    requests = load_bank()["answer_requests"]
+    phrase = rng.choice(bank.instructions_for(fmt))
+    if fmt is AnswerFormat.GENERATION:
+        kind = "generation_words" if task.label_words else "generation"
+        request = rng.choice(requests[kind])
+    elif fmt in (AnswerFormat.LETTER, AnswerFormat.LABEL_WORDS):
+        request = rng.choice(requests[fmt.value])
+    else:
+        request = ""
+    hint = rng.choice(load_bank()["hints"])
+    return " ".join(p for p in (phrase, hint, request) if p)
+
+
+def _cue(fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
+    cues = bank.cues.get(fmt.value) or tuple(load_bank()["cues"][fmt.value])
+    return rng.choice(cues)
+
+
+def _shows_options(task: TaskSpec, fmt: AnswerFormat) -> bool:
+    if fmt is AnswerFormat.LETTER:
+        return True
+    # Generation asks for a letter unless the task answers with label words (BoolQ: yes/no).
+    return fmt is AnswerFormat.GENERATION and not task.label_words
+
+
+def compose(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
+    """One candidate template drawn from the grammar."""
+    fmt_bank = load_bank()["format"]
+    style = _Style(
+        separator=rng.choice(fmt_bank["separators"]),
+        joiner=rng.choice(fmt_bank["joiners"]),
+        option_joiner=rng.choice(fmt_bank["option_joiners"]),
+        marker=rng.choice(fmt_bank["option_markers"]),
+        header=rng.choice(fmt_bank["option_headers"]),
+        casing=rng.choice(fmt_bank["casings"]),
+    )
+    instruction = recase(_instruction(task, fmt, bank, rng), style.casing)
+    cloze_blank = fmt is AnswerFormat.OPTION_TEXT and bool(task.blank_field)
+    body = []
+    for part in bank.body:
+        if part.optional and rng.random() < 0.5:
+            continue
+        if cloze_blank and part.slot == task.blank_field:
+            # The option goes into the blank, so the scored continuation is the option plus the
+            # rest of the sentence; after_blank keeps its own leading space or punctuation.
+            blank = "{before_blank} {" + OPTION_SLOT + "}{after_blank}"
+            part = BodyPart(slot=part.slot, labels=part.labels)
+            block = _field_block(part, style, rng).replace("{" + part.slot + "}", blank)
+            body.append(block)
+            continue
+        body.append(_field_block(part, style, rng))
+    if _shows_options(task, fmt):
+        body.append(_options_block(task, bank, style, rng))
+    # Cues are plain words (no slots), cased like the field labels.
+    cue = "" if cloze_blank else _label_case(_cue(fmt, bank, rng), style.casing)
+    # The instruction usually leads; sometimes it sits just before the answer cue, as many human
+    # prompts do. A blank-filling cloze must end with the sentence, so its instruction leads.
+    if cloze_blank or rng.random() < 0.7:
+        parts = [instruction, *body, cue]
+    else:
+        parts = [*body, instruction, cue]
+    return style.joiner.join(p for p in parts if p).rstrip()
+
+
+def generate_offline(task: TaskSpec, fmt: AnswerFormat, n: int = 300, seed: int = 0) -> PromptSet:
+    """``n`` distinct candidates for ``task`` in ``fmt`` (fewer if the grammar runs out).
+
+    Deterministic for a seed: the random stream is seeded by a string, which Python hashes with
+    SHA-512, so PYTHONHASHSEED does not matter.
+    """
+    fmt = AnswerFormat.parse(fmt)
+    task.check_format(fmt)
+    bank = task_bank(task)
+    rng = random.Random(f"flexpaft-offline:{task.name}:{fmt.value}:{seed}")
+    seen: set[str] = set()
+    texts: list[str] = []
+    for _ in range(max(n, 1) * _ATTEMPTS_PER_CANDIDATE):
+        if len(texts) >= n:
+            break
+        text = compose(task, fmt, bank, rng)
+        # Distinct after normalization, so the near-duplicate filter keeps them and a test
+        # template is never a mere re-casing or re-punctuation of a training one.
+        key = normalize_text(text)
+        if key in seen:
+            continue
+        seen.add(key)
+        if not Template(text).problems(task, fmt):
+            texts.append(text)
+    return PromptSet.from_texts(texts, name=f"{task.name}.{fmt.value}.offline")
