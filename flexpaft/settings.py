@@ -1,0 +1,68 @@
+"""Settings shared by every command: which model, which task and which slice of its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import opt
+from .errors import FlexpaftError
+from .tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
+
+
+@dataclass
+class ModelSettings:
+    name: str = opt(
+        "embedded",
+        "Base model: hub id, local directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct).",
+    )
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
+    trust_remote_code: bool = opt(
+        False, "Allow model code from the hub to run (off unless you trust it)."
+    )
+
+
+@dataclass
+class DataSettings:
+    task: str = opt("boolq", "Built-in task name, bigbench:<task>, or a task YAML file.")
+    source: str = opt(
+        "",
+        "Data: local jsonl/json/csv/parquet file or hub dataset id ('' = the task's hub dataset).",
+    )
+    split: str = opt("", "Dataset split for hub sources ('' = the task's default).")
+    format: str = opt(
+        "", "Answer format: letter, label_words, option_text, generation ('' = task default)."
+    )
+    limit: int = opt(0, "Use at most this many examples (0 = all).")
+    skip: int = opt(
+        0, "Skip this many examples first (after shuffling), e.g. to keep a test split apart."
+    )
+    max_length: int = opt(
+        1024, "Maximum tokens per training sequence (the prompt is cut from the left)."
+    )
+
+    def answer_format(self, task: TaskSpec) -> AnswerFormat:
+        fmt = AnswerFormat.parse(self.format) if self.format else task.default_format
+        task.check_format(fmt)
+        return fmt
+
+    def load(self) -> tuple[TaskSpec, AnswerFormat, list[Example]]:
+        """The task, its answer format, and the selected examples.
+
+        Examples are shuffled with a fixed data seed (not the training seed), so ``skip`` and
+        ``limit`` carve the same disjoint slices in every run: train on ``limit=1000`` and
+        evaluate on ``skip=1000`` without overlap.
+        """
+        task = load_task(self.task)
+        fmt = self.answer_format(task)
+        examples = load_examples(
+            task, self.source or None, self.split or None, shuffle=True, seed=0
+        )
+        if self.skip:
+            examples = examples[self.skip :]
+        if self.limit:
+            examples = examples[: self.limit]
+        if not examples:
+            raise FlexpaftError(
+                f"no examples left in {self.source or task.name} after skip={self.skip}"
+            )
+        return task, fmt, examples

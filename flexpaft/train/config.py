@@ -1,0 +1,126 @@
+"""Training configuration: one dataclass tree, loadable from YAML and overridable with --set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import opt, section
+from ..errors import FlexpaftError
+from ..settings import DataSettings, ModelSettings
+
+METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
+
+
+@dataclass
+class PromptSettings:
+    template: str = opt(
+        "", "Single-prompt methods: the template text (default: the task's own template)."
+    )
+    prompt_set: str = opt(
+        "", "Template file (jsonl/yaml/txt/csv/xlsx): PAFT draws from it; topaccuracy ranks it."
+    )
+    mode: str = opt(
+        "example",
+        "PAFT sampling: 'example' (new template per example) or 'steps' (one per K optimizer steps).",
+    )
+    k_steps: int = opt(
+        1, "PAFT: optimizer steps a drawn template is kept in 'steps' mode (the paper's K)."
+    )
+    topaccuracy_examples: int = opt(
+        64, "topaccuracy: examples used to rank the templates on the base model."
+    )
+
+
+@dataclass
+class LoraSettings:
+    r: int = opt(8, "LoRA rank.")
+    alpha: float = opt(16.0, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = opt(0.0, "LoRA dropout.")
+    target_modules: list[str] = opt(["q_proj", "v_proj"], "Modules to adapt, or ['all-linear'].")
+    layers_to_transform: list[int] | None = opt(
+        None, "Only adapt these block indices (None = all)."
+    )
+    layers_pattern: str = opt(
+        "", "Name of the block list for layers_to_transform when PEFT cannot infer it."
+    )
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling alpha / sqrt(r).")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError("lora.r must be at least 1")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class OptimSettings:
+    lr: float = opt(1e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    epochs: float = opt(3.0, "Training epochs (fractions allowed).")
+    max_steps: int = opt(0, "Stop after this many optimizer steps (0 = run the epochs).")
+    batch_size: int = opt(8, "Examples per device per micro-batch.")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    warmup_ratio: float = opt(0.1, "Fraction of steps with linear warm-up before the cosine decay.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
+    group_by_length: bool = opt(True, "Batch examples of similar length together (less padding).")
+    num_workers: int = opt(
+        1, "DataLoader worker processes rendering and tokenizing (0 = in the main process)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("optim.batch_size and optim.grad_accum must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("optim.lr must be positive")
+
+
+@dataclass
+class FlexoraSettings:
+    val_examples: int = opt(
+        200, "Validation examples held out from the training data for the search."
+    )
+    search_steps: int = opt(
+        0, "Search budget in outer steps (0 = one pass over the training split)."
+    )
+    search_examples: int = opt(
+        0, "Search budget in training examples (0 = use search_steps / one epoch)."
+    )
+    alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
+    val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")
+    unroll: int = opt(
+        0,
+        "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",
+    )
+    selection: str = opt("positive", "positive (alpha > 0), gate (gate > 1), topk, fraction.")
+    k: int = opt(0, "Layers kept by the topk rule.")
+    fraction: float = opt(0.5, "Share of layers kept by the fraction rule.")
+    blocks_pattern: str = opt(
+        "", "Regex for block module names with one group capturing the index (auto if '')."
+    )
+
+
+@dataclass
+class TrainConfig:
+    method: str = opt("lora", f"Training method: {', '.join(METHODS)}.")
+    output_dir: str = opt("runs/train", "Where the adapter, manifest and checkpoints go.")
+    seed: int = opt(0, "Seed for data order, template draws and LoRA initialisation.")
+    checkpoint_every: int = opt(
+        50, "Save a resumable checkpoint every N optimizer steps (0 = never)."
+    )
+    resume: bool = opt(
+        True, "Resume from output_dir's checkpoint when one exists for the same config."
+    )
+    log_every: int = opt(10, "Log loss and speed every N optimizer steps.")
+    model: ModelSettings = section(ModelSettings, "Base model.")
+    data: DataSettings = section(DataSettings, "Task and data.")
+    prompts: PromptSettings = section(PromptSettings, "Templates.")
+    lora: LoraSettings = section(LoraSettings, "LoRA adapter.")
+    optim: OptimSettings = section(OptimSettings, "Optimisation.")
+    flexora: FlexoraSettings = section(FlexoraSettings, "Flexora layer search.")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise FlexpaftError(
+                f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"
+            )

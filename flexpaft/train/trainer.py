@@ -1,0 +1,279 @@
+"""The training recipe, top to bottom: data -> templates -> (layer search) -> LoRA -> loop -> adapter.
+
+One code path for one device and for ``accelerate launch`` (DDP): the Accelerator handles device
+placement, gradient synchronisation and accumulation; our own batch sampler shards the template
+stream by rank (see sampling.py), so the DataLoader is not re-sharded by accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .. import __version__
+from ..errors import FlexpaftError
+from ..io import atomic_directory, atomic_write_json, sha256_json
+from ..models import base_fingerprint, load_model
+from ..prompts import PromptSet, Template
+from ..tasks.spec import AnswerFormat, Example, TaskSpec
+from .checkpoint import Position, load_checkpoint, read_position, save_checkpoint
+from .config import TrainConfig
+from .data import PadCollator, RenderedDataset
+from .lora import adapted_layers, add_lora
+from .sampling import PromptBatchSampler
+from .templates import training_templates
+
+log = logging.getLogger(__name__)
+
+ADAPTER_INFO = "flexpaft_adapter.json"
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    manifest: dict[str, Any]
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "flexpaft": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def examples_digest(examples: list[Example]) -> str:
+    return sha256_json([[e.fields, e.options, e.gold] for e in examples])
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Hash of everything that changes the trained weights (not logging or output settings)."""
+    d = asdict(cfg)
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
+        d.pop(k)
+    d["optim"].pop("num_workers")
+    return sha256_json(d)[:16]
+
+
+def train(
+    cfg: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True
+) -> TrainResult:
+    """Run ``cfg`` end to end and return where the adapter went."""
+    acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    set_seed(cfg.seed)
+    started = time.time()
+    task, fmt, examples = cfg.data.load()
+    model, tok = load_model(
+        cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
+    )
+    templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
+
+    layers = cfg.lora.layers_to_transform
+    search_info: dict[str, Any] = {}
+    if cfg.method.startswith("flexora"):
+        from ..flexora.search import search_layers
+
+        outcome = search_layers(cfg, model, tok, task, fmt, examples, templates, acc)
+        layers, search_info = outcome.layers, outcome.summary()
+        examples = outcome.train_examples
+        # Stage 2 starts from clean base weights: the search left gated adapters on this model.
+        del model
+        model, _ = load_model(
+            cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
+        )
+        set_seed(cfg.seed)
+
+    out = Path(cfg.output_dir)
+    result = train_lora(cfg, acc, model, tok, task, fmt, examples, templates, layers, progress)
+    manifest = {
+        "method": cfg.method,
+        "config": asdict(cfg),
+        "config_hash": config_hash(cfg),
+        "versions": versions(),
+        "task": task.name,
+        "format": fmt.value,
+        "examples": len(examples),
+        "data_digest": examples_digest(examples),
+        "templates": template_info,
+        "prompt_set_digest": PromptSet(list(templates)).digest(),
+        "layers": result["layers"],
+        "flexora": search_info,
+        "seed": cfg.seed,
+        "world_size": acc.num_processes,
+        "device": str(acc.device),
+        "wall_seconds": round(time.time() - started, 2),
+        **result["stats"],
+    }
+    if acc.is_main_process:
+        atomic_write_json(out / "manifest.json", manifest)
+        PromptSet(list(templates)).save(out / "train_templates.jsonl")
+    acc.wait_for_everyone()
+    return TrainResult(out / "adapter", manifest)
+
+
+def train_lora(
+    cfg: TrainConfig,
+    acc: Accelerator,
+    model: torch.nn.Module,
+    tok: Any,
+    task: TaskSpec,
+    fmt: AnswerFormat,
+    examples: list[Example],
+    templates: list[Template],
+    layers: list[int] | None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter."""
+    o = cfg.optim
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoint"
+    model = add_lora(model, cfg.lora, layers)
+    fingerprint = base_fingerprint(model.get_base_model().config)
+
+    dataset = RenderedDataset(task, examples, templates, fmt, tok, cfg.data.max_length)
+    sampler = PromptBatchSampler(
+        len(examples),
+        len(templates),
+        o.batch_size,
+        cfg.seed,
+        cfg.prompts.mode,
+        cfg.prompts.k_steps,
+        o.grad_accum,
+        acc.process_index,
+        acc.num_processes,
+        lengths=dataset.length_estimates() if o.group_by_length else None,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=PadCollator(tok.pad_token_id),
+        num_workers=o.num_workers,
+        pin_memory=acc.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if o.num_workers else None,
+    )
+    batches_per_epoch = len(sampler.batches(0))
+    steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)
+    total_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(o.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer = acc.prepare(model, optimizer)
+
+    pos = Position(config_hash=config_hash(cfg))
+    existing = read_position(ckpt_dir)
+    if existing is not None and cfg.resume:
+        if existing.config_hash != pos.config_hash:
+            raise FlexpaftError(
+                f"{ckpt_dir} holds a checkpoint of a different configuration: use another "
+                "output_dir, or --set resume=false to start over"
+            )
+        pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
+        log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
+
+    model.train()
+    bar = tqdm(
+        total=total_steps,
+        initial=pos.step,
+        desc=f"train {cfg.method}",
+        disable=not (progress and acc.is_main_process),
+    )
+    tokens_seen, padded_seen, loss_sum, loss_n = 0, 0, 0.0, 0
+    t0 = time.perf_counter()
+    while pos.step < total_steps:
+        sampler.set_epoch(pos.epoch, skip=pos.batch)
+        for batch in loader:
+            batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+            with acc.accumulate(model):
+                loss = model(**batch).loss
+                acc.backward(loss)
+                if acc.sync_gradients and o.max_grad_norm > 0:
+                    acc.clip_grad_norm_(params, o.max_grad_norm)
+                optimizer.step()
+                scheduler.step() if acc.sync_gradients else None
+                optimizer.zero_grad(set_to_none=True)
+            pos.batch += 1
+            tokens_seen += int(batch["attention_mask"].sum())
+            padded_seen += batch["attention_mask"].numel()
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            if not acc.sync_gradients:
+                continue
+            pos.step += 1
+            bar.update(1)
+            if cfg.log_every and pos.step % cfg.log_every == 0:
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                )
+                log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
+                loss_sum, loss_n = 0.0, 0
+            if (
+                cfg.checkpoint_every
+                and pos.step % cfg.checkpoint_every == 0
+                and pos.step < total_steps
+            ):
+                pos.tokens += tokens_seen
+                pos.seconds += time.perf_counter() - t0
+                tokens_seen, t0 = 0, time.perf_counter()
+                if acc.is_main_process:
+                    save_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler, pos)
+                acc.wait_for_everyone()
+            if pos.step >= total_steps:
+                break
+        else:
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+    bar.close()
+    elapsed = pos.seconds + time.perf_counter() - t0
+    tokens = pos.tokens + tokens_seen
+    # Tokens of every rank: each processed its own shard.
+    tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
+
+    unwrapped = acc.unwrap_model(model)
+    layers_done = adapted_layers(unwrapped)
+    if acc.is_main_process:
+        info = {
+            "base_model": cfg.model.name,
+            "base_fingerprint": fingerprint,
+            "task": task.name,
+            "format": fmt.value,
+            "method": cfg.method,
+            "layers": layers_done,
+        }
+        with atomic_directory(out / "adapter") as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
+    acc.wait_for_everyone()
+    return {
+        "layers": layers_done,
+        "stats": {
+            "steps": pos.step,
+            "train_seconds": round(elapsed, 2),
+            "tokens": tokens_all,
+            "tokens_per_second": round(tokens_all / elapsed, 1) if elapsed > 0 else None,
+            "padding_fraction": round(1 - tokens_seen / padded_seen, 4) if padded_seen else None,
+            "trainable_parameters": sum(p.numel() for p in params),
+        },
+    }
