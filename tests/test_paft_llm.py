@@ -338,3 +338,40 @@ def test_hf_generator_in_a_run_with_stubbed_output(tmp_path):
     gen = generate_with_llms(PIQA, LET, [chat], n_zero_shot=2, n_few_shot=0, cache=tmp_path / "c")
     assert gen.prompts.texts == json.loads(JSON_REPLY)
     assert gen.sources == ["hf:tiny/zero_shot"] * 2
+
+
+def test_generate_command_with_openai_stub_and_offline(tmp_path, monkeypatch):
+    import argparse
+
+    from flexpaft.paft import generate_cmd
+    from flexpaft.prompts.promptset import PromptSet
+
+    monkeypatch.setenv("MY_GEN_KEY", SECRET)
+    parser = argparse.ArgumentParser()
+    generate_cmd.add_arguments(parser)
+    out = tmp_path / "out"
+    with Stub(default=ok(JSON_REPLY)) as stub:
+        argv = [
+            "--task", "piqa", "--format", "letter", "--out", str(out),
+            "--generator", "openai", "--generator", "offline", "--n", "40",
+            "--models", "m1,m2", "--base-url", stub.url, "--api-key-env", "MY_GEN_KEY",
+            "--n-zero-shot", "2", "--n-few-shot", "2", "--min-test", "5",
+        ]  # fmt: skip
+        assert generate_cmd.run(parser.parse_args(argv)) == 0
+        # 2 models x 2 strategies, one request each (each reply has the 2 templates wanted).
+        assert len(stub.requests) == 4
+        assert {r[1]["model"] for r in stub.requests} == {"m1", "m2"}
+        assert all(r[0]["Authorization"] == f"Bearer {SECRET}" for r in stub.requests)
+        generate_cmd.run(parser.parse_args(argv))
+        assert len(stub.requests) == 4, "the rerun is served from the cache"
+    rows = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    sources = [r["source"] for r in rows]
+    assert sources[:2] == ["openai:m1/zero_shot"] * 2 and sources.count("offline") == 40
+    report = json.loads((out / "filter_report.json").read_text())
+    # The same two templates from all four requests: 6 of the 8 are exact duplicates.
+    assert report["counts"]["duplicate"] == 6
+    assert report["generation"]["llm_totals"]["requests"] == 0  # the rerun's counts
+    for name in ("candidates.jsonl", "train.jsonl", "test.jsonl", "adversarial.jsonl",
+                 "filter_report.json", "filter_report.md", "llm_cache.jsonl"):  # fmt: skip
+        assert SECRET not in (out / name).read_text()
+    assert len(PromptSet.load(out / "test.jsonl")) == 5

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from flexpaft.errors import FlexpaftError
@@ -116,3 +118,55 @@ def test_recase_changes_literal_text_only():
     assert recase("Pick {option_letters}. Use {A}", "upper") == "PICK {option_letters}. USE {A}"
     assert recase("Keep {{Braces}} {Goal}", "lower") == "keep {{braces}} {Goal}"
     assert Template(recase("Keep {{Braces}} {Goal}", "lower")).slots == ["Goal"]
+
+
+# ---- the `prompts generate` command, offline ----------------------------------------------------
+def _cli(argv):
+    import argparse
+
+    from flexpaft.paft import generate_cmd
+
+    parser = argparse.ArgumentParser()
+    generate_cmd.add_arguments(parser)
+    return generate_cmd.run(parser.parse_args(argv))
+
+
+def test_generate_command_offline_writes_every_output(tmp_path):
+    import json
+
+    from flexpaft.prompts.promptset import PromptSet
+
+    out = tmp_path / "out"
+    argv = ["--task", "boolq", "--n", "120", "--split", "1/9", "--min-test", "20"]
+    assert _cli(argv + ["--adversarial", "2", "--out", str(out)]) == 0
+    task, fmt = BUILTIN_TASKS["boolq"], AnswerFormat.LABEL_WORDS  # boolq's default format
+    train, test = PromptSet.load(out / "train.jsonl"), PromptSet.load(out / "test.jsonl")
+    adv = PromptSet.load(out / "adversarial.jsonl")
+    report = json.loads((out / "filter_report.json").read_text())
+    assert report["total"] == 120 and report["kept"] == len(train) + len(test)
+    # 1/9 of ~118 is 13, below --min-test 20, so the test set has 20.
+    assert len(test) == 20 and len(adv) == 40
+    assert not set(train.texts) & set(test.texts)
+    assert all(t.problems(task, fmt) == [] for t in [*train, *test, *adv])
+    rows = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 120 and {r["source"] for r in rows} == {"offline"}
+    assert "candidates kept." in (out / "filter_report.md").read_text()
+    # Same seed, same files.
+    out2 = tmp_path / "again"
+    _cli(argv + ["--adversarial", "2", "--out", str(out2)])
+    assert (out2 / "test.jsonl").read_text() == (out / "test.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--generator", "offline,gpt"], "unknown generator 'gpt'"),
+        (["--generator", "openai"], "--generator openai needs --models"),
+        (["--split", "9/1"], "--split must be between 0 and 1"),
+        (["--near-dup-threshold", "high"], "--near-dup-threshold must be a number or 'off'"),
+        (["--format", "label_words"], "does not support the label_words format"),
+    ],
+)
+def test_generate_command_user_errors(tmp_path, argv, message):
+    with pytest.raises(FlexpaftError, match=re.escape(message)):
+        _cli(["--task", "piqa", "--out", str(tmp_path)] + argv)

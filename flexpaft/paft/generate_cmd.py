@@ -1,0 +1,245 @@
+"""``flexpaft prompts generate``: candidates -> filter -> train/test split -> adversarial set.
+
+Writes to ``--out``: candidates.jsonl (every candidate with its source), train.jsonl, test.jsonl,
+adversarial.jsonl, filter_report.json and filter_report.md; LLM replies are cached in
+llm_cache.jsonl there (or ``--cache``), so a rerun resumes without paying twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from ..errors import FlexpaftError
+from ..io import atomic_write_json, atomic_write_text
+from ..prompts.promptset import PromptSet
+from ..tasks import AnswerFormat, load_task
+from .adversarial import make_adversarial
+from .filters import filter_candidates
+from .llm import ChatModel, HFChat, OpenAIChat, generate_with_llms
+from .offline import generate_offline
+
+GENERATORS = ("offline", "openai", "hf")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("task")
+    g.add_argument("--task", required=True, help="Built-in task name or a task YAML file.")
+    g.add_argument("--format", default=None, help="Answer format (default: the task's).")
+    g.add_argument("--out", required=True, type=Path, help="Output directory.")
+    g.add_argument("--seed", type=int, default=0, help="Seed for generation, split, adversarial.")
+
+    g = parser.add_argument_group("generators")
+    g.add_argument(
+        "--generator",
+        action="append",
+        default=None,
+        help="offline, openai or hf; repeat or comma-separate to combine (default: offline).",
+    )
+    g.add_argument("--n", type=int, default=450, help="Offline candidates (the paper has ~450).")
+    g.add_argument(
+        "--models", action="append", default=None, help="Generator models (comma list) for openai."
+    )
+    g.add_argument(
+        "--hf-models",
+        action="append",
+        default=None,
+        help="Local HF models (ids or paths) for hf; --models is used when only hf is chosen.",
+    )
+    g.add_argument("--hf-device", default="cpu", help="Device for local HF generator models.")
+    g.add_argument("--base-url", default="https://api.openai.com/v1", help="OpenAI-compatible URL.")
+    g.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="Name of the environment variable holding the API key (the key is never saved).",
+    )
+    g.add_argument("--n-zero-shot", type=int, default=20, help="Zero-shot templates per model.")
+    g.add_argument("--n-few-shot", type=int, default=20, help="Few-shot templates per model.")
+    g.add_argument("--per-request", type=int, default=5, help="Templates asked for per request.")
+    g.add_argument("--seeds", type=Path, default=None, help="Seed templates for few-shot prompts.")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-tokens", type=int, default=1024)
+    g.add_argument("--timeout", type=float, default=120.0, help="Seconds per HTTP request.")
+    g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--rpm", type=float, default=None, help="Client-side requests per minute.")
+    g.add_argument(
+        "--cache", type=Path, default=None, help="Reply cache (default OUT/llm_cache.jsonl)."
+    )
+
+    g = parser.add_argument_group("filter, split, adversarial")
+    g.add_argument("--min-chars", type=int, default=10)
+    g.add_argument("--max-chars", type=int, default=2000)
+    g.add_argument(
+        "--near-dup-threshold",
+        default="0.9",
+        help="Character-trigram Jaccard at which a template is a near-duplicate; 'off' disables.",
+    )
+    g.add_argument("--split", default="1/9", help="Test fraction, e.g. 1/9 (the paper's 8:1).")
+    g.add_argument(
+        "--min-test",
+        type=int,
+        default=50,
+        help="At least this many test templates where the set allows (never more than half).",
+    )
+    g.add_argument(
+        "--adversarial",
+        type=int,
+        default=1,
+        help="Adversarial variants per test template (0: none).",
+    )
+
+
+def _listed(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise FlexpaftError(f"--split must be a fraction like 1/9 or 0.1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise FlexpaftError(f"--split must be between 0 and 1, got {text}")
+    return value
+
+
+def _threshold(text: str) -> float | None:
+    if str(text).strip().lower() in ("off", "none", "no"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FlexpaftError(
+            f"--near-dup-threshold must be a number or 'off', got {text!r}"
+        ) from None
+    if not 0 < value <= 1:
+        raise FlexpaftError(f"--near-dup-threshold must be in (0, 1], got {value}")
+    return value
+
+
+def _llm_models(args: argparse.Namespace, generators: list[str]) -> list[ChatModel]:
+    models: list[ChatModel] = []
+    if "openai" in generators:
+        names = _listed(args.models)
+        if not names:
+            raise FlexpaftError("--generator openai needs --models (one or more model names)")
+        models += [
+            OpenAIChat(
+                m,
+                args.base_url,
+                api_key_env=args.api_key_env,
+                timeout=args.timeout,
+                max_retries=args.max_retries,
+                rpm=args.rpm,
+                seed=args.seed,
+            )
+            for m in names
+        ]
+    if "hf" in generators:
+        names = _listed(args.hf_models) or (
+            _listed(args.models) if "openai" not in generators else []
+        )
+        if not names:
+            raise FlexpaftError(
+                "--generator hf needs --hf-models (or --models) naming local models"
+            )
+        models += [HFChat.from_pretrained(m, device=args.hf_device) for m in names]
+    return models
+
+
+def run(args: argparse.Namespace) -> int:
+    generators = _listed(args.generator) or ["offline"]
+    unknown = sorted(set(generators) - set(GENERATORS))
+    if unknown:
+        raise FlexpaftError(
+            f"unknown generator {unknown[0]!r} (choose from {', '.join(GENERATORS)})"
+        )
+    task = load_task(args.task)
+    fmt = AnswerFormat.parse(args.format) if args.format else task.default_format
+    task.check_format(fmt)
+    test_fraction = _fraction(args.split)
+    near_dup = _threshold(args.near_dup_threshold)
+    out: Path = args.out
+    seeds = PromptSet.load(args.seeds).texts if args.seeds else None
+
+    texts: list[str] = []
+    sources: list[str] = []
+    generation: dict = {}
+    llm_models = _llm_models(args, generators)
+    if llm_models:
+        gen = generate_with_llms(
+            task,
+            fmt,
+            llm_models,
+            n_zero_shot=args.n_zero_shot,
+            n_few_shot=args.n_few_shot,
+            per_request=args.per_request,
+            seeds=seeds,
+            cache=args.cache or out / "llm_cache.jsonl",
+            seed=args.seed,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+        )
+        # LLM candidates first: the near-duplicate filter keeps the first of a pair.
+        texts += gen.prompts.texts
+        sources += gen.sources
+        generation["llm"] = gen.stats
+        generation["llm_totals"] = gen.totals()
+    if "offline" in generators:
+        offline = generate_offline(task, fmt, args.n, args.seed)
+        texts += offline.texts
+        sources += ["offline"] * len(offline)
+        generation["offline"] = len(offline)
+
+    candidates = PromptSet.from_texts(texts, name=f"{task.name}.{fmt.value}")
+    kept, report = filter_candidates(
+        candidates,
+        task,
+        fmt,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        near_dup_threshold=near_dup,
+    )
+    # --min-test holds where the set is big enough; a test set never takes more than half.
+    min_test = max(1, min(args.min_test, len(kept) // 2))
+    train, test = kept.split(test_fraction, seed=args.seed, min_test=min_test)
+    adversarial = (
+        make_adversarial(test, task, fmt, args.adversarial, seed=args.seed)
+        if args.adversarial > 0
+        else PromptSet([], f"{test.name}.adversarial")
+    )
+
+    rows = "".join(
+        json.dumps({"template": t, "source": s}, ensure_ascii=False) + "\n"
+        for t, s in zip(texts, sources)
+    )
+    atomic_write_text(out / "candidates.jsonl", rows)
+    train.save(out / "train.jsonl")
+    test.save(out / "test.jsonl")
+    adversarial.save(out / "adversarial.jsonl")
+    summary = {
+        "task": task.name,
+        "format": fmt.value,
+        "generators": generators,
+        "generation": generation,
+        "split": {
+            "test_fraction": test_fraction,
+            "min_test": min_test,
+            "train": len(train),
+            "test": len(test),
+            "adversarial": len(adversarial),
+            "seed": args.seed,
+        },
+        **report.to_dict(),
+    }
+    atomic_write_json(out / "filter_report.json", summary)
+    atomic_write_text(out / "filter_report.md", report.to_markdown())
+    print(
+        f"{task.name} ({fmt.value}): {len(candidates)} candidates, {len(kept)} kept -> "
+        f"train {len(train)}, test {len(test)}, adversarial {len(adversarial)}; wrote {out}",
+        file=sys.stderr,
+    )
+    return 0
