@@ -120,4 +120,4 @@ def enumeration_slots(task: TaskSpec, bank: TaskBank | None = None) -> list[list
         bank = bank or task_bank(task)
         if not bank.fixed_option_count:
             return None
-    return [task._option_synonyms(i) for i in range(len(task.option_slots))]
+    return [task.option_synonyms(i) for i in range(len(task.option_slots))]

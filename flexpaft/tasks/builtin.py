@@ -73,7 +73,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             formats=MC,
             templates={
                 "letter": "{sentence}\nWhat does the _ refer to?\nA. {option1}\nB. {option2}\nAnswer:",
-                "option_text": "{before_blank} {option} {after_blank}",
+                "option_text": "{before_blank} {option}{after_blank}",
                 "generation": "{sentence}\nWhat does the _ refer to?\nA. {option1}\nB. {option2}\nAnswer:",
             },
             hf_path="allenai/winogrande",

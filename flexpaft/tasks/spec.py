@@ -159,7 +159,7 @@ class TaskSpec:
                 problems.append(f"required slot {{{r}}} is missing")
         if fmt is AnswerFormat.LETTER and not self.fixed_options:
             if "options" not in names:
-                per_option = [self._option_synonyms(i) for i in range(len(self.option_slots))]
+                per_option = [self.option_synonyms(i) for i in range(len(self.option_slots))]
                 missing = [syn[0] for syn in per_option if not names & set(syn)]
                 if not self.option_slots or missing:
                     what = ", ".join("{" + m + "}" for m in missing) or "{options}"
@@ -168,7 +168,7 @@ class TaskSpec:
             pass  # showing the options in a cloze prompt is allowed
         return problems
 
-    def _option_synonyms(self, i: int) -> list[str]:
+    def option_synonyms(self, i: int) -> list[str]:
         slot = self.option_slots[i]
         syn = [slot]
         target = (

@@ -31,7 +31,7 @@ from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import Position, load_checkpoint, read_position, save_checkpoint
 from .config import TrainConfig
-from .data import PadCollator, RenderedDataset
+from .data import PadCollator, RenderedDataset, answer_loss
 from .lora import adapted_layers, add_lora
 from .sampling import PromptBatchSampler
 from .templates import training_templates
@@ -201,22 +201,24 @@ def train_lora(
         desc=f"train {cfg.method}",
         disable=not (progress and acc.is_main_process),
     )
-    tokens_seen, padded_seen, loss_sum, loss_n = 0, 0, 0.0, 0
+    tokens_seen, real_seen, padded_seen, loss_sum, loss_n = 0, 0, 0, 0.0, 0
     t0 = time.perf_counter()
     while pos.step < total_steps:
         sampler.set_epoch(pos.epoch, skip=pos.batch)
         for batch in loader:
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             with acc.accumulate(model):
-                loss = model(**batch).loss
+                loss = answer_loss(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and o.max_grad_norm > 0:
                     acc.clip_grad_norm_(params, o.max_grad_norm)
                 optimizer.step()
-                scheduler.step() if acc.sync_gradients else None
+                if acc.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             pos.batch += 1
-            tokens_seen += int(batch["attention_mask"].sum())
+            real = int(batch["attention_mask"].sum())
+            tokens_seen, real_seen = tokens_seen + real, real_seen + real
             padded_seen += batch["attention_mask"].numel()
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             if not acc.sync_gradients:
@@ -273,7 +275,7 @@ def train_lora(
             "train_seconds": round(elapsed, 2),
             "tokens": tokens_all,
             "tokens_per_second": round(tokens_all / elapsed, 1) if elapsed > 0 else None,
-            "padding_fraction": round(1 - tokens_seen / padded_seen, 4) if padded_seen else None,
+            "padding_fraction": round(1 - real_seen / padded_seen, 4) if padded_seen else None,
             "trainable_parameters": sum(p.numel() for p in params),
         },
     }
