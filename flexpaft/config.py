@@ -91,6 +91,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise FlexpaftError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; users mean a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FlexpaftError(f"{where}: expected a number, got {value!r}")
         return float(value)

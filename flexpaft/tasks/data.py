@@ -55,14 +55,20 @@ def read_records(
         try:
             ds = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files=str(path), split="train")
         except Exception as e:
-            raise FlexpaftError(f"cannot read {source}: {str(e).splitlines()[0]}") from None
+            raise FlexpaftError(f"cannot read {source}: {_first_line(e)}") from None
     else:
         try:
             ds = datasets.load_dataset(source, name or None, split=split or "validation")
         except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise FlexpaftError(f"cannot load dataset {source!r} from the hub: {msg}") from None
+            raise FlexpaftError(
+                f"cannot load dataset {source!r} from the hub: {_first_line(e)}"
+            ) from None
     return [dict(r) for r in ds]
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def load_examples(

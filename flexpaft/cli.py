@@ -1,0 +1,192 @@
+"""The ``flexpaft`` command line: train, eval, search, report, prompts, demo.
+
+Every command takes a YAML config (``--config``) plus ``--set key=value`` overrides; user mistakes
+print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import describe, load_config
+from .errors import FlexpaftError
+
+log = logging.getLogger("flexpaft")
+
+
+def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)",
+    )
+    p.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(cls))
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import TrainConfig
+    from .train.trainer import train
+
+    overrides = list(args.set)
+    if args.method:
+        overrides.insert(0, f"method={args.method}")
+    if args.output_dir:
+        overrides.insert(0, f"output_dir={args.output_dir}")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    res = train(cfg, progress=not args.quiet)
+    m = res.manifest
+    print(
+        f"adapter: {res.adapter_dir}  ({m['steps']} steps, {m['train_seconds']} s, "
+        f"{m['tokens_per_second']} tokens/s, layers {_ranges(m['layers'])})"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.evaluator import markdown_table
+    from .evaluate.run import EvalConfig, run_eval
+
+    overrides = list(args.set)
+    if args.adapter:
+        overrides.insert(0, f"adapter={args.adapter}")
+    if args.output_dir:
+        overrides.insert(0, f"output_dir={args.output_dir}")
+    cfg = load_config(EvalConfig, args.config, overrides)
+    res = run_eval(cfg, progress=not args.quiet)
+    print(markdown_table(res, cfg.name or cfg.adapter or "base"))
+    print(f"results: {cfg.output_dir}/results.json")
+    return 0
+
+
+def _ranges(layers: list[int]) -> str:
+    if not layers:
+        return "-"
+    out, start, prev = [], layers[0], layers[0]
+    for x in layers[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
+
+
+def _cmd_prompts(args: argparse.Namespace) -> int:
+    from . import prompts_cmd
+
+    return prompts_cmd.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__, prompts_cmd
+    from .evaluate.run import EvalConfig
+    from .train.config import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="flexpaft",
+        description="Robust, efficient LoRA fine-tuning: PAFT (prompt-agnostic) and Flexora (layer search).",
+    )
+    parser.add_argument("--version", action="version", version=f"flexpaft {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train", help="fine-tune a LoRA adapter (lora, paft, topaccuracy, flexora, flexora+paft)"
+    )
+    p.add_argument("--method", help="shortcut for --set method=...")
+    p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    _config_args(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="accuracy of a model (+ adapter) under every template of a prompt set"
+    )
+    p.add_argument("--adapter", help="shortcut for --set adapter=...")
+    p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    _config_args(p, EvalConfig)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("prompts", help="prompt sets: validate, split, convert, generate")
+    prompts_cmd.add_arguments(p)
+    p.set_defaults(func=_cmd_prompts)
+
+    for name, module, helptext in _optional_commands():
+        p = sub.add_parser(name, help=helptext)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def _optional_commands() -> list[tuple[str, object, str]]:
+    """Commands whose modules live beside their method (search, report, demo)."""
+    import importlib
+
+    found = []
+    for name, modname, helptext in [
+        (
+            "search",
+            "flexpaft.flexora.search_cmd",
+            "Flexora: search which layers get LoRA (bilevel, unrolled differentiation)",
+        ),
+        (
+            "report",
+            "flexpaft.report.report_cmd",
+            "robustness report: several runs side by side over unseen templates",
+        ),
+        (
+            "demo",
+            "flexpaft.demo",
+            "offline demo: fine-tune the embedded model, evaluate across held-out templates",
+        ),
+    ]:
+        try:
+            found.append((name, importlib.import_module(modname), helptext))
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+    return found
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.data")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except FlexpaftError as e:
+        print(f"flexpaft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexpaft: interrupted (finished outputs and checkpoints are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""``flexpaft prompts validate|split|convert|generate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import FlexpaftError
+from .prompts import PromptSet
+from .tasks import AnswerFormat, load_task
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+
+    v = sub.add_parser("validate", help="check every template against a task; list problems")
+    v.add_argument("file", help="prompt set (jsonl/yaml/txt/csv/xlsx)")
+    v.add_argument("--task", required=True, help="task name or task YAML")
+    v.add_argument("--format", default="", help="answer format (default: the task's)")
+    v.add_argument("--out", help="also save the valid, deduplicated templates here")
+
+    s = sub.add_parser("split", help="split a prompt set into train/test templates")
+    s.add_argument("file")
+    s.add_argument(
+        "--test-fraction",
+        type=float,
+        default=1 / 9,
+        help="share of templates held out (paper: 1/9)",
+    )
+    s.add_argument("--min-test", type=int, default=1, help="at least this many test templates")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="directory for train.jsonl and test.jsonl")
+
+    c = sub.add_parser("convert", help="convert between jsonl, yaml, txt, csv and xlsx")
+    c.add_argument("file")
+    c.add_argument("out", help="output file; the format follows its extension")
+    c.add_argument("--dedupe", action="store_true", help="drop exact duplicates")
+
+    g = sub.add_parser(
+        "generate", help="PAFT stage 1: build candidate templates (offline grammar or LLMs)"
+    )
+    from .paft import generate_cmd
+
+    generate_cmd.add_arguments(g)
+
+
+def run(args: argparse.Namespace) -> int:
+    action = args.prompts_command
+    if action == "generate":
+        from .paft import generate_cmd
+
+        return generate_cmd.run(args)
+    ps = PromptSet.load(args.file)
+    if action == "validate":
+        task = load_task(args.task)
+        fmt = AnswerFormat.parse(args.format) if args.format else task.default_format
+        task.check_format(fmt)
+        unique = ps.deduplicate()
+        good, bad = unique.validated(task, fmt)
+        for t, reasons in bad:
+            print(f"INVALID {t.id}: {'; '.join(reasons)}  |  {t.text[:70]!r}")
+        print(
+            f"{len(good)} valid, {len(bad)} invalid, {len(ps) - len(unique)} duplicates "
+            f"({len(ps)} templates, task {task.name}, format {fmt.value})"
+        )
+        if args.out:
+            good.save(args.out)
+        return 0 if not bad else 1
+    if action == "split":
+        train, test = ps.deduplicate().split(args.test_fraction, args.seed, args.min_test)
+        out = Path(args.out)
+        train.save(out / "train.jsonl")
+        test.save(out / "test.jsonl")
+        print(f"{len(train)} train and {len(test)} test templates in {out}")
+        return 0
+    if action == "convert":
+        result = ps.deduplicate() if args.dedupe else ps
+        result.save(args.out)
+        print(f"{len(result)} templates -> {args.out}")
+        return 0
+    raise FlexpaftError(f"unknown prompts action {action}")  # argparse prevents this
