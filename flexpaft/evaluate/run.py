@@ -24,6 +24,12 @@ class EvalConfig:
         "",
         "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
     )
+    adversarial_set: str = opt(
+        "", "Also evaluate under these perturbed templates (for the consistency metric)."
+    )
+    reference_template: str = opt(
+        "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
+    )
     mode: str = opt("auto", "Scoring: auto, first_token, continuation or generate.")
     batch_size: int = opt(16, "Sequences per forward pass.")
     max_length: int = opt(2048, "Longest prompt in tokens (cut from the left).")

@@ -1,0 +1,154 @@
+import json
+
+import pytest
+import torch
+from conftest import boolq_rows, write_jsonl
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from flexpaft.config import load_config
+from flexpaft.errors import FlexpaftError
+from flexpaft.prompts import Template
+from flexpaft.render import Rendered, encode_for_training, render
+from flexpaft.tasks import AnswerFormat, get_task
+from flexpaft.train.config import LoraSettings, TrainConfig
+from flexpaft.train.data import PadCollator, answer_loss
+from flexpaft.train.lora import add_lora
+from flexpaft.train.trainer import train
+
+
+def test_labels_cover_the_answer_only_and_truncation_keeps_it(tiny):
+    _, tok = tiny
+    r = Rendered("Question: is the sky blue? Answer:", [" yes", " no"], gold=0)
+    enc = encode_for_training(tok, r, max_length=64)
+    answer = tok(" yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert enc.labels[-len(answer) :] == answer
+    assert all(x == -100 for x in enc.labels[: -len(answer)])
+    short = encode_for_training(tok, r, max_length=5)
+    assert len(short.input_ids) == 5 and short.labels[-len(answer) :] == answer
+
+
+def test_answer_loss_equals_shifted_label_loss(tiny_model_dir):
+    from flexpaft.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    task = get_task("boolq")
+    exs = [task.normalize(r) for r in boolq_rows(5)]
+    tpl = Template("{passage}\nQuestion: {question}?\nAnswer:")
+    items = [
+        encode_for_training(tok, render(task, tpl, e, AnswerFormat.LABEL_WORDS), 64) for e in exs
+    ]
+    batch = PadCollator(tok.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in items]
+    )
+    ours = answer_loss(model, batch)
+    # Reference: each sequence alone, unpadded, with the model's own label loss, token-weighted.
+    total, count = 0.0, 0
+    for e in items:
+        n = sum(x != -100 for x in e.labels)
+        out = model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+        total, count = total + out.loss.item() * n, count + n
+    assert ours.item() == pytest.approx(total / count, abs=1e-5)
+
+
+def _cfg(tiny_model_dir, data, out, *extra):
+    return load_config(
+        TrainConfig,
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.source={data}",
+            "data.max_length=64",
+            "optim.batch_size=4",
+            "optim.lr=5e-3",
+            "optim.num_workers=0",
+            f"output_dir={out}",
+            "log_every=0",
+            *extra,
+        ],
+    )
+
+
+def test_train_writes_a_plain_peft_adapter(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(16))
+    res = train(_cfg(tiny_model_dir, data, tmp_path / "run", "optim.max_steps=3"), progress=False)
+    m = res.manifest
+    assert m["steps"] == 3 and m["tokens"] > 0 and m["tokens_per_second"] > 0
+    assert m["layers"] == [0, 1, 2, 3]
+    for key in ("config", "versions", "data_digest", "prompt_set_digest", "seed", "wall_seconds"):
+        assert key in m
+    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert on_disk["data_digest"] == m["data_digest"]
+
+    # Plain PEFT, no flexpaft: same logits as the adapter that flexpaft applies.
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain = PeftModel.from_pretrained(base, str(res.adapter_dir)).eval()
+    from flexpaft.evaluate.evaluator import load_adapter
+    from flexpaft.models import load_model
+
+    ours = load_adapter(load_model(str(tiny_model_dir), device="cpu")[0], res.adapter_dir).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, ours(ids).logits, atol=1e-6)
+    lora_b = [p for n, p in plain.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
+    full = train(
+        _cfg(tiny_model_dir, data, tmp_path / "full", "optim.max_steps=6", "checkpoint_every=0"),
+        progress=False,
+    )
+    # First run stops after 3 steps but leaves a checkpoint at step 3 (checkpoint_every=3, max 6).
+    part_cfg = _cfg(
+        tiny_model_dir, data, tmp_path / "part", "optim.max_steps=6", "checkpoint_every=3"
+    )
+    import flexpaft.train.trainer as trainer_mod
+
+    calls = {"n": 0}
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_crash(*a, **k):
+        real_save(*a, **k)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    trainer_mod.save_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(part_cfg, progress=False)
+    finally:
+        trainer_mod.save_checkpoint = real_save
+    assert calls["n"] == 1 and not (tmp_path / "part" / "adapter").exists()
+    resumed = train(part_cfg, progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(16))
+    train(
+        _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "checkpoint_every=2"),
+        progress=False,
+    )
+    # The checkpoint at step 2 stays; a run with another lr must not silently continue from it.
+    with pytest.raises(FlexpaftError, match="checkpoint of a different configuration"):
+        train(
+            _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "optim.lr=1e-3"),
+            progress=False,
+        )
+
+
+def test_layers_to_transform_adapts_only_those_blocks(tiny):
+    model, _ = tiny
+    import copy
+
+    peft_model = add_lora(copy.deepcopy(model), LoraSettings(layers_to_transform=[1, 3]))
+    names = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
+    assert names and all(".layers.1." in n or ".layers.3." in n for n in names)
