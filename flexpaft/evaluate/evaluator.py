@@ -162,12 +162,23 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
                 f"adapter {path} was trained on another base model ({info.get('base_model')}; "
                 f"differs in {', '.join(diff)})"
             )
+    import warnings
+
     try:
-        return PeftModel.from_pretrained(model, str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            wrapped = PeftModel.from_pretrained(model, str(path))
     except (RuntimeError, ValueError, KeyError) as e:
         raise FlexpaftError(
             f"adapter {path} does not fit this base model: {str(e).splitlines()[0][:200]}"
         ) from None
+    # PEFT only warns when adapter weights have no place in the model (another architecture or
+    # depth); an adapter that silently loads half its weights is worse than an error.
+    for w in caught:
+        text = str(w.message)
+        if "missing adapter keys" in text or "unexpected keys" in text.lower():
+            raise FlexpaftError(f"adapter {path} does not fit this base model: {text[:160]}")
+    return wrapped
 
 
 def markdown_table(res: EvalResult, title: str = "") -> str:

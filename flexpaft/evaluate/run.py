@@ -9,7 +9,8 @@ from ..config import opt, section
 from ..errors import FlexpaftError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import load_model
-from ..prompts import PromptSet
+from ..prompts import PromptSet, Template
+from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..train.templates import default_template, load_valid_set
 from .evaluator import EvalResult, evaluate_templates, load_adapter, markdown_table
@@ -59,24 +60,40 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     model, tok = load_model(cfg.model.name, cfg.model.dtype, None, cfg.model.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
-    res = evaluate_templates(
-        model,
-        tok,
-        task,
-        fmt,
-        templates,
-        examples,
-        cfg.mode,
-        cfg.batch_size,
-        cfg.max_length,
-        cfg.max_new_tokens,
-        cfg.length_normalize,
-        tuple(cfg.thresholds),
-        progress,
-    )
+
+    def run(ts: list[Template]) -> EvalResult:
+        return evaluate_templates(
+            model,
+            tok,
+            task,
+            fmt,
+            ts,
+            examples,
+            cfg.mode,
+            cfg.batch_size,
+            cfg.max_length,
+            cfg.max_new_tokens,
+            cfg.length_normalize,
+            tuple(cfg.thresholds),
+            progress,
+        )
+
+    res = run(templates)
+    extra = {}
+    if cfg.adversarial_set:
+        extra["adversarial"] = run(list(load_valid_set(cfg.adversarial_set, task, fmt))).to_dict()
+    if cfg.reference_template:
+        if cfg.reference_template == "default":
+            ref = default_template(task, fmt)
+        else:
+            text = cfg.reference_template
+            ref = Template(text, template_id(text)).validate(task, fmt)
+        extra["reference"] = run([ref]).to_dict()
     name = cfg.name or (Path(cfg.adapter).parent.name if cfg.adapter else "base")
     out = Path(cfg.output_dir)
-    atomic_write_json(out / "results.json", {"name": name, "config": asdict(cfg), **res.to_dict()})
+    atomic_write_json(
+        out / "results.json", {"name": name, "config": asdict(cfg), **res.to_dict(), **extra}
+    )
     atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
     PromptSet(templates).save(out / "templates.jsonl")
     return res
