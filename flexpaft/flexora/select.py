@@ -1,0 +1,132 @@
+"""Turning searched alphas into a layer list, plus two baselines (LoRA-drop ranking, random).
+
+Rules: ``positive`` keeps alpha_i > 0 (the paper); ``gate`` keeps gate_i > 1, i.e. layers whose
+gate is above the uniform share (alpha_i above the log-mean-exp of alpha, not above 0);
+``topk`` keeps the k largest; ``fraction`` keeps the top ceil(fraction * N).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import FlexpaftError
+from .blocks import BlockLayout, adapted_modules, find_blocks, modules_by_block
+from .gates import gate_values
+
+log = logging.getLogger(__name__)
+
+RULES = ("positive", "gate", "topk", "fraction")
+
+
+def _ranking(alpha: Sequence[float]) -> list[int]:
+    # Largest first; equal alphas keep index order so the result is deterministic.
+    return sorted(range(len(alpha)), key=lambda i: (-alpha[i], i))
+
+
+def select_layers(
+    alpha: Sequence[float], rule: str = "positive", k: int = 0, fraction: float = 0.5
+) -> list[int]:
+    """Sorted block indices chosen from ``alpha`` by ``rule``; never empty."""
+    alpha = [float(a) for a in alpha]
+    n = len(alpha)
+    if n == 0:
+        raise FlexpaftError("no layer logits to select from")
+    if rule == "positive":
+        chosen = [i for i, a in enumerate(alpha) if a > 0]
+    elif rule == "gate":
+        gates = gate_values(torch.tensor(alpha, dtype=torch.float64)).tolist()
+        chosen = [i for i, g in enumerate(gates) if g > 1]
+    elif rule == "topk":
+        if not 1 <= k <= n:
+            raise FlexpaftError(f"flexora.k must be between 1 and {n} for the topk rule, got {k}")
+        chosen = _ranking(alpha)[:k]
+    elif rule == "fraction":
+        if not 0 < fraction <= 1:
+            raise FlexpaftError(f"flexora.fraction must be in (0, 1], got {fraction}")
+        chosen = _ranking(alpha)[: math.ceil(fraction * n)]
+    else:
+        raise FlexpaftError(f"unknown selection rule {rule!r} (choose from {', '.join(RULES)})")
+    if not chosen:
+        best = _ranking(alpha)[0]
+        msg = f"selection rule {rule!r} kept no layer; falling back to the best layer {best}"
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+        chosen = [best]
+    return sorted(chosen)
+
+
+def random_layers(n_blocks: int, count: int, seed: int = 0) -> list[int]:
+    """``count`` distinct block indices drawn uniformly with ``seed`` (the random baseline)."""
+    if not 1 <= count <= n_blocks:
+        raise FlexpaftError(f"cannot draw {count} of {n_blocks} layers")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_blocks, size=count, replace=False))
+
+
+@torch.no_grad()
+def lora_drop_ranking(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    layout: BlockLayout | None = None,
+    adapter: str = "default",
+) -> list[float]:
+    """LoRA-drop's importance per block: sum over its adapted modules of ||scaling * B A x||^2.
+
+    The squared norm is summed over real tokens (padding masked out when the batch has an
+    attention mask), divided by the batch's real token count, and averaged over batches.
+    Needs a trained LoRA: a fresh one has B = 0 and ranks every block 0. Plain LoRA only: the
+    2-D calls DoRA makes on an identity matrix to build its weight are skipped.
+    """
+    layout = layout or find_blocks(model)
+    blocks = modules_by_block(model, layout, adapter)
+    modules = adapted_modules(model, adapter)
+    totals = np.zeros(layout.count)
+    current = np.zeros(layout.count)
+    mask_holder: list[torch.Tensor | None] = [None]
+
+    def make_hook(block: int, scaling: float):
+        def record(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            if out.dim() < 3:
+                return
+            sq = (scaling * out.float()).pow(2).sum(-1)
+            mask = mask_holder[0]
+            if mask is not None and mask.shape == sq.shape:
+                sq = sq * mask
+            current[block] += float(sq.sum())
+
+        return record
+
+    handles = [
+        modules[name]
+        .lora_B[adapter]
+        .register_forward_hook(make_hook(block, float(modules[name].scaling[adapter])))
+        for name, block in blocks.items()
+    ]
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask = batch.get("attention_mask")
+            mask_holder[0] = mask.float() if mask is not None else None
+            current[:] = 0
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            tokens = float(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            totals += current / max(tokens, 1.0)
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise FlexpaftError("lora_drop_ranking needs at least one batch")
+    return (totals / n).tolist()
