@@ -1,0 +1,297 @@
+"""``flexpaft report RUN...``: several eval runs side by side, as Markdown, HTML, CSV and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_json, atomic_write_text
+from .robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
+
+Table = tuple[list[str], list[list[str]]]
+
+HOW_TO_READ = [
+    ("Mean / Std", "accuracy averaged over the unseen test templates, and its standard deviation."),
+    ("Min / Max", "accuracy under the worst / best test template."),
+    ("Spread", "Max - Min (FormatSpread); lower means the wording matters less."),
+    ("Top@t", "share of test templates with accuracy >= t (the PAFT paper's Top%)."),
+    (
+        "PDR",
+        "Performance Drop Rate (PromptBench): mean over test templates of "
+        "1 - acc / acc(reference template); lower is better, negative means better than it.",
+    ),
+    (
+        "PSS",
+        "PromptSensiScore (ProSA): per example, the share of template pairs that disagree on "
+        "correctness, averaged over examples; 0 = every wording gives the same answers.",
+    ),
+    ("Cons", "consistency: share of examples answered correctly under every test template."),
+    ("Adv", "mean accuracy under the adversarial templates (typos, casing, markers)."),
+    ("Adv drop", "Mean - Adv: accuracy lost to adversarial perturbations."),
+]
+
+OUTPUT_LENGTH_NOTE = (
+    "In generation mode the time per example is dominated by how many tokens each model "
+    "generates before it stops, so speed differences between methods are an output-length "
+    "effect, not a per-token speed-up: a model that answers with the letter alone is fast, one "
+    "that rambles under an unfamiliar prompt is slow. Seconds per generated token should be "
+    "about the same for methods that share a base model."
+)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+# (header, value getter, True if higher is better / False if lower is better)
+Column = tuple[str, Callable[[dict[str, Any]], float | None], bool]
+
+
+def _summary_columns(report: dict[str, Any]) -> list[Column]:
+    methods = report["methods"]
+    cols: list[Column] = [
+        ("Mean", lambda m: m["mean"], True),
+        ("Std", lambda m: m["std"], False),
+        ("Min", lambda m: m["min"], True),
+        ("Max", lambda m: m["max"], True),
+        ("Spread", lambda m: m["spread"], False),
+    ]
+    for t in report["thresholds"]:
+        cols.append((f"Top@{100 * t:g}", lambda m, t=t: m.get(f"top@{t:g}"), True))
+    if any(m["pdr"] is not None for m in methods):
+        cols.append(("PDR", lambda m: m["pdr"], False))
+    cols += [
+        ("PSS", lambda m: m["prompt_sensitivity"], False),
+        ("Cons", lambda m: m["consistency"], True),
+    ]
+    if any(m["adversarial"] for m in methods):
+        cols += [
+            ("Adv", lambda m: m["adversarial"] and m["adversarial"]["mean"], True),
+            ("Adv drop", lambda m: m["adversarial"] and m["adversarial"]["drop"], False),
+        ]
+    return cols
+
+
+def summary_table(report: dict[str, Any], mark_best: bool = True) -> Table:
+    """Methods x metrics, in percent with one decimal; the best value per column in bold."""
+    cols = _summary_columns(report)
+    methods = report["methods"]
+    headers = ["Method"] + [h for h, _, _ in cols]
+    cells: list[list[str]] = [[m["name"]] for m in methods]
+    for _, get, higher_better in cols:
+        values = [get(m) for m in methods]
+        shown = [_pct(v) for v in values]
+        known = [float(s) for s, v in zip(shown, values) if v is not None]
+        # Compare the rounded numbers, so ties as printed are all marked.
+        best = (max(known) if higher_better else min(known)) if known else None
+        for row, s, v in zip(cells, shown, values):
+            bold = mark_best and len(methods) > 1 and v is not None and float(s) == best
+            row.append(f"**{s}**" if bold else s)
+    return headers, cells
+
+
+def generation_table(report: dict[str, Any]) -> Table | None:
+    """Output length and time per method (generation mode only)."""
+    gens = [(m["name"], m["generation"]) for m in report["methods"] if m["generation"]]
+    if not gens:
+        return None
+    fastest = min(g["seconds_per_example"] for _, g in gens) or None
+    headers = [
+        "Method",
+        "Answered (%)",
+        "Generated tokens / example",
+        "s / example",
+        "ms / generated token",
+        "Time vs fastest",
+    ]
+    rows = []
+    for name, g in gens:
+        per_token = g["seconds_per_generated_token"]
+        rows.append(
+            [
+                name,
+                _pct(g["answered"]),
+                f"{g['generated_tokens_per_example']:.1f}",
+                f"{g['seconds_per_example']:.3f}",
+                "–" if per_token is None else f"{1000 * per_token:.1f}",
+                "–" if fastest is None else f"{g['seconds_per_example'] / fastest:.2f}x",
+            ]
+        )
+    return headers, rows
+
+
+def _markdown_table(table: Table) -> list[str]:
+    headers, rows = table
+    esc = [[c.replace("|", "\\|") for c in r] for r in [headers, *rows]]
+    lines = [
+        "| " + " | ".join(esc[0]) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return lines
+
+
+def _overview(report: dict[str, Any]) -> str:
+    return (
+        f"{len(report['methods'])} methods, {len(report['templates'])} unseen test templates, "
+        f"{report['examples']} examples per template, scoring: {', '.join(report['modes'])}."
+    )
+
+
+def _references(report: dict[str, Any]) -> list[str]:
+    return [
+        f"- {m['name']}: {m['reference']}, accuracy {_pct(m['reference_accuracy'])}%"
+        for m in report["methods"]
+        if m["reference"]
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole report as Markdown; tables are ready to paste into a paper."""
+    out = [f"# Robustness report: {report['task']} ({report['format']})", "", _overview(report), ""]
+    for w in report["warnings"]:
+        out.append(f"> **Warning:** {w}")
+    if report["warnings"]:
+        out.append("")
+    out += ["## Accuracy across unseen templates (%)", "", *_markdown_table(summary_table(report))]
+    out += ["", "Best value per column in bold.", ""]
+    refs = _references(report)
+    if refs:
+        out += ["Reference template for PDR:", "", *refs, ""]
+    out += ["### How to read", ""]
+    out += [f"- **{name}**: {text}" for name, text in HOW_TO_READ]
+    gen = generation_table(report)
+    if gen:
+        out += ["", "## Generation cost: an output-length effect", "", OUTPUT_LENGTH_NOTE, ""]
+        out += _markdown_table(gen)
+    return "\n".join(out) + "\n"
+
+
+def _html_table(table: Table) -> str:
+    headers, rows = table
+
+    def cell(tag: str, text: str) -> str:
+        bold = text.startswith("**") and text.endswith("**")
+        text = html.escape(text.strip("*") if bold else text)
+        return f"<{tag}>{'<b>' + text + '</b>' if bold else text}</{tag}>"
+
+    head = "<tr>" + "".join(cell("th", h) for h in headers) + "</tr>"
+    body = "".join("<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def render_html(report: dict[str, Any], png: Path | None = None) -> str:
+    """A self-contained page: the tables, definitions and the plot as an inline PNG."""
+    esc = html.escape
+    parts = [
+        f"<h1>Robustness report: {esc(report['task'])} ({esc(report['format'])})</h1>",
+        f"<p>{esc(_overview(report))}</p>",
+        *[f"<p class='warn'>Warning: {esc(w)}</p>" for w in report["warnings"]],
+        "<h2>Accuracy across unseen templates (%)</h2>",
+        _html_table(summary_table(report)),
+        "<p>Best value per column in bold.</p>",
+    ]
+    refs = _references(report)
+    if refs:
+        items = "".join(f"<li>{esc(r[2:])}</li>" for r in refs)
+        parts.append(f"<p>Reference template for PDR:</p><ul>{items}</ul>")
+    if png is not None and png.is_file():
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f"<img alt='per-template accuracy' src='data:image/png;base64,{data}'>")
+    items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in HOW_TO_READ)
+    parts.append(f"<h3>How to read</h3><ul>{items}</ul>")
+    gen = generation_table(report)
+    if gen:
+        parts += [
+            "<h2>Generation cost: an output-length effect</h2>",
+            f"<p>{esc(OUTPUT_LENGTH_NOTE)}</p>",
+            _html_table(gen),
+        ]
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        "th:first-child,td:first-child{text-align:left}.warn{color:#a40}img{max-width:100%}"
+    )
+    title = esc(f"flexpaft report: {report['task']}")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def per_template_csv(report: dict[str, Any]) -> str:
+    """Template id x method accuracy matrix (empty cell: the method lacks that template)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["template", *[m["name"] for m in report["methods"]]])
+    for tid in report["templates"]:
+        row = [m["per_template"].get(tid) for m in report["methods"]]
+        writer.writerow([tid, *["" if a is None else f"{a:.6g}" for a in row]])
+    return buf.getvalue()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="eval output directory or results.json; NAME=PATH sets the label "
+        "(default: the run's name)",
+    )
+    parser.add_argument("--out", "-o", default="runs/report", help="output directory")
+    parser.add_argument(
+        "--thresholds",
+        action="append",
+        metavar="T,T,...",
+        # One comma-separated value, so the option never swallows the RUN arguments after it.
+        help="Top@t thresholds, e.g. 0.6,0.7 for small models or 60,70 in percent "
+        "(default 0.8,0.85,0.9)",
+    )
+    parser.add_argument(
+        "--reference-template",
+        metavar="ID",
+        help="test template to measure PDR against when a run has no reference entry",
+    )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="report runs with different tasks, formats, templates or example counts anyway",
+    )
+    parser.add_argument(
+        "--html", action="store_true", help="also write a self-contained report.html"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .plots import plot_per_template
+
+    thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)
+    loaded = [load_run(r) for r in args.runs]
+    report = build_report(
+        [(name, data) for name, data, _ in loaded],
+        thresholds,
+        args.reference_template,
+        args.allow_mismatch,
+    )
+    for method, (_, _, source) in zip(report["methods"], loaded):
+        method["source"] = source
+    out = Path(args.out)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "per_template.csv", per_template_csv(report))
+    png = plot_per_template(report, out / "per_template.png")
+    written = ["report.json", "report.md", "per_template.csv", "per_template.png"]
+    if args.html:
+        atomic_write_text(out / "report.html", render_html(report, png))
+        written.append("report.html")
+    if not getattr(args, "quiet", False):
+        print("\n".join(_markdown_table(summary_table(report, mark_best=False))))
+    print(f"report: {out}/ ({', '.join(written)})")
+    return 0

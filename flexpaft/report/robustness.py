@@ -1,0 +1,252 @@
+"""Robustness numbers for several eval runs side by side over the same unseen templates.
+
+Every metric comes from ``flexpaft.evaluate.metrics`` so a report and ``flexpaft eval`` can never
+disagree on a definition; this module only loads runs, checks they are comparable, and collects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FlexpaftError
+from ..evaluate import metrics
+from ..evaluate.evaluator import EvalResult
+
+DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
+
+
+def resolve_results_path(path: str | Path) -> Path:
+    """An eval output directory (holding results.json) or a results.json file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise FlexpaftError(f"no eval results at {path} (expected a results.json or its directory)")
+    return p
+
+
+def parse_run_arg(arg: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` or ``PATH``; a path that itself contains '=' still works if it exists."""
+    if "=" in arg and not Path(arg).exists():
+        name, _, path = arg.partition("=")
+        if not name or not path:
+            raise FlexpaftError(f"bad run argument {arg!r} (use PATH or NAME=PATH)")
+        return name, path
+    return None, arg
+
+
+def load_run(arg: str) -> tuple[str, dict[str, Any], str]:
+    """(label, results dict, source path) for one RUN argument of ``flexpaft report``."""
+    name, path = parse_run_arg(arg)
+    file = resolve_results_path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FlexpaftError(f"cannot read {file}: {e}") from None
+    if not isinstance(data, dict):
+        raise FlexpaftError(f"{file} is not a flexpaft eval results file (not a JSON object)")
+    return name or str(data.get("name") or file.parent.name), data, str(file)
+
+
+def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
+    keys = ("task", "format", "mode", "per_template", "seconds")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise FlexpaftError(f"{where} is not a flexpaft eval result (missing {', '.join(missing)})")
+    fields = {k: data[k] for k in (*keys, "summary") if k in data}
+    try:
+        res = EvalResult.from_dict(fields)
+    except TypeError as e:
+        raise FlexpaftError(f"{where} has a malformed per_template entry: {e}") from None
+    if not res.per_template:
+        raise FlexpaftError(f"{where} has no templates")
+    lengths = {len(t.correct) for t in res.per_template}
+    if len(lengths) != 1:
+        # Every template is scored on the same examples; anything else is a corrupted file.
+        raise FlexpaftError(f"{where}: templates were scored on different numbers of examples")
+    return res
+
+
+def _num(x: float | None) -> float | None:
+    """JSON has no NaN: undefined numbers (e.g. PDR against a 0% reference) become null."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _check_comparable(
+    names: Sequence[str], results: Sequence[EvalResult], allow_mismatch: bool
+) -> list[str]:
+    """Problems that make runs incomparable; raise on the first unless ``allow_mismatch``."""
+    first_name, first = names[0], results[0]
+    first_ids = [t.id for t in first.per_template]
+    problems: list[str] = []
+    for name, res in zip(names[1:], results[1:]):
+        ids = [t.id for t in res.per_template]
+        if res.task != first.task:
+            problems.append(f"{name} is on task {res.task!r}, {first_name} on {first.task!r}")
+        if res.format != first.format:
+            problems.append(
+                f"{name} uses answer format {res.format!r}, {first_name} {first.format!r}"
+            )
+        if set(ids) != set(first_ids):
+            only_here = sorted(set(ids) - set(first_ids))
+            only_there = sorted(set(first_ids) - set(ids))
+            example = (only_here or only_there)[0]  # sets differ, so one side is non-empty
+            problems.append(
+                f"{name} and {first_name} were evaluated on different templates "
+                f"({len(only_here)} only in {name}, {len(only_there)} only in {first_name}, "
+                f"e.g. {example})"
+            )
+        n, n0 = res.per_template[0].n, first.per_template[0].n
+        if n != n0:
+            problems.append(f"{name} has {n} examples per template, {first_name} {n0}")
+    if problems and not allow_mismatch:
+        raise FlexpaftError(f"runs are not comparable: {problems[0]} (use --allow-mismatch)")
+    modes = {r.mode for r in results}
+    if len(modes) > 1:
+        # Not fatal: a base model may only be scorable by generation; the reader must know.
+        problems.append(f"runs use different scoring modes ({', '.join(sorted(modes))})")
+    return problems
+
+
+def _reference(
+    data: dict[str, Any], res: EvalResult, name: str, reference_template: str | None
+) -> tuple[float | None, float | None, str | None]:
+    """(reference accuracy, PDR, description); the run's own reference entry wins."""
+    accs = res.accuracies
+    if isinstance(data.get("reference"), dict):
+        ref = _eval_result(data["reference"], f"{name}: reference")
+        ref_acc = ref.per_template[0].accuracy
+        # Appending the reference and excluding it gives the mean over all test templates.
+        pdr = metrics.performance_drop_rate([*accs, ref_acc], len(accs))
+        label = ref.per_template[0].id or "reference"
+        return ref_acc, _num(pdr), f"reference entry ({label})"
+    if reference_template:
+        ids = [t.id for t in res.per_template]
+        if reference_template not in ids:
+            raise FlexpaftError(
+                f"reference template {reference_template!r} is not among {name}'s test templates"
+            )
+        i = ids.index(reference_template)
+        pdr = metrics.performance_drop_rate(accs, i)
+        return accs[i], _num(pdr), f"test template {reference_template}"
+    return None, None, None
+
+
+def _adversarial(data: dict[str, Any], test_mean: float, name: str) -> dict[str, Any] | None:
+    if not isinstance(data.get("adversarial"), dict):
+        return None
+    adv = _eval_result(data["adversarial"], f"{name}: adversarial")
+    accs = adv.accuracies
+    mean = float(np.mean(accs))
+    return {
+        "templates": len(accs),
+        "mean": mean,
+        "min": float(np.min(accs)),
+        # Adversarial templates do not record their source template, so they cannot be paired
+        # with test templates; the drop is between the two set means.
+        "drop": test_mean - mean,
+        "consistency": metrics.consistency(adv.correct_matrix()),
+        "per_template": {t.id: t.accuracy for t in adv.per_template},
+    }
+
+
+def _generation(res: EvalResult) -> dict[str, Any] | None:
+    """Generation cost per method; the point is output length, so tokens come first."""
+    rows = [
+        t
+        for t in res.per_template
+        if t.mean_generated_tokens is not None and t.seconds_per_example is not None
+    ]
+    if res.mode != "generate" or not rows:
+        return None
+    tokens = float(np.mean([t.mean_generated_tokens for t in rows]))
+    seconds = float(np.mean([t.seconds_per_example for t in rows]))
+    return {
+        "answered": float(np.mean([t.answered for t in rows])),
+        "generated_tokens_per_example": tokens,
+        "seconds_per_example": seconds,
+        # Every template has the same examples, so this ratio of means is total s / total tokens.
+        "seconds_per_generated_token": seconds / tokens if tokens > 0 else None,
+    }
+
+
+def method_metrics(
+    name: str,
+    data: dict[str, Any],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    reference_template: str | None = None,
+) -> dict[str, Any]:
+    """Every number the report shows for one run."""
+    res = _eval_result(data, name)
+    correct = res.correct_matrix()
+    out: dict[str, Any] = {"name": name, "mode": res.mode, "examples": int(correct.shape[1])}
+    out.update(metrics.summarize(res.accuracies, thresholds))
+    ref_acc, pdr, ref_desc = _reference(data, res, name, reference_template)
+    out["reference_accuracy"] = ref_acc
+    out["reference"] = ref_desc
+    out["pdr"] = pdr
+    out["prompt_sensitivity"] = metrics.prompt_sensitivity(correct)
+    out["consistency"] = metrics.consistency(correct)
+    out["adversarial"] = _adversarial(data, out["mean"], name)
+    out["generation"] = _generation(res)
+    out["per_template"] = {t.id: t.accuracy for t in res.per_template}
+    return out
+
+
+def parse_thresholds(values: Sequence[str | float]) -> tuple[float, ...]:
+    """'0.6,0.7', '0.6 0.7' or percentages ('60,70'); each ends up in (0, 1]."""
+    out: list[float] = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            try:
+                t = float(part.rstrip("%"))
+            except ValueError:
+                raise FlexpaftError(f"threshold {part!r} is not a number") from None
+            t = t / 100 if t > 1 else t
+            if not 0 < t <= 1:
+                raise FlexpaftError(f"threshold {part!r} must lie in (0, 1] or (0, 100]%")
+            out.append(t)
+    if not out:
+        raise FlexpaftError("no thresholds given")
+    return tuple(sorted(set(out)))
+
+
+def build_report(
+    runs: list[tuple[str, dict[str, Any]]],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    reference_template: str | None = None,
+    allow_mismatch: bool = False,
+) -> dict[str, Any]:
+    """All numbers for a side-by-side report of ``runs`` (label, results.json dict)."""
+    if not runs:
+        raise FlexpaftError("no runs to report")
+    names = [n for n, _ in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FlexpaftError(f"two runs are labelled {dupes[0]!r}; label them with NAME=PATH")
+    results = [_eval_result(d, n) for n, d in runs]
+    warnings = _check_comparable(names, results, allow_mismatch)
+    thresholds = tuple(thresholds)
+    methods = [method_metrics(n, d, thresholds, reference_template) for n, d in runs]
+    first = results[0]
+    # Template order of the first run, then any extra templates other runs have (mismatch only).
+    template_ids = [t.id for t in first.per_template]
+    for r in results[1:]:
+        template_ids += [t.id for t in r.per_template if t.id not in template_ids]
+    return {
+        "task": first.task,
+        "format": first.format,
+        "modes": sorted({r.mode for r in results}),
+        "templates": template_ids,
+        "examples": methods[0]["examples"],
+        "thresholds": list(thresholds),
+        "reference_template": reference_template,
+        "warnings": warnings,
+        "methods": methods,
+    }
