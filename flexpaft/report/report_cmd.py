@@ -7,6 +7,7 @@ import base64
 import csv
 import html
 import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         atomic_write_text(out / "report.html", render_html(report, png))
         written.append("report.html")
+    for w in report["warnings"]:
+        print(f"flexpaft: warning: {w}", file=sys.stderr)
     if not getattr(args, "quiet", False):
         print("\n".join(_markdown_table(summary_table(report, mark_best=False))))
     print(f"report: {out}/ ({', '.join(written)})")
