@@ -17,6 +17,38 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; finished outputs get the usual permissions (0666 & ~umask).
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file normal permissions and rename it into place."""
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer library (matplotlib, openpyxl);
+    on success it is renamed onto ``path``, on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent
+    )
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same directory, then rename."""
     path = Path(path)
@@ -27,7 +59,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import FlexpaftError
-from ..io import atomic_write_text
+from ..io import atomic_output, atomic_write_text
 from ..tasks.spec import AnswerFormat, TaskSpec
 from .template import Template
 
@@ -235,9 +235,6 @@ def _write_csv(texts: list[str]) -> str:
 
 
 def _write_xlsx(path: Path, texts: list[str]) -> Path:
-    import os
-    import tempfile
-
     import openpyxl
 
     wb = openpyxl.Workbook()
@@ -245,11 +242,8 @@ def _write_xlsx(path: Path, texts: list[str]) -> Path:
     ws.append(["template"])
     for t in texts:
         ws.append([t])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    wb.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        wb.save(tmp)
     return path
 
 
