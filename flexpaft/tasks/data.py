@@ -82,6 +82,10 @@ def load_examples(
     """Normalized examples of ``task`` from ``source`` (default: the task's hub dataset)."""
     if source:
         records = read_records(source, split)
+    elif task.name.startswith("bigbench:"):
+        from .bigbench import bigbench_records_path
+
+        records = read_records(str(bigbench_records_path(task.name)))
     elif task.hf_path:
         records = read_records(task.hf_path, split or task.hf_split, task.hf_name or None)
     else:
