@@ -345,3 +345,32 @@ def test_stage2_adapter_holds_only_selected_layers_and_loads_with_plain_peft(tmp
     loaded = PeftModel.from_pretrained(build_model(100, layers=4), tmp_path)
     names = [n for n, _ in loaded.named_parameters() if "lora_" in n]
     assert names and all(".layers.0." in n or ".layers.2." in n for n in names)
+
+
+def test_search_command_writes_selection_and_prints_layers(tmp_path, tiny_model_dir, capsys):
+    from conftest import write_jsonl
+
+    from flexpaft.cli import main
+
+    data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(16))
+    rc = main(
+        [
+            "--quiet",
+            "search",
+            "-o",
+            str(tmp_path / "run"),
+            "--set",
+            f"model.name={tiny_model_dir}",
+            "--set",
+            f"data.source={data}",
+            *(
+                "--set optim.num_workers=0 --set optim.batch_size=4 --set data.max_length=48".split()
+            ),
+            *("--set flexora.val_examples=4 --set flexora.search_steps=2".split()),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    sel = json.loads((tmp_path / "run" / "flexora" / "selection.json").read_text())
+    assert f"selected layers (positive, {len(sel['layers'])} of 4)" in printed
+    assert (tmp_path / "run" / "flexora" / "alpha.png").is_file()

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import resource
 import sys
 import time
@@ -44,7 +43,13 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..errors import FlexpaftError
-from ..io import atomic_directory, atomic_write_json, atomic_write_text, sha256_json
+from ..io import (
+    atomic_directory,
+    atomic_output,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_json,
+)
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -341,7 +346,7 @@ def peft_layers_pattern(base_model: nn.Module, layout: BlockLayout, given: str =
 
 
 def plot_alpha(records: list[dict[str, Any]], path: Path) -> None:
-    """alpha per block against the outer step, written atomically (Agg, no pyplot state)."""
+    """alpha per block against the outer step, written atomically (Agg canvas, no pyplot state)."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -372,10 +377,8 @@ def plot_alpha(records: list[dict[str, Any]], path: Path) -> None:
     if n <= 16:
         ax.legend(title="block", fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 class LayerSearch:

@@ -1,0 +1,87 @@
+"""``flexpaft search``: run Flexora's layer search only and write its outputs.
+
+Writes to ``<output_dir>/flexora/``: selection.json (chosen layers and a PEFT LoraConfig for
+them), alpha.jsonl (alpha and gates every step), alpha.png (alpha per layer over the search) and a
+resumable checkpoint. ``flexpaft train --method flexora`` runs the same search, then stage 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..config import describe, load_config
+from ..errors import FlexpaftError
+from ..train.config import TrainConfig
+from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION
+
+# The search needs to know whether templates come from a prompt set (PAFT) or are single.
+SEARCH_METHOD = {
+    "lora": "flexora",
+    "flexora": "flexora",
+    "paft": "flexora+paft",
+    "flexora+paft": "flexora+paft",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="training YAML config (the flexora section)")
+    parser.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set flexora.unroll=2 (repeatable)",
+    )
+    parser.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    parser.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(TrainConfig))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from ..models import load_model
+    from ..train.templates import training_templates
+    from .search import search_layers
+
+    overrides = list(args.set)
+    if getattr(args, "output_dir", None):
+        overrides.insert(0, f"output_dir={args.output_dir}")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    if cfg.method not in SEARCH_METHOD:
+        raise FlexpaftError(
+            f"flexpaft search needs method flexora or flexora+paft (lora and paft are mapped "
+            f"to them), got {cfg.method!r}"
+        )
+    cfg = dataclasses.replace(cfg, method=SEARCH_METHOD[cfg.method])
+
+    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    set_seed(cfg.seed)
+    task, fmt, examples = cfg.data.load()
+    model, tok = load_model(
+        cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
+    )
+    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+    outcome = search_layers(
+        cfg,
+        model,
+        tok,
+        task,
+        fmt,
+        examples,
+        templates,
+        acc,
+        progress=not getattr(args, "quiet", False),
+    )
+    if acc.is_main_process:
+        out = Path(cfg.output_dir) / SEARCH_DIR
+        print(
+            f"selected layers ({outcome.rule}, {len(outcome.layers)} of {outcome.n_blocks}): "
+            f"{','.join(map(str, outcome.layers))}"
+        )
+        print(f"selection: {out / SELECTION}  alpha: {out / ALPHA_LOG}  plot: {out / ALPHA_PLOT}")
+    return 0
