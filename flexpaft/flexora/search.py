@@ -23,6 +23,7 @@ keeps its state; alpha is saved every step and checkpointed with everything else
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import math
@@ -114,7 +115,8 @@ class SearchOutcome:
 def search_config_hash(cfg: TrainConfig) -> str:
     """Hash of what changes the search trajectory (not stage-2 epochs nor the selection rule)."""
     d = dataclasses.asdict(cfg)
-    for k in ("output_dir", "resume", "checkpoint_every", "log_every", "method"):
+    # method stays: flexora and flexora+paft draw templates differently.
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
     for k in ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
@@ -321,7 +323,7 @@ def _jsonable(obj: Any) -> Any:
         return sorted(_jsonable(v) for v in obj)
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if hasattr(obj, "value") and type(obj).__module__ != "builtins":  # enums
+    if isinstance(obj, enum.Enum):
         return obj.value
     return obj
 
