@@ -65,7 +65,9 @@ class OptimSettings:
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
     group_by_length: bool = opt(True, "Batch examples of similar length together (less padding).")
     num_workers: int = opt(
-        1, "DataLoader worker processes rendering and tokenizing (0 = in the main process)."
+        -1,
+        "DataLoader workers rendering and tokenizing (-1 = auto: 2 on GPU, 0 on CPU, where a "
+        "worker would compete with the training threads for the cores).",
     )
 
     def __post_init__(self) -> None:

@@ -69,7 +69,12 @@ class PadCollator:
             labels[i, longest - k :] = torch.tensor(it["labels"])
             mask[i, longest - k :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": position_ids}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+        }
 
 
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -7,6 +7,7 @@ stream by rank (see sampling.py), so the DataLoader is not re-sharded by acceler
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -93,14 +94,16 @@ def train(
     if cfg.method.startswith("flexora"):
         from ..flexora.search import search_layers
 
-        outcome = search_layers(cfg, model, tok, task, fmt, examples, templates, acc)
+        outcome = search_layers(
+            cfg, model, tok, task, fmt, examples, templates, acc, progress=progress
+        )
         layers, search_info = outcome.layers, outcome.summary()
         examples = outcome.train_examples
-        # Stage 2 starts from clean base weights: the search left gated adapters on this model.
-        del model
-        model, _ = load_model(
-            cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
-        )
+        # search_layers hands the base model back without LoRA; stage 2 adds a fresh one on the
+        # selected blocks only (no zero adapters left elsewhere), named as the search found them.
+        if outcome.layers_pattern and not cfg.lora.layers_pattern:
+            lora = dataclasses.replace(cfg.lora, layers_pattern=outcome.layers_pattern)
+            cfg = dataclasses.replace(cfg, lora=lora)
         set_seed(cfg.seed)
 
     out = Path(cfg.output_dir)
@@ -163,14 +166,15 @@ def train_lora(
         acc.num_processes,
         lengths=dataset.length_estimates() if o.group_by_length else None,
     )
+    workers = o.num_workers if o.num_workers >= 0 else (2 if acc.device.type == "cuda" else 0)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=PadCollator(tok.pad_token_id),
-        num_workers=o.num_workers,
+        num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         persistent_workers=False,
-        prefetch_factor=4 if o.num_workers else None,
+        prefetch_factor=4 if workers else None,
     )
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)
