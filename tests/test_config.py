@@ -67,3 +67,14 @@ def test_describe_lists_every_leaf_with_help():
     ):
         assert key in lines
     assert "Peak learning rate" in lines
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+
+    from flexpaft.evaluate.run import EvalConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(EvalConfig if path.name.startswith("eval") else TrainConfig, path)
