@@ -36,6 +36,11 @@ class DataSettings:
     skip: int = opt(
         0, "Skip this many examples first (after shuffling), e.g. to keep a test split apart."
     )
+    max_field_chars: int = opt(
+        0,
+        "Shorten every text field longer than this many characters, at a word boundary "
+        "(0 = off; for quick experiments with long passages).",
+    )
     max_length: int = opt(
         1024, "Maximum tokens per training sequence (the prompt is cut from the left)."
     )
@@ -61,8 +66,20 @@ class DataSettings:
             examples = examples[self.skip :]
         if self.limit:
             examples = examples[: self.limit]
+        if self.max_field_chars:
+            for ex in examples:
+                ex.fields = {k: shorten(v, self.max_field_chars) for k, v in ex.fields.items()}
         if not examples:
             raise FlexpaftError(
                 f"no examples left in {self.source or task.name} after skip={self.skip}"
             )
         return task, fmt, examples
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, marked with '...'."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - 3)
+    cut = text[:keep] if text[keep : keep + 1] == " " else text[:keep].rsplit(" ", 1)[0]
+    return cut + "..."

@@ -159,3 +159,17 @@ def test_builtin_tasks_read_shared_data(name):
         assert tpl.problems(task, AnswerFormat(fmt)) == []
         r = render(task, tpl, exs[0], AnswerFormat(fmt))
         assert r.prompt and len(r.answers) == len(exs[0].options)
+
+
+def test_max_field_chars_shortens_at_word_boundary(tmp_path):
+    from flexpaft.settings import DataSettings, shorten
+
+    assert shorten("the quick brown fox jumps", 12) == "the quick..."
+    assert shorten("short", 12) == "short"
+    rows = [{"question": "is it", "passage": "word " * 100, "answer": True}]
+    d = DataSettings(
+        task="boolq", source=str(write_jsonl(tmp_path / "b.jsonl", rows)), max_field_chars=50
+    )
+    _, _, exs = d.load()
+    assert len(exs[0].fields["passage"]) <= 50 and exs[0].fields["passage"].endswith("...")
+    assert exs[0].fields["question"] == "is it"
