@@ -55,7 +55,7 @@ from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from ..train.config import TrainConfig
-from ..train.data import PadCollator, RenderedDataset, answer_loss
+from ..train.data import answer_loss, make_loader
 from ..train.lora import add_lora, lora_config
 from ..train.sampling import PromptBatchSampler
 from .blocks import BlockLayout, find_blocks
@@ -277,42 +277,6 @@ class BatchStream:
         raise FlexpaftError("the data loader yields no batches")
 
 
-def _loader(
-    cfg: TrainConfig,
-    task: TaskSpec,
-    fmt: AnswerFormat,
-    examples: list[Example],
-    templates: list[Template],
-    tokenizer: Any,
-    seed: int,
-    acc: Any,
-) -> tuple[DataLoader, PromptBatchSampler]:
-    """The trainer's pipeline: templates drawn per example (PAFT), left padding, rank shards."""
-    o = cfg.optim
-    dataset = RenderedDataset(task, examples, templates, fmt, tokenizer, cfg.data.max_length)
-    sampler = PromptBatchSampler(
-        len(examples),
-        len(templates),
-        o.batch_size,
-        seed,
-        cfg.prompts.mode,
-        cfg.prompts.k_steps,
-        o.grad_accum,
-        acc.process_index,
-        acc.num_processes,
-        lengths=dataset.length_estimates() if o.group_by_length else None,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=PadCollator(tokenizer.pad_token_id),
-        num_workers=o.num_workers,
-        pin_memory=acc.device.type == "cuda",
-        prefetch_factor=4 if o.num_workers else None,
-    )
-    return loader, sampler
-
-
 # --- the search ------------------------------------------------------------------------------
 
 
@@ -425,11 +389,11 @@ class LayerSearch:
             )
 
         o = cfg.optim
-        train_loader, self.train_sampler = _loader(
+        train_loader, self.train_sampler = make_loader(
             cfg, task, fmt, self.train_examples, templates, tokenizer, cfg.seed, accelerator
         )
         # A different seed: validation batches are not drawn in lockstep with training batches.
-        val_loader, val_sampler = _loader(
+        val_loader, val_sampler = make_loader(
             cfg, task, fmt, self.val_examples, templates, tokenizer, cfg.seed + 1, accelerator
         )
         self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)

@@ -11,6 +11,7 @@ import torch
 from ..prompts.template import Template
 from ..render import encode_for_training, render
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
+from .sampling import PromptBatchSampler
 
 
 @dataclass
@@ -99,3 +100,44 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return torch.nn.functional.cross_entropy(
         pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100
     )
+
+
+def make_loader(
+    cfg: Any,
+    task: TaskSpec,
+    fmt: AnswerFormat,
+    examples: list[Example],
+    templates: list[Template],
+    tokenizer: Any,
+    seed: int,
+    acc: Any,
+) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
+    """The training pipeline: templates drawn per example, length grouping, rank shards."""
+    from torch.utils.data import DataLoader
+
+    o = cfg.optim
+    dataset = RenderedDataset(task, examples, templates, fmt, tokenizer, cfg.data.max_length)
+    sampler = PromptBatchSampler(
+        len(examples),
+        len(templates),
+        o.batch_size,
+        seed,
+        cfg.prompts.mode,
+        cfg.prompts.k_steps,
+        o.grad_accum,
+        acc.process_index,
+        acc.num_processes,
+        lengths=dataset.length_estimates() if o.group_by_length else None,
+    )
+    # On CPU a worker process would fight the training threads for the cores; on GPU, workers
+    # render and tokenize the next batches while the current one runs.
+    workers = o.num_workers if o.num_workers >= 0 else (2 if acc.device.type == "cuda" else 0)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=PadCollator(tokenizer.pad_token_id),
+        num_workers=workers,
+        pin_memory=acc.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    return loader, sampler

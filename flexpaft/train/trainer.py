@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -32,9 +31,8 @@ from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import Position, load_checkpoint, read_position, save_checkpoint
 from .config import TrainConfig
-from .data import PadCollator, RenderedDataset, answer_loss
+from .data import answer_loss, make_loader
 from .lora import adapted_layers, add_lora
-from .sampling import PromptBatchSampler
 from .templates import training_templates
 
 log = logging.getLogger(__name__)
@@ -153,29 +151,7 @@ def train_lora(
     model = add_lora(model, cfg.lora, layers)
     fingerprint = base_fingerprint(model.get_base_model().config)
 
-    dataset = RenderedDataset(task, examples, templates, fmt, tok, cfg.data.max_length)
-    sampler = PromptBatchSampler(
-        len(examples),
-        len(templates),
-        o.batch_size,
-        cfg.seed,
-        cfg.prompts.mode,
-        cfg.prompts.k_steps,
-        o.grad_accum,
-        acc.process_index,
-        acc.num_processes,
-        lengths=dataset.length_estimates() if o.group_by_length else None,
-    )
-    workers = o.num_workers if o.num_workers >= 0 else (2 if acc.device.type == "cuda" else 0)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=PadCollator(tok.pad_token_id),
-        num_workers=workers,
-        pin_memory=acc.device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
+    loader, sampler = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, acc)
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)
     total_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
