@@ -245,14 +245,16 @@ def interleave(
     warmup: int,
     log: bool = True,
     memory_pass: bool = True,
+    memory_variants: dict[str, Callable[[], Any]] | None = None,
 ) -> dict[str, list[Sample]]:
     """Run each variant's callable ``warmup + repeats`` times, round-robin; timed samples only.
 
     The order rotates every round so no variant always runs right after the same other one.
     CUDA peak memory is read during the timed runs (resetting the counter costs nothing). On CPU,
     measuring means handing free pages back to the OS first, and re-faulting them would slow the
-    timed run, so each variant runs once more afterwards for memory only (``memory_pass``); its
-    peak is stored on every sample of that variant.
+    timed run, so each variant runs once more afterwards for memory only (``memory_pass``),
+    through ``memory_variants[name]`` when given (e.g. every variant on its worst-case batch, so
+    the peaks compare like with like); the peak is stored on every sample of that variant.
     """
     names = list(variants)
     out: dict[str, list[Sample]] = {n: [] for n in names}
@@ -274,7 +276,7 @@ def interleave(
     if not on_gpu and memory_pass:
         for name in names:
             with PeakMemory(device) as mem:
-                variants[name]()
+                (memory_variants or variants)[name]()
             for smp in out[name]:
                 smp.peak_bytes = mem.bytes
     return out

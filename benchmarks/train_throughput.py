@@ -100,8 +100,8 @@ class Stepper:
         # for speed, but each variant should be exactly the loop it stands for).
         self.opt = torch.optim.AdamW(params, lr=1e-4)
 
-    def __call__(self) -> dict[str, Any]:
-        batch = next(self.batches)
+    def __call__(self, batch: Batch | None = None) -> dict[str, Any]:
+        batch = next(self.batches) if batch is None else batch
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if self.flexpaft:
             loss = answer_loss(self.model, batch)
@@ -122,10 +122,12 @@ class Stepper:
 
 
 def summarize(name: str, samples: list[Sample], ref: float | None) -> dict[str, Any]:
-    secs = sum(s.seconds for s in samples)
     real = sum(s.info["real"] for s in samples)
     padded = sum(s.info["padded"] for s in samples)
-    rate = real / secs
+    # Medians of per-step rates: one step slowed by the machine's other job would drag a
+    # sum-based rate; batches differ in size, so the rate (not the step time) is what compares.
+    rate = median([s.info["real"] / s.seconds for s in samples])
+    padded_rate = median([s.info["padded"] / s.seconds for s in samples])
     return {
         "variant": name,
         "steps": len(samples),
@@ -133,9 +135,9 @@ def summarize(name: str, samples: list[Sample], ref: float | None) -> dict[str, 
         "padding_pct": round(100 * (1 - real / padded), 1),
         "step_s_median": round(median([s.seconds for s in samples]), 3),
         "real_tokens_per_s": round(rate, 1),
-        "padded_tokens_per_s": round(padded / secs, 1),
+        "padded_tokens_per_s": round(padded_rate, 1),
         "peak_mib": peak_mib(samples),
-        "vs_ref": round(rate / ref, 3) if ref else None,
+        "vs_ref": round(rate / ref, 3) if ref else 1.0,
     }
 
 
@@ -227,7 +229,7 @@ def main() -> None:
         }
         with stage(f"case a: random tokens {B} x {L}"):
             s = interleave(variants, device, args.repeats, args.warmup)
-        ref = summarize("plain loop", s["plain loop"], None)["real_tokens_per_s"]
+        ref = median([x.info["real"] / x.seconds for x in s["plain loop"]])
         rows = [summarize(n, v, ref) for n, v in s.items()]
         results["cases"]["a_random_tokens"] = rows
         out_md += [f"### (a) fixed-length random tokens, {B} x {L}", "", table(rows), ""]
@@ -295,16 +297,32 @@ def main() -> None:
             variants[f"flexpaft PAFT ({len(paft)} templates)"] = Stepper(
                 model, params, flex_loader(paft), device, flexpaft=True
             )
+        # Peak memory follows the batch's length, and each variant's next batch differs: measure
+        # every variant on the same worst case instead, the B longest examples of the pool (what
+        # each loop meets once per epoch), under the task's template.
+        longest = sorted(range(len(pool)), key=lambda i: -len(feats[i]["input_ids"]))[:B]
+        worst_flex = PadCollator(pad)([feats[i] for i in longest])
+        worst_plain = right_pad([feats[i] for i in longest], pad)
+        mem_variants = {
+            n: (lambda st=st: st(worst_flex if st.flexpaft else worst_plain))
+            for n, st in variants.items()
+        }
         with stage(f"cases b/c: {args.task}, batch {B}, max length {args.max_length}"):
-            s = interleave(variants, device, args.repeats, args.warmup)
+            s = interleave(
+                variants, device, args.repeats, args.warmup, memory_variants=mem_variants
+            )
         first = next(iter(s))
-        ref = summarize(first, s[first], None)["real_tokens_per_s"]
+        ref = median([x.info["real"] / x.seconds for x in s[first]])
         rows = [summarize(n, v, ref) for n, v in s.items()]
         results["cases"]["bc_task_data"] = rows
         out_md += [
             f"### (b/c) {args.task}, batch {B}, max length {args.max_length} (ref: {first})",
             "",
             table(rows),
+            "",
+            f"peak MiB: one extra step of each variant on the same worst case, the {B} longest "
+            "examples of the pool (CUDA: max allocated; CPU: rise of peak RSS over the loaded "
+            "model).",
             "",
         ]
         names = list(s)
