@@ -41,11 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from ..models import load_model
     from ..train.templates import training_templates
+    from ..train.trainer import make_accelerator
     from .search import search_layers
 
     overrides = list(args.set)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         )
     cfg = dataclasses.replace(cfg, method=SEARCH_METHOD[cfg.method])
 
-    acc = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    acc = make_accelerator(cfg)
     set_seed(cfg.seed)
     task, fmt, examples = cfg.data.load()
     model, tok = load_model(

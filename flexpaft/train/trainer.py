@@ -74,11 +74,27 @@ def config_hash(cfg: TrainConfig) -> str:
     return sha256_json(d)[:16]
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``.
+
+    Without GPUs, accelerate only runs several processes (gloo) when told ``cpu=True``; with one
+    process that flag changes nothing, so it is set whenever no CUDA device exists and a
+    launcher started several processes.
+    """
+    import os
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        cpu=several and not torch.cuda.is_available(),
+    )
+
+
 def train(
     cfg: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True
 ) -> TrainResult:
     """Run ``cfg`` end to end and return where the adapter went."""
-    acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum)
+    acc = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
