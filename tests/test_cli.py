@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import boolq_rows, build_model, build_tokenizer, write_jsonl
+
 from flexpaft.cli import main
 
 TEMPLATES = [
@@ -243,3 +243,61 @@ def test_help_lists_config_keys(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "optim.lr" in out and "prompts.mode" in out
+
+
+def test_generate_with_base_accuracy_floor(tmp_path, tiny, tiny_model_dir, boolq_files, capsys):
+    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.prompts import PromptSet
+    from flexpaft.tasks import AnswerFormat, get_task, load_examples
+
+    data, _ = boolq_files
+    args = [
+        "prompts",
+        "generate",
+        "--task",
+        "boolq",
+        "--format",
+        "label_words",
+        "--n",
+        "24",
+        "--split",
+        "0.25",
+        "--min-test",
+        "2",
+        "--adversarial",
+        "0",
+        "--out",
+        tmp_path / "g",
+        "--score-model",
+        tiny_model_dir,
+        "--score-data",
+        data,
+        "--score-examples",
+        "8",
+    ]
+    code, _, err = run(capsys, *args, "--min-base-accuracy", "0.5")
+    assert code == 0, err
+    report = json.loads((tmp_path / "g" / "filter_report.json").read_text())
+    cands = PromptSet.load(tmp_path / "g" / "candidates.jsonl")
+    # Independent check: the base-model accuracy the filter used is what the evaluator gives,
+    # and exactly the templates under the floor were dropped for it.
+    task = get_task("boolq")
+    exs = load_examples(task, str(data), shuffle=True, seed=0)[:8]
+    res = evaluate_templates(
+        *tiny, task, AnswerFormat.LABEL_WORDS, list(cands), exs, progress=False
+    )
+    ours = {t.id: a for t, a in zip(cands, res.accuracies)}
+    assert report["scores"] == pytest.approx(ours)
+    assert report["counts"]["low_score"] == sum(a < 0.5 for a in ours.values())
+    code, _, err = run(
+        capsys,
+        "prompts",
+        "generate",
+        "--task",
+        "boolq",
+        "--out",
+        tmp_path / "h",
+        "--min-base-accuracy",
+        "0.5",
+    )
+    assert code == 2 and "needs --score-data" in err

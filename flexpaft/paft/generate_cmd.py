@@ -77,6 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="0.9",
         help="Character-trigram Jaccard at which a template is a near-duplicate; 'off' disables.",
     )
+    g.add_argument(
+        "--min-base-accuracy",
+        type=float,
+        default=None,
+        help="Drop templates under which the base model scores below this accuracy "
+        "(needs --score-data; scored on --score-examples examples).",
+    )
+    g.add_argument("--score-model", default="embedded", help="Base model for --min-base-accuracy.")
+    g.add_argument("--score-data", default=None, help="Data file for --min-base-accuracy.")
+    g.add_argument("--score-examples", type=int, default=16, help="Examples per template scored.")
     g.add_argument("--split", default="1/9", help="Test fraction, e.g. 1/9 (the paper's 8:1).")
     g.add_argument(
         "--min-test",
@@ -150,6 +160,25 @@ def _llm_models(args: argparse.Namespace, generators: list[str]) -> list[ChatMod
     return models
 
 
+def _base_accuracy(args: argparse.Namespace, task, fmt: AnswerFormat):
+    """A score_fn: the base model's accuracy under each template on a few examples."""
+    if not args.score_data:
+        raise FlexpaftError("--min-base-accuracy needs --score-data (examples to score on)")
+    from ..evaluate.evaluator import evaluate_templates
+    from ..models import load_model
+    from ..tasks import load_examples
+
+    examples = load_examples(task, args.score_data, shuffle=True, seed=args.seed)
+    examples = examples[: args.score_examples]
+
+    def score(prompts: PromptSet) -> list[float]:
+        model, tok = load_model(args.score_model)
+        res = evaluate_templates(model, tok, task, fmt, list(prompts), examples, progress=False)
+        return res.accuracies
+
+    return score
+
+
 def run(args: argparse.Namespace) -> int:
     generators = _listed(args.generator) or ["offline"]
     unknown = sorted(set(generators) - set(GENERATORS))
@@ -202,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         near_dup_threshold=near_dup,
+        score_fn=_base_accuracy(args, task, fmt) if args.min_base_accuracy is not None else None,
+        min_score=args.min_base_accuracy,
     )
     # --min-test holds where the set is big enough; a test set never takes more than half.
     min_test = max(1, min(args.min_test, len(kept) // 2))
