@@ -28,16 +28,19 @@ for seed in 0 1 2; do
   RAND=$(python -c "from flexpaft.flexora.select import random_layers; print(random_layers($BLOCKS, $COUNT, $seed))")
   flexpaft train --method lora -o "$OUT/random$seed" "${BASE_ARGS[@]}" --set "lora.layers_to_transform=$RAND"
 done
+# LoRA-drop-style baseline: the COUNT blocks with the largest LoRA output norm in the all-block run.
+DROP=$(python experiments/lora_drop_layers.py "$OUT/all/adapter" "$COUNT" "${BASE_ARGS[@]}" | tail -n 1)
+flexpaft train --method lora -o "$OUT/loradrop" "${BASE_ARGS[@]}" --set "lora.layers_to_transform=$DROP"
 EVAL_ARGS=("${COMMON[@]}" --set "data.skip=$TRAIN" --set "data.limit=$TEST")
 flexpaft eval -o "$OUT/eval/base" --set name=base "${EVAL_ARGS[@]}"
-for run in flexora all random0 random1 random2; do
+for run in flexora all loradrop random0 random1 random2; do
   flexpaft eval -o "$OUT/eval/$run" --set "name=$run" --adapter "$OUT/$run/adapter" "${EVAL_ARGS[@]}"
 done
 python - "$OUT" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 rows = []
-for run in ["base", "flexora", "all", "random0", "random1", "random2"]:
+for run in ["base", "flexora", "all", "loradrop", "random0", "random1", "random2"]:
     r = json.loads((out / "eval" / run / "results.json").read_text())
     m = json.loads((out / run / "manifest.json").read_text()) if run != "base" else {}
     rows.append((run, r["per_template"][0]["accuracy"], m.get("layers"), m.get("trainable_parameters"), m.get("train_seconds")))
