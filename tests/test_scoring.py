@@ -142,3 +142,14 @@ def test_left_padding_does_not_change_scores(tiny):
     batched = [s.scores for s in score_first_token(model, tok, items, batch_size=6)]
     np.testing.assert_allclose(alone, batched, atol=1e-5)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_length_batches_respect_token_budget_and_count():
+    from flexpaft.evaluate.scoring import length_batches
+
+    lengths = [10, 1300, 12, 90, 11, 95]
+    batches = length_batches(lengths, batch_size=3, max_tokens=300)
+    # Longest first; the 1300-token prompt travels alone instead of padding the others.
+    assert batches == [[1], [5, 3], [2, 4, 0]]
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * lengths[b[0]] <= 300 or len(b) == 1 for b in batches)

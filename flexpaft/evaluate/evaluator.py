@@ -98,6 +98,8 @@ def evaluate_templates(
     length_normalize: bool = False,
     thresholds: tuple[float, ...] = (0.8, 0.85, 0.9),
     progress: bool = True,
+    max_batch_tokens: int = 8192,
+    pairs_per_call: int = 512,
 ) -> EvalResult:
     """Score every (template, example) pair; one TemplateResult per template."""
     if not templates:
@@ -110,21 +112,34 @@ def evaluate_templates(
     first = [render(task, templates[0], e, fmt) for e in examples[:8]]
     chosen = choose_mode(mode, fmt, single_token_answers(first, TokenCache(tokenizer)))
     results = []
-    for t in tqdm(templates, desc=f"eval {task.name}", disable=not progress, unit="template"):
-        items = [render(task, t, e, fmt) for e in examples]
-        if chosen == "first_token" and not single_token_answers(items, TokenCache(tokenizer)):
-            scored = score_continuations(model, tokenizer, items, batch_size, max_length)
-        elif chosen == "first_token":
-            scored = score_first_token(model, tokenizer, items, batch_size, max_length)
-        elif chosen == "continuation":
-            scored = score_continuations(
-                model, tokenizer, items, batch_size, max_length, length_normalize
-            )
+    bar = tqdm(
+        total=len(templates), desc=f"eval {task.name}", disable=not progress, unit="template"
+    )
+    # Several templates are scored in one call, so sorting by length groups similar prompts of
+    # different templates into one batch (less padding than template by template).
+    per_call = max(1, pairs_per_call // max(1, len(examples)))
+    for start in range(0, len(templates), per_call):
+        group = templates[start : start + per_call]
+        items = [render(task, t, e, fmt) for t in group for e in examples]
+        kw = {
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "max_batch_tokens": max_batch_tokens,
+        }
+        if chosen == "first_token" and single_token_answers(items, TokenCache(tokenizer)):
+            scored = score_first_token(model, tokenizer, items, **kw)
+        elif chosen in ("first_token", "continuation"):
+            # Multi-token answers cannot be read off one position: exact continuation scoring.
+            norm = length_normalize and chosen == "continuation"
+            scored = score_continuations(model, tokenizer, items, length_normalize=norm, **kw)
         else:
-            scored = generate_answers(
-                model, tokenizer, items, batch_size, max_new_tokens, max_length
-            )
-        results.append(_template_result(t, items, scored, chosen == "generate"))
+            scored = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens, **kw)
+        n = len(examples)
+        for k, t in enumerate(group):
+            part = slice(k * n, (k + 1) * n)
+            results.append(_template_result(t, items[part], scored[part], chosen == "generate"))
+        bar.update(len(group))
+    bar.close()
     if was_training:
         model.train()
     res = EvalResult(task.name, fmt.value, chosen, results, round(time.perf_counter() - started, 3))

@@ -32,7 +32,10 @@ class EvalConfig:
         "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
     )
     mode: str = opt("auto", "Scoring: auto, first_token, continuation or generate.")
-    batch_size: int = opt(16, "Sequences per forward pass.")
+    batch_size: int = opt(16, "Most sequences per forward pass.")
+    max_batch_tokens: int = opt(
+        8192, "Most padded tokens per forward pass (long prompts go in smaller batches)."
+    )
     max_length: int = opt(2048, "Longest prompt in tokens (cut from the left).")
     max_new_tokens: int = opt(32, "Generation mode: tokens to generate per answer.")
     length_normalize: bool = opt(
@@ -76,6 +79,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             cfg.length_normalize,
             tuple(cfg.thresholds),
             progress,
+            cfg.max_batch_tokens,
         )
 
     res = run(templates)

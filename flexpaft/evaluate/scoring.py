@@ -56,6 +56,25 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[
     }
 
 
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest-first into batches of at most ``batch_size`` sequences and about
+    ``max_tokens`` padded tokens: short sequences travel in big batches, long ones in small ones,
+    so padding stays low on variable-length data (one 1,300-token prompt no longer pads fifteen
+    short ones to its length)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens
+        ):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -91,15 +110,18 @@ def single_token_answers(items: list[Rendered], cache: TokenCache) -> bool:
 
 @torch.inference_mode()
 def score_first_token(
-    model: Any, tokenizer: Any, items: list[Rendered], batch_size: int = 16, max_length: int = 2048
+    model: Any,
+    tokenizer: Any,
+    items: list[Rendered],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    max_batch_tokens: int = 8192,
 ) -> list[Scored]:
     cache = TokenCache(tokenizer)
     device = _device(model)
     prompts = [_truncate(cache.prompt(it.prompt), max_length) for it in items]
-    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
     out: list[Scored | None] = [None] * len(items)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches([len(p) for p in prompts], batch_size, max_batch_tokens):
         batch = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
         logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1).cpu()
@@ -118,6 +140,7 @@ def score_continuations(
     batch_size: int = 16,
     max_length: int = 2048,
     length_normalize: bool = False,
+    max_batch_tokens: int = 8192,
 ) -> list[Scored]:
     """Sum (or per-token mean) log-probability of each option's continuation."""
     cache = TokenCache(tokenizer)
@@ -129,10 +152,9 @@ def score_continuations(
             cont = cache.answer(a) or [tokenizer.eos_token_id]
             full = _truncate(ctx + cont, max_length)
             seqs.append((i, j, full, min(len(cont), len(full) - 1)))
-    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][2]))
     scores = [[0.0] * len(it.answers) for it in items]
-    for start in range(0, len(order), batch_size):
-        chunk = [seqs[k] for k in order[start : start + batch_size]]
+    for idx in length_batches([len(s[2]) for s in seqs], batch_size, max_batch_tokens):
+        chunk = [seqs[k] for k in idx]
         batch = _left_pad([s[2] for s in chunk], tokenizer.pad_token_id, device)
         keep = max(s[3] for s in chunk) + 1
         logits = model(**batch, logits_to_keep=keep).logits.float()
@@ -199,14 +221,14 @@ def generate_answers(
     batch_size: int = 16,
     max_new_tokens: int = 32,
     max_length: int = 2048,
+    max_batch_tokens: int = 8192,
 ) -> list[Scored]:
     device = _device(model)
     prompts = [_truncate(encode_prompt(tokenizer, it.prompt), max_length) for it in items]
-    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
     out: list[Scored | None] = [None] * len(items)
     eos = tokenizer.eos_token_id
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    lengths = [len(p) + max_new_tokens for p in prompts]
+    for idx in length_batches(lengths, batch_size, max_batch_tokens):
         batch = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
         batch.pop("position_ids")  # generate() derives positions from the mask itself
         t0 = time.perf_counter()

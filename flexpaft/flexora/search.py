@@ -27,8 +27,6 @@ import enum
 import json
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from ..io import (
     atomic_write_text,
     sha256_json,
 )
+from ..memory import peak_memory
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -124,15 +123,6 @@ def search_config_hash(cfg: TrainConfig) -> str:
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak GPU memory allocated on CUDA, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
 
 
 # --- gradients of alpha ----------------------------------------------------------------------

@@ -87,7 +87,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     and most of its activation memory. The value equals the usual shifted-label loss.
     """
     labels = batch["labels"]
-    answer_len = int((labels != -100).sum(dim=1).max())
+    # A label in the very first position has no prediction; at most L - 1 targets exist.
+    answer_len = min(int((labels != -100).sum(dim=1).max()), labels.shape[1] - 1)
     keep = answer_len + 1
     logits = model(
         input_ids=batch["input_ids"],
@@ -135,7 +136,8 @@ def make_loader(
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=PadCollator(tokenizer.pad_token_id),
+        # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
+        collate_fn=PadCollator(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
         num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         prefetch_factor=4 if workers else None,

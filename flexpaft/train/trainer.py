@@ -26,6 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .. import __version__
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
+from ..memory import peak_memory
 from ..models import base_fingerprint, load_model
 from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -164,6 +165,8 @@ def train_lora(
     o = cfg.optim
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoint"
+    if acc.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(acc.device)  # stage 2 alone, not the search before it
     model = add_lora(model, cfg.lora, layers)
     fingerprint = base_fingerprint(model.get_base_model().config)
 
@@ -244,6 +247,7 @@ def train_lora(
             pos.epoch, pos.batch = pos.epoch + 1, 0
     bar.close()
     elapsed = pos.seconds + time.perf_counter() - t0
+    peak, peak_kind = peak_memory(acc.device)
     tokens = pos.tokens + tokens_seen
     # Tokens of every rank: each processed its own shard.
     tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
@@ -273,5 +277,8 @@ def train_lora(
             "tokens_per_second": round(tokens_all / elapsed, 1) if elapsed > 0 else None,
             "padding_fraction": round(1 - real_seen / padded_seen, 4) if padded_seen else None,
             "trainable_parameters": sum(p.numel() for p in params),
+            # CUDA: this run's max allocated; CPU: the process's peak RSS (includes the search).
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind,
         },
     }
