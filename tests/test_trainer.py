@@ -152,3 +152,36 @@ def test_layers_to_transform_adapts_only_those_blocks(tiny):
     peft_model = add_lora(copy.deepcopy(model), LoraSettings(layers_to_transform=[1, 3]))
     names = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
     assert names and all(".layers.1." in n or ".layers.3." in n for n in names)
+
+
+def test_topaccuracy_trains_on_the_base_models_best_template(tmp_path, tiny_model_dir):
+    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.models import load_model
+    from flexpaft.prompts import PromptSet
+    from flexpaft.settings import DataSettings
+
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
+    texts = [
+        "{passage}\nQ: {question}?\nA:",
+        "Q: {question}? {passage}\nAnswer:",
+        "{question}?\n{passage}\nYes or no:",
+    ]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"template": t} for t in texts])
+    cfg = _cfg(
+        tiny_model_dir,
+        data,
+        tmp_path / "top",
+        "method=topaccuracy",
+        "optim.max_steps=1",
+        f"prompts.prompt_set={prompts}",
+        "prompts.topaccuracy_examples=12",
+    )
+    res = train(cfg, progress=False)
+    # Independently: the base model's accuracy per template on the same 12 probe examples.
+    task, fmt, exs = DataSettings(task="boolq", source=str(data), max_length=64).load()
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    ps = PromptSet.load(prompts)
+    accs = evaluate_templates(model, tok, task, fmt, list(ps), exs[:12], progress=False).accuracies
+    best = ps[max(range(len(ps)), key=lambda i: accs[i])]
+    assert res.manifest["templates"]["chosen"] == best.id
+    assert res.manifest["templates"]["base_accuracy"] == pytest.approx(max(accs))
