@@ -26,7 +26,11 @@ from .tasks import load_task
 from .train.config import TrainConfig
 from .train.trainer import train
 
-DEFAULT_TASK = "bigbench:sports_understanding"
+# BIG-bench's entailed_polarity: short yes/no questions about implicative verbs ("Ann managed to
+# open the door. Did Ann open the door?"). The embedded 135M model is below chance on it and its
+# answers flip with the wording; 40 LoRA steps on 100 examples move it within 2 CPU minutes, which
+# is what a demo on 2 cores can afford. Measured candidates are in docs/RESULTS.md.
+DEFAULT_TASK = "bigbench:entailed_polarity"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,8 +110,14 @@ def run(args: argparse.Namespace) -> int:
         )
         runs["paft"] = t.adapter_dir
 
+    test_data = load_config(
+        EvalConfig,
+        None,
+        data + [f"data.skip={args.train_examples}", f"data.limit={args.test_examples}"],
+    ).data
+    _, _, test_examples = test_data.load()
     say(
-        f"[4/5] evaluating under {len(test_set)} held-out templates x {args.test_examples} examples"
+        f"[4/5] evaluating under {len(test_set)} held-out templates x {len(test_examples)} examples"
     )
     eval_common = data + [
         f"data.skip={args.train_examples}",
@@ -135,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = [(name, load_run(str(path))[1]) for name, path in results.items()]
     report = build_report(loaded, thresholds=(0.6, 0.7))
-    md = render_markdown(report)
+    # A model that learned only the label prior scores this on every template; say so beside
+    # the table, so nobody mistakes the prior for the task.
+    golds = [e.gold for e in test_examples]
+    majority = max(golds.count(g) for g in set(golds)) / len(golds)
+    md = render_markdown(report) + (
+        f"\nAlways answering the majority label would score {100 * majority:.1f}% on these "
+        f"{len(golds)} examples.\n"
+    )
     atomic_write_text(out / "report.md", md)
     png = plot_per_template(report, out / "per_template.png")
     print()

@@ -55,5 +55,6 @@ def test_demo_runs_the_whole_flow(tmp_path, tiny_model_dir, monkeypatch, capsys)
         assert name in out
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "3 unseen test templates, 8 examples" in report
+    assert "Always answering the majority label would score" in report
     assert (tmp_path / "demo" / "per_template.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo" / "lora" / "adapter" / "adapter_config.json").is_file()
