@@ -11,24 +11,10 @@ import logging
 import os
 import sys
 
-from .config import describe, load_config
+from .config import add_config_arguments, load_config
 from .errors import FlexpaftError
 
 log = logging.getLogger("flexpaft")
-
-
-def _config_args(p: argparse.ArgumentParser, cls: type) -> None:
-    p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)",
-    )
-    p.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(cls))
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -104,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", help="shortcut for --set method=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
-    _config_args(p, TrainConfig)
+    add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -112,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter", help="shortcut for --set adapter=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
-    _config_args(p, EvalConfig)
+    add_config_arguments(p, EvalConfig)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("prompts", help="prompt sets: validate, split, convert, generate")

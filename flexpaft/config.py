@@ -197,3 +197,21 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             default = "required"
         lines.append(f"  {key} = {default!r}\n      {f.metadata.get('help', '')}")
     return lines
+
+
+def add_config_arguments(parser: Any, cls: type, example: str = "optim.lr=2e-4") -> None:
+    """``--config`` and ``--set`` for a command configured by dataclass ``cls``; ``--help``
+    ends with every key, its default and its help text."""
+    import argparse
+
+    parser.add_argument("--config", "-c", help="YAML config file")
+    parser.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
+    )
+    parser.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(cls))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..config import describe, load_config
+from ..config import add_config_arguments, load_config
 from ..errors import FlexpaftError
 from ..train.config import TrainConfig
 from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION
@@ -26,18 +26,8 @@ SEARCH_METHOD = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="training YAML config (the flexora section)")
-    parser.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set flexora.unroll=2 (repeatable)",
-    )
+    add_config_arguments(parser, TrainConfig, example="flexora.unroll=2")
     parser.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
-    parser.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(TrainConfig))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
