@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from .config import add_config_arguments, load_config
+from .config import add_config_arguments, config_from_args
 from .errors import FlexpaftError
 
 log = logging.getLogger("flexpaft")
@@ -21,12 +21,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
     from .train.trainer import train
 
-    overrides = list(args.set)
-    if args.method:
-        overrides.insert(0, f"method={args.method}")
-    if args.output_dir:
-        overrides.insert(0, f"output_dir={args.output_dir}")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = config_from_args(TrainConfig, args, ("method", "output_dir"))
     res = train(cfg, progress=not args.quiet)
     m = res.manifest
     print(
@@ -40,12 +35,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.evaluator import markdown_table
     from .evaluate.run import EvalConfig, run_eval
 
-    overrides = list(args.set)
-    if args.adapter:
-        overrides.insert(0, f"adapter={args.adapter}")
-    if args.output_dir:
-        overrides.insert(0, f"output_dir={args.output_dir}")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir"))
     res = run_eval(cfg, progress=not args.quiet)
     print(markdown_table(res, cfg.name or cfg.adapter or "base"))
     print(f"results: {cfg.output_dir}/results.json")

@@ -215,3 +215,10 @@ def add_config_arguments(parser: Any, cls: type, example: str = "optim.lr=2e-4")
     )
     parser.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(cls))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def config_from_args(cls: type[T], args: Any, shortcuts: tuple[str, ...] = ()) -> T:
+    """The command's config: ``--config`` file, then the shortcut flags named in ``shortcuts``
+    (``--output-dir`` is ``--set output_dir=...``), then ``--set`` overrides, which win."""
+    overrides = [f"{k}={getattr(args, k)}" for k in shortcuts if getattr(args, k, None)]
+    return load_config(cls, args.config, overrides + list(args.set))

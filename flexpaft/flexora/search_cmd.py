@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..config import add_config_arguments, load_config
+from ..config import add_config_arguments, config_from_args
 from ..errors import FlexpaftError
 from ..train.config import TrainConfig
 from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION
@@ -38,10 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.trainer import make_accelerator
     from .search import search_layers
 
-    overrides = list(args.set)
-    if getattr(args, "output_dir", None):
-        overrides.insert(0, f"output_dir={args.output_dir}")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = config_from_args(TrainConfig, args, ("output_dir",))
     if cfg.method not in SEARCH_METHOD:
         raise FlexpaftError(
             f"flexpaft search needs method flexora or flexora+paft (lora and paft are mapped "
