@@ -301,3 +301,70 @@ def test_generate_with_base_accuracy_floor(tmp_path, tiny, tiny_model_dir, boolq
         "0.5",
     )
     assert code == 2 and "needs --score-data" in err
+
+
+def test_interrupted_evaluation_resumes_per_template(tmp_path, tiny_model_dir, boolq_files, capsys):
+    from flexpaft.config import load_config
+    from flexpaft.evaluate.evaluator import TemplateResult
+    from flexpaft.evaluate.run import EvalConfig, PartialResults, _resume_key
+    from flexpaft.prompts import PromptSet
+
+    data, prompts = boolq_files
+    sets = [
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        f"data.source={data}",
+        "--set",
+        f"prompt_set={prompts}",
+    ]
+    cfg = load_config(
+        EvalConfig, None, [s for s in sets if s != "--set"] + [f"output_dir={tmp_path / 'ev'}"]
+    )
+    _, _, examples = cfg.data.load()
+    first = PromptSet.load(prompts)[0]
+    # A result "already computed" by an interrupted run, with a marker accuracy no model gives.
+    planted = TemplateResult(
+        first.id, first.text, 0.123, len(examples), [0] * len(examples), [0] * len(examples)
+    )
+    partial = PartialResults(tmp_path / "ev" / "partial.jsonl", _resume_key(cfg, examples))
+    partial.add(planted)
+    with open(partial.path, "a") as f:
+        f.write('{"key": "torn')  # killed mid-write
+    code, _, err = run(capsys, "eval", "-o", tmp_path / "ev", *sets)
+    assert code == 0, err
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    by_id = {t["id"]: t["accuracy"] for t in res["per_template"]}
+    assert by_id[first.id] == 0.123 and len(by_id) == 4  # reused, the other three scored
+    assert not partial.path.exists()  # finished: nothing left to resume
+    # Another configuration (other examples) must not reuse it.
+    other = load_config(EvalConfig, None, [s for s in sets if s != "--set"] + ["data.limit=5"])
+    assert _resume_key(other, other.data.load()[2]) != partial.key
+
+
+def test_evaluate_templates_skips_done_and_reports_new(tiny):
+    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.prompts import Template
+    from flexpaft.tasks import AnswerFormat, get_task
+
+    task = get_task("boolq")
+    exs = [task.normalize(r) for r in boolq_rows(6)]
+    ts = [Template(t, f"t{i}") for i, t in enumerate(TEMPLATES)]
+    full = evaluate_templates(
+        *tiny, task, AnswerFormat.LABEL_WORDS, ts, exs, progress=False, pairs_per_call=6
+    )
+    seen = []
+    done = {"t1": full.per_template[1]}
+    again = evaluate_templates(
+        *tiny,
+        task,
+        AnswerFormat.LABEL_WORDS,
+        ts,
+        exs,
+        progress=False,
+        pairs_per_call=6,
+        done=done,
+        on_result=lambda r: seen.append(r.id),
+    )
+    assert seen == ["t0", "t2", "t3"]  # t1 was not scored again
+    assert again.accuracies == full.accuracies

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,14 @@ def evaluate_templates(
     progress: bool = True,
     max_batch_tokens: int = 8192,
     pairs_per_call: int = 512,
+    done: dict[str, TemplateResult] | None = None,
+    on_result: Callable[[TemplateResult], None] | None = None,
 ) -> EvalResult:
-    """Score every (template, example) pair; one TemplateResult per template."""
+    """Score every (template, example) pair; one TemplateResult per template.
+
+    ``done`` holds results of templates already scored (a resumed run skips them); ``on_result``
+    is called with each new template's result as soon as it exists, so a caller can save it.
+    """
     if not templates:
         raise FlexpaftError("no templates to evaluate")
     if not examples:
@@ -111,15 +118,20 @@ def evaluate_templates(
     started = time.perf_counter()
     first = [render(task, templates[0], e, fmt) for e in examples[:8]]
     chosen = choose_mode(mode, fmt, single_token_answers(first, TokenCache(tokenizer)))
-    results = []
+    done = dict(done or {})
+    todo = [t for t in templates if t.id not in done]
     bar = tqdm(
-        total=len(templates), desc=f"eval {task.name}", disable=not progress, unit="template"
+        total=len(templates),
+        initial=len(templates) - len(todo),
+        desc=f"eval {task.name}",
+        disable=not progress,
+        unit="template",
     )
     # Several templates are scored in one call, so sorting by length groups similar prompts of
     # different templates into one batch (less padding than template by template).
     per_call = max(1, pairs_per_call // max(1, len(examples)))
-    for start in range(0, len(templates), per_call):
-        group = templates[start : start + per_call]
+    for start in range(0, len(todo), per_call):
+        group = todo[start : start + per_call]
         items = [render(task, t, e, fmt) for t in group for e in examples]
         kw = {
             "batch_size": batch_size,
@@ -137,9 +149,12 @@ def evaluate_templates(
         n = len(examples)
         for k, t in enumerate(group):
             part = slice(k * n, (k + 1) * n)
-            results.append(_template_result(t, items[part], scored[part], chosen == "generate"))
+            done[t.id] = _template_result(t, items[part], scored[part], chosen == "generate")
+            if on_result is not None:
+                on_result(done[t.id])
         bar.update(len(group))
     bar.close()
+    results = [done[t.id] for t in templates]
     if was_training:
         model.train()
     res = EvalResult(task.name, fmt.value, chosen, results, round(time.perf_counter() - started, 3))

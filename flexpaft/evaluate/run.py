@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import opt, section
 from ..errors import FlexpaftError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..models import load_model
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..train.templates import default_template, load_valid_set
-from .evaluator import EvalResult, evaluate_templates, load_adapter, markdown_table
+from .evaluator import (
+    EvalResult,
+    TemplateResult,
+    evaluate_templates,
+    load_adapter,
+    markdown_table,
+)
 
 
 @dataclass
@@ -64,6 +71,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
 
+    out = Path(cfg.output_dir)
+    partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
+
     def run(ts: list[Template]) -> EvalResult:
         return evaluate_templates(
             model,
@@ -80,6 +90,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             tuple(cfg.thresholds),
             progress,
             cfg.max_batch_tokens,
+            done=partial.results,
+            on_result=partial.add,
         )
 
     res = run(templates)
@@ -94,10 +106,49 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             ref = Template(text, template_id(text)).validate(task, fmt)
         extra["reference"] = run([ref]).to_dict()
     name = cfg.name or (Path(cfg.adapter).parent.name if cfg.adapter else "base")
-    out = Path(cfg.output_dir)
     atomic_write_json(
         out / "results.json", {"name": name, "config": asdict(cfg), **res.to_dict(), **extra}
     )
     atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
     PromptSet(templates).save(out / "templates.jsonl")
+    partial.remove()
     return res
+
+
+def _resume_key(cfg: EvalConfig, examples: list) -> str:
+    """What makes per-template results reusable: model, adapter, data, scoring settings."""
+    d = asdict(cfg)
+    for k in ("output_dir", "name", "prompt_set", "adversarial_set", "reference_template"):
+        d.pop(k)
+    if cfg.adapter:
+        weights = Path(cfg.adapter) / "adapter_model.safetensors"
+        d["adapter_digest"] = sha256_file(weights) if weights.is_file() else ""
+    d["examples"] = [[e.fields, e.options, e.gold] for e in examples]
+    return sha256_json(d)
+
+
+class PartialResults:
+    """Per-template results appended as they finish, so an interrupted evaluation under many
+    templates resumes where it stopped. Lines written under another key are ignored; a torn
+    last line (killed mid-write) is skipped."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self.results: dict[str, TemplateResult] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("key") == key:
+                    self.results[row["result"]["id"]] = TemplateResult(**row["result"])
+
+    def add(self, result: TemplateResult) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"key": self.key, "result": asdict(result)}) + "\n")
+            f.flush()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
