@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -53,6 +52,7 @@ from ..memory import peak_memory
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
+from ..train.checkpoint import load_lora_state, load_states, save_lora_state, save_states
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.lora import add_lora, lora_config
@@ -509,10 +509,6 @@ class LayerSearch:
     # -- persistence --
 
     def save_checkpoint(self) -> None:
-        model = self.acc.unwrap_model(self.wrapped)
-        lora = {
-            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
-        }
         state = {
             "step": self.step,
             "inner_steps": self.inner_steps,
@@ -522,16 +518,16 @@ class LayerSearch:
             "config_hash": self.config_hash,
         }
         with atomic_directory(self.out / CHECKPOINT) as tmp:
-            save_file(lora, str(tmp / "adapter.safetensors"))
+            save_lora_state(tmp, self.acc.unwrap_model(self.wrapped))
             save_file({"alpha": self.gates.alpha.detach().cpu()}, str(tmp / "alpha.safetensors"))
-            torch.save(
+            save_states(
+                tmp,
                 {
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "alpha_optimizer": self.alpha_optimizer.state_dict(),
                     "rng": torch.get_rng_state(),
                 },
-                tmp / "optim.pt",
             )
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -546,13 +542,10 @@ class LayerSearch:
                 f"{ckpt} holds a search of a different configuration: use another output_dir, "
                 "or --set resume=false to start over"
             )
-        set_peft_model_state_dict(
-            self.acc.unwrap_model(self.wrapped), load_file(str(ckpt / "adapter.safetensors"))
-        )
+        load_lora_state(ckpt, self.acc.unwrap_model(self.wrapped))
         with torch.no_grad():
             self.gates.alpha.copy_(load_file(str(ckpt / "alpha.safetensors"))["alpha"])
-        # weights_only: optimizer states are tensors and plain containers.
-        opt = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True)
+        opt = load_states(ckpt)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
         self.alpha_optimizer.load_state_dict(opt["alpha_optimizer"])

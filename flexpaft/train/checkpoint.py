@@ -19,6 +19,8 @@ from ..errors import FlexpaftError
 from ..io import atomic_directory
 
 STATE_FILE = "trainer_state.json"
+ADAPTER_FILE = "adapter.safetensors"
+STATES_FILE = "optim.pt"
 
 
 @dataclass
@@ -31,14 +33,30 @@ class Position:
     seconds: float = 0.0
 
 
-def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, pos: Position) -> None:
+def save_lora_state(directory: Path, model: Any) -> None:
+    """The trainable adapter weights only (never the base model), as safetensors."""
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(directory / ADAPTER_FILE))
+
+
+def load_lora_state(directory: Path, model: Any) -> None:
+    set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
+
+
+def save_states(directory: Path, states: dict[str, Any]) -> None:
+    """Optimizer, scheduler and RNG states (tensors and plain containers)."""
+    torch.save(states, directory / STATES_FILE)
+
+
+def load_states(directory: Path) -> dict[str, Any]:
+    # weights_only=True: these are tensors and plain containers, never arbitrary objects.
+    return torch.load(directory / STATES_FILE, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, pos: Position) -> None:
     with atomic_directory(path) as tmp:
-        save_file(state, str(tmp / "adapter.safetensors"))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            tmp / "optim.pt",
-        )
+        save_lora_state(tmp, model)
+        save_states(tmp, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
         (tmp / STATE_FILE).write_text(json.dumps(asdict(pos), indent=2))
 
 
@@ -53,9 +71,8 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> P
     pos = read_position(path)
     if pos is None:
         raise FlexpaftError(f"no checkpoint in {path}")
-    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
-    # weights_only=True: optimizer state is tensors and plain containers, never arbitrary objects.
-    opt = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
+    load_lora_state(path, model)
+    states = load_states(path)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
     return pos
