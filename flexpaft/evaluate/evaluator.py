@@ -117,7 +117,8 @@ def evaluate_templates(
     model.eval()
     started = time.perf_counter()
     first = [render(task, templates[0], e, fmt) for e in examples[:8]]
-    chosen = choose_mode(mode, fmt, single_token_answers(first, TokenCache(tokenizer)))
+    answer_tokens = TokenCache(tokenizer)
+    chosen = choose_mode(mode, fmt, single_token_answers(first, answer_tokens))
     done = dict(done or {})
     todo = [t for t in templates if t.id not in done]
     bar = tqdm(
@@ -138,7 +139,7 @@ def evaluate_templates(
             "max_length": max_length,
             "max_batch_tokens": max_batch_tokens,
         }
-        if chosen == "first_token" and single_token_answers(items, TokenCache(tokenizer)):
+        if chosen == "first_token" and single_token_answers(items, answer_tokens):
             scored = score_first_token(model, tokenizer, items, **kw)
         elif chosen in ("first_token", "continuation"):
             # Multi-token answers cannot be read off one position: exact continuation scoring.

@@ -84,7 +84,7 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
 
 
 class TokenCache:
-    """Tokenized prompts/answers, reused across templates and options."""
+    """Tokenized answer strings, reused across templates and options (prompts differ every time)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tok = tokenizer
@@ -94,9 +94,6 @@ class TokenCache:
         if text not in self._answers:
             self._answers[text] = encode_answer(self.tok, text)
         return self._answers[text]
-
-    def prompt(self, text: str) -> list[int]:
-        return encode_prompt(self.tok, text)
 
 
 def single_token_answers(items: list[Rendered], cache: TokenCache) -> bool:
@@ -119,7 +116,7 @@ def score_first_token(
 ) -> list[Scored]:
     cache = TokenCache(tokenizer)
     device = _device(model)
-    prompts = [_truncate(cache.prompt(it.prompt), max_length) for it in items]
+    prompts = [_truncate(encode_prompt(tokenizer, it.prompt), max_length) for it in items]
     out: list[Scored | None] = [None] * len(items)
     for idx in length_batches([len(p) for p in prompts], batch_size, max_batch_tokens):
         batch = _left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
@@ -147,7 +144,7 @@ def score_continuations(
     device = _device(model)
     seqs: list[tuple[int, int, list[int], int]] = []  # (item, option, tokens, continuation length)
     for i, it in enumerate(items):
-        ctx = cache.prompt(it.prompt)
+        ctx = encode_prompt(tokenizer, it.prompt)
         for j, a in enumerate(it.answers):
             cont = cache.answer(a) or [tokenizer.eos_token_id]
             full = _truncate(ctx + cont, max_length)
