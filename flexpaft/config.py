@@ -7,6 +7,7 @@ turns that into the CLI's ``--help`` listing so the docs cannot drift from the c
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -99,6 +100,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FlexpaftError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # NaN passes every "< 0" check and poisons the run; no setting means infinity.
+            raise FlexpaftError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)):
@@ -145,12 +149,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FlexpaftError(f"config file not found: {path}")
+    from .validate import check_input_file
+
+    path = check_input_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FlexpaftError(f"config {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise FlexpaftError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -177,7 +202,11 @@ def load_config(
                 raise FlexpaftError(f"--set {text}: {k} is not a section")
             node = nxt
         node[keys[-1]] = value
-    return from_dict(cls, data)
+    from .validate import check_ranges
+
+    cfg = from_dict(cls, data)
+    check_ranges(cfg)
+    return cfg
 
 
 def describe(cls: type, prefix: str = "") -> list[str]:

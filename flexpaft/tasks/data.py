@@ -14,7 +14,7 @@ import yaml
 
 from ..errors import FlexpaftError
 from .builtin import get_task
-from .spec import Example, TaskSpec
+from .spec import Example, RecordError, TaskSpec
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -46,12 +46,15 @@ def read_records(
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in LOCAL_BUILDERS or path.exists():
+        if path.is_dir():
+            raise FlexpaftError(f"data file {source} is a directory, not a file")
         if not path.is_file():
             raise FlexpaftError(f"data file not found: {source}")
         if suffix not in LOCAL_BUILDERS:
             raise FlexpaftError(
                 f"{source}: unsupported data file type (use jsonl, json, csv or parquet)"
             )
+        _check_text_file(path, suffix)
         try:
             ds = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files=str(path), split="train")
         except Exception as e:
@@ -64,6 +67,35 @@ def read_records(
                 f"cannot load dataset {source!r} from the hub: {_first_line(e)}"
             ) from None
     return [dict(r) for r in ds]
+
+
+def _check_text_file(path: Path, suffix: str) -> None:
+    """Empty and non-UTF-8 text files get their own message (datasets says StopIteration)."""
+    if suffix == ".parquet":
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise FlexpaftError(f"cannot read data file {path}: {e.strerror or e}") from None
+    if not raw.strip():
+        raise FlexpaftError(f"data file {path} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise FlexpaftError(f"data file {path} is not UTF-8 text (line {line})") from None
+    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
+        import json
+
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FlexpaftError(f"{path} row {n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise FlexpaftError(f"{path} row {n}: expected a JSON object, got {row!r:.40}")
 
 
 def _first_line(e: Exception) -> str:
@@ -90,9 +122,16 @@ def load_examples(
         records = read_records(task.hf_path, split or task.hf_split, task.hf_name or None)
     else:
         raise FlexpaftError(f"task {task.name} has no default dataset: give a data source")
-    examples = [task.normalize(r, uid=str(i)) for i, r in enumerate(records)]
+    where = source or (task.name if task.name.startswith("bigbench:") else task.hf_path)
+    examples = []
+    for i, r in enumerate(records):
+        try:
+            examples.append(task.normalize(r, uid=str(i)))
+        except RecordError as e:
+            # Rows are numbered from 1, as an editor shows the lines of a jsonl file.
+            raise FlexpaftError(f"{where} row {i + 1}: {e.reason} (task {task.name})") from None
     if not examples:
-        raise FlexpaftError(f"no examples in {source or task.hf_path}")
+        raise FlexpaftError(f"no examples in {where}")
     if shuffle:
         random.Random(seed).shuffle(examples)
     if limit is not None and limit > 0:

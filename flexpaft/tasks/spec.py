@@ -181,24 +181,35 @@ class TaskSpec:
 
     # ---- records -> examples -------------------------------------------------------------
     def normalize(self, record: dict[str, Any], uid: str = "") -> Example:
-        """Raw dataset record -> Example; a malformed record raises FlexpaftError."""
+        """Raw dataset record -> Example; a malformed record raises ``RecordError``.
+
+        Nothing is coerced silently: a missing or null field, a gold label that is not one of
+        the choices (BoolQ "maybe", label 1.7) is an error, never a guessed answer.
+        """
         try:
-            options = self._read_options(record)
-            gold = self._read_gold(record, options)
-            values: dict[str, str] = {}
-            for f in self.fields:
-                v = _get(record, f)
-                values[f] = v if isinstance(v, str) else _to_text(v)
+            return self._normalize(record, uid)
         except KeyError as e:
-            raise FlexpaftError(
-                f"task {self.name}: record {uid or '?'} has no field {e.args[0]!r}"
-            ) from None
+            reason = f"has no field {e.args[0]!r}"
+        except RecordError as e:
+            reason = e.reason
+        raise RecordError(self.name, uid, reason)
+
+    def _normalize(self, record: dict[str, Any], uid: str) -> Example:
+        if not isinstance(record, dict):
+            raise RecordError(self.name, uid, f"is not a mapping of fields ({record!r:.40})")
+        options = self._read_options(record)
+        gold = self._read_gold(record, options)
+        values: dict[str, str] = {}
+        for f in self.fields:
+            v = _get(record, f)
+            if v is None and f in self.required:
+                raise RecordError(self.name, uid, f"has an empty (null) {f!r}")
+            values[f] = v if isinstance(v, str) else _to_text(v)
         if not options:
-            raise FlexpaftError(f"task {self.name}: record {uid or '?'} has no options")
+            raise RecordError(self.name, uid, "has no options")
         if not 0 <= gold < len(options):
-            raise FlexpaftError(
-                f"task {self.name}: record {uid or '?'} has gold answer outside the "
-                f"{len(options)} choices"
+            raise RecordError(
+                self.name, uid, f"has gold answer outside the {len(options)} choices"
             )
         for i, slot in enumerate(self.option_slots):
             values[slot] = options[i] if i < len(options) else ""
@@ -220,32 +231,44 @@ class TaskSpec:
         if isinstance(self.options, str):
             value = _get(record, self.options)
             if not isinstance(value, list):
-                raise FlexpaftError(f"task {self.name}: field {self.options!r} is not a list")
-            return [_to_text(v) for v in value]
-        return [_to_text(_get(record, f)) for f in self.options]
+                raise RecordError(self.name, "", f"field {self.options!r} is not a list")
+            return [_option_text(v, self.options) for v in value]
+        return [_option_text(_get(record, f), f) for f in self.options]
 
     def _read_gold(self, record: dict[str, Any], options: list[str]) -> int:
         raw = _get(record, self.gold)
         kind = self.gold_kind
-        try:
-            if kind == "index":
-                return int(raw)
-            if kind == "one_based":
-                return int(raw) - 1
-            if kind == "letter":
-                s = str(raw).strip().upper()
-                return LETTERS.index(s) if len(s) == 1 and s in LETTERS else -1
-            if kind == "bool":
-                if isinstance(raw, str):
-                    raw = raw.strip().lower() in ("true", "yes", "1")
-                return 0 if raw else 1
-            if kind == "option_label":
-                labels = [str(x).strip() for x in _get(record, self.option_labels)]
-                return labels.index(str(raw).strip()) if str(raw).strip() in labels else -1
-            if kind == "text":
-                return options.index(str(raw)) if str(raw) in options else -1
-        except (TypeError, ValueError):
-            return -1
+        bad = f"has gold {self.gold!r} = {raw!r:.40}, which is not "
+        if kind in ("index", "one_based"):
+            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+                raw = int(raw.strip())
+            elif isinstance(raw, float) and raw.is_integer():
+                raw = int(raw)
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise RecordError(self.name, "", bad + "an integer choice index")
+            return raw if kind == "index" else raw - 1
+        if kind == "letter":
+            s = str(raw).strip().upper() if isinstance(raw, str) else ""
+            if len(s) != 1 or s not in LETTERS:
+                raise RecordError(self.name, "", bad + "a choice letter")
+            return LETTERS.index(s)
+        if kind == "bool":
+            word = raw.strip().lower() if isinstance(raw, str) else raw
+            # bool, 0/1 (a CSV column) or the words; 5, "maybe" and null are not answers.
+            if word in (True, "true", "yes", "1"):
+                return 0
+            if word in (False, "false", "no", "0"):
+                return 1
+            raise RecordError(self.name, "", bad + "true/false")
+        if kind == "option_label":
+            labels = [str(x).strip() for x in _get(record, self.option_labels)]
+            if raw is None or str(raw).strip() not in labels:
+                raise RecordError(self.name, "", bad + f"one of the labels {labels}")
+            return labels.index(str(raw).strip())
+        if kind == "text":
+            if str(raw) not in options:
+                raise RecordError(self.name, "", bad + "one of the options")
+            return options.index(str(raw))
         raise FlexpaftError(f"task {self.name}: unknown gold_kind {kind!r}")
 
     # ---- answers -------------------------------------------------------------------------
@@ -290,6 +313,22 @@ class TaskSpec:
         if "default_format" in d:
             d["default_format"] = AnswerFormat.parse(d["default_format"])
         return cls(**d)
+
+
+class RecordError(FlexpaftError):
+    """One malformed data record; ``reason`` says what is wrong, without the record's place,
+    so the data reader can name the file and row."""
+
+    def __init__(self, task: str, uid: str, reason: str):
+        super().__init__(f"task {task}: record {uid or '?'} {reason}")
+        self.reason = reason
+
+
+def _option_text(v: Any, name: str) -> str:
+    if v is None:
+        # datasets fills a key missing from one row with null: an empty option is garbage.
+        raise RecordError("", "", f"has no option {name!r} (missing or null)")
+    return _to_text(v)
 
 
 def _to_text(v: Any) -> str:
