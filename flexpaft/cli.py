@@ -22,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.trainer import train
 
     cfg = config_from_args(TrainConfig, args, ("method", "output_dir"))
-    res = train(cfg, progress=not args.quiet)
+    res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     m = res.manifest
     print(
         f"adapter: {res.adapter_dir}  ({m['steps']} steps, {m['train_seconds']} s, "
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", help="shortcut for --set method=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a non-empty output directory or over a finished run of another "
+        "configuration (only flexpaft's own files there are replaced)",
+    )
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 

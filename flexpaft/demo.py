@@ -14,12 +14,14 @@ evaluation uses 50 held-out templates instead of 8.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from .config import load_config
+from .errors import FlexpaftError
 from .evaluate.run import EvalConfig, run_eval
 from .io import atomic_write_text
 from .paft import generate_offline
@@ -65,8 +67,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before the first download or training step."""
+    from .validate import check_writable_dir
+
+    for name, low in (("train_examples", 1), ("test_templates", 1), ("test_examples", 0)):
+        value = getattr(args, name)
+        if value < low:
+            flag = "--" + name.replace("_", "-")
+            # 0 training examples would mean "all" downstream, and the test slice would
+            # then be the training data.
+            raise FlexpaftError(f"{flag} must be at least {low}, got {value}")
+    for name in ("epochs", "lr"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            raise FlexpaftError(f"--{name} must be a positive number, got {value}")
+    if args.seed < 0:
+        raise FlexpaftError(f"--seed must be 0 or more, got {args.seed}")
+    check_writable_dir(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.time()
+    check_arguments(args)
     out = Path(args.out)
     say = print
 
@@ -96,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
     ]
     runs = {}
     say(f"[3/5] fine-tuning with one prompt on {args.train_examples} examples")
+    # The demo owns its subdirectories: a rerun with other settings replaces its own runs.
     t = train(
-        load_config(TrainConfig, None, train_common + ["method=lora", f"output_dir={out / 'lora'}"])
+        load_config(
+            TrainConfig, None, train_common + ["method=lora", f"output_dir={out / 'lora'}"]
+        ),
+        overwrite=True,
     )
     runs["lora (one prompt)"] = t.adapter_dir
     if args.paft:
@@ -112,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                     f"prompts.prompt_set={out / 'templates' / 'train.jsonl'}",
                     f"output_dir={out / 'paft'}",
                 ],
-            )
+            ),
+            overwrite=True,
         )
         runs["paft"] = t.adapter_dir
 

@@ -80,6 +80,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -93,6 +94,29 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Repair what a killed ``atomic_directory`` left beside ``path``; True if it restored it.
+
+    Killed between its two renames, it leaves no ``path`` but the complete previous version as
+    ``.NAME.old-PID``: that is moved back. Unfinished ``.NAME.*.tmp`` directories and old
+    versions that are no longer needed are removed; nothing else is touched.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return False
+    olds = sorted(
+        (p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    restored = False
+    if olds and not path.exists():
+        os.replace(olds.pop(), path)
+        restored = True
+    for p in olds + [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_dir()]:
+        shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -118,7 +118,14 @@ def resolve_model(name_or_path: str) -> str:
         return str(dequantize_gguf(p))
     if p.exists() and not (p / "config.json").is_file():
         raise FlexpaftError(f"{p} is not a model directory (no config.json)")
+    if not p.exists() and _looks_local(name_or_path):
+        raise FlexpaftError(f"model directory not found: {p}")
     return name_or_path
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ("org/name"): absolute, relative, home, or deeper than 2."""
+    return name.startswith(("/", "./", "../", "~", ".")) or "\\" in name or name.count("/") > 1
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
@@ -143,6 +150,17 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
+    p = Path(path)
+    if (
+        not trust_remote_code
+        and p.is_dir()
+        and not any(p.glob("*.safetensors"))
+        and any(p.glob("*.bin"))
+    ):
+        raise FlexpaftError(
+            f"model {p} holds only pickled weights (.bin); flexpaft loads safetensors only, "
+            "because unpickling runs arbitrary code (convert it, or set model.trust_remote_code)"
+        )
     dev = torch.device(device) if device else default_device()
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -50,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
         from .paft import generate_cmd
 
         return generate_cmd.run(args)
+    from .validate import check_writable_dir, check_writable_file
+
+    # Output places are checked before any work, so a bad --out never costs a run.
+    if action == "split":
+        check_writable_dir(args.out)
+    elif action == "convert":
+        check_writable_file(args.out)
+    elif action == "validate" and args.out:
+        check_writable_file(args.out)
     ps = PromptSet.load(args.file)
     if action == "validate":
         task = load_task(args.task)

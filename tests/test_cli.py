@@ -150,7 +150,7 @@ def other_adapter(tmp_path):
         ("unknown_task", "unknown task 'nosuchtask'"),
         ("bad_slot", "slot {goal} is not a field of task boolq"),
         ("other_adapter", "does not fit this base model"),
-        ("empty_dataset", "cannot read"),
+        ("empty_dataset", "is empty"),
         ("gold_outside", "gold answer outside the 2 choices"),
         ("malformed_yaml", "malformed YAML"),
         ("missing_adapter", "adapter not found"),

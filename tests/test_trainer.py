@@ -133,16 +133,37 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_model_dir):
 
 def test_checkpoint_of_another_config_is_refused(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(16))
-    train(
-        _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "checkpoint_every=2"),
-        progress=False,
-    )
-    # The checkpoint at step 2 stays; a run with another lr must not silently continue from it.
+    first = _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "checkpoint_every=2")
+    train(first, progress=False)
+    # A finished run keeps no checkpoint; its directory is still not silently reused.
+    assert not (tmp_path / "r" / "checkpoint").exists()
+    other = _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "optim.lr=1e-3")
+    with pytest.raises(FlexpaftError, match="finished run of a different configuration"):
+        train(other, progress=False)
+    # An interrupted run's checkpoint (no manifest yet) must not be continued by another lr.
+    (tmp_path / "r" / "manifest.json").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "adapter")
+    import flexpaft.train.trainer as trainer_mod
+
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_crash(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    trainer_mod.save_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(first, progress=False)
+    finally:
+        trainer_mod.save_checkpoint = real_save
     with pytest.raises(FlexpaftError, match="checkpoint of a different configuration"):
-        train(
-            _cfg(tiny_model_dir, data, tmp_path / "r", "optim.max_steps=4", "optim.lr=1e-3"),
-            progress=False,
-        )
+        train(other, progress=False)
+    # --overwrite replaces the other configuration's checkpoint and trains from the start.
+    res = train(other, progress=False, overwrite=True)
+    assert res.manifest["steps"] == 4 and not (tmp_path / "r" / "checkpoint").exists()
 
 
 def test_layers_to_transform_adapts_only_those_blocks(tiny):

@@ -180,12 +180,17 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
     """Wrap ``model`` with a saved PEFT adapter; refuse one trained on another base model."""
     from peft import PeftModel
 
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise FlexpaftError(f"not a PEFT adapter directory (no adapter_config.json): {path}")
+    from ..validate import check_adapter_dir
+
+    path = check_adapter_dir(adapter_dir)
     info_file = path / "flexpaft_adapter.json"
     if info_file.is_file():
-        info = json.loads(info_file.read_text())
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FlexpaftError(f"adapter {path}: {info_file.name} is unreadable ({e})") from None
+        if not isinstance(info, dict):
+            raise FlexpaftError(f"adapter {path}: {info_file.name} is not a JSON object")
         want, have = info.get("base_fingerprint"), base_fingerprint(model.config)
         if want and want != have:
             diff = [k for k in want if want[k] != have.get(k)]
@@ -199,7 +204,7 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             wrapped = PeftModel.from_pretrained(model, str(path))
-    except (RuntimeError, ValueError, KeyError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise FlexpaftError(
             f"adapter {path} does not fit this base model: {str(e).splitlines()[0][:200]}"
         ) from None

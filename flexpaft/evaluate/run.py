@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import opt, section
-from ..errors import FlexpaftError
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..models import load_model
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..train.templates import default_template, load_valid_set
+from ..validate import check_adapter_dir, check_writable_dir
 from .evaluator import (
     EvalResult,
     TemplateResult,
@@ -60,18 +60,29 @@ class EvalConfig:
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+    out = Path(cfg.output_dir)
+    # Everything that can be wrong with the inputs is found before the model is loaded.
+    check_writable_dir(out)
+    if cfg.adapter:
+        check_adapter_dir(cfg.adapter)
     task, fmt, examples = cfg.data.load()
     if cfg.prompt_set:
         templates = list(load_valid_set(cfg.prompt_set, task, fmt))
     else:
         templates = [default_template(task, fmt)]
-    if cfg.adapter and not Path(cfg.adapter).exists():
-        raise FlexpaftError(f"adapter not found: {cfg.adapter}")
+    adversarial = (
+        list(load_valid_set(cfg.adversarial_set, task, fmt)) if cfg.adversarial_set else []
+    )
+    ref = None
+    if cfg.reference_template == "default":
+        ref = default_template(task, fmt)
+    elif cfg.reference_template:
+        text = cfg.reference_template
+        ref = Template(text, template_id(text)).validate(task, fmt)
     model, tok = load_model(cfg.model.name, cfg.model.dtype, None, cfg.model.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
 
-    out = Path(cfg.output_dir)
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
     def run(ts: list[Template]) -> EvalResult:
@@ -96,18 +107,16 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
 
     res = run(templates)
     extra = {}
-    if cfg.adversarial_set:
-        extra["adversarial"] = run(list(load_valid_set(cfg.adversarial_set, task, fmt))).to_dict()
-    if cfg.reference_template:
-        if cfg.reference_template == "default":
-            ref = default_template(task, fmt)
-        else:
-            text = cfg.reference_template
-            ref = Template(text, template_id(text)).validate(task, fmt)
+    if adversarial:
+        extra["adversarial"] = run(adversarial).to_dict()
+    if ref is not None:
         extra["reference"] = run([ref]).to_dict()
     name = cfg.name or (Path(cfg.adapter).parent.name if cfg.adapter else "base")
+    # The digest lets ``flexpaft report`` refuse runs scored on different examples.
+    digest = sha256_json([[e.fields, e.options, e.gold] for e in examples])
     atomic_write_json(
-        out / "results.json", {"name": name, "config": asdict(cfg), **res.to_dict(), **extra}
+        out / "results.json",
+        {"name": name, "config": asdict(cfg), "data_digest": digest, **res.to_dict(), **extra},
     )
     atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
     PromptSet(templates).save(out / "templates.jsonl")

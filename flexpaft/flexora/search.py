@@ -52,7 +52,13 @@ from ..memory import peak_memory
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from ..train.checkpoint import load_lora_state, load_states, save_lora_state, save_states
+from ..train.checkpoint import (
+    load_lora_state,
+    load_states,
+    read_state_json,
+    save_lora_state,
+    save_states,
+)
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.lora import add_lora, lora_config
@@ -536,8 +542,8 @@ class LayerSearch:
         f = ckpt / STATE_FILE
         if not (self.cfg.resume and f.is_file()):
             return False
-        state = json.loads(f.read_text())
-        if state["config_hash"] != self.config_hash:
+        state = read_state_json(ckpt)
+        if state.get("config_hash") != self.config_hash:
             raise FlexpaftError(
                 f"{ckpt} holds a search of a different configuration: use another output_dir, "
                 "or --set resume=false to start over"

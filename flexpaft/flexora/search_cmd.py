@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
             f"to them), got {cfg.method!r}"
         )
     cfg = dataclasses.replace(cfg, method=SEARCH_METHOD[cfg.method])
+    from ..validate import check_writable_dir
+
+    check_writable_dir(cfg.output_dir)
 
     acc = make_accelerator(cfg)
     set_seed(cfg.seed)

@@ -73,6 +73,8 @@ class PromptSet:
     @classmethod
     def load(cls, path: str | Path, fmt: str | None = None) -> PromptSet:
         path = Path(path)
+        if path.is_dir():
+            raise FlexpaftError(f"prompt set {path} is a directory, not a file")
         if not path.is_file():
             raise FlexpaftError(f"prompt set not found: {path}")
         fmt = _format_of(path, fmt)
@@ -80,9 +82,21 @@ class PromptSet:
             texts = _READERS[fmt](path)
         except FlexpaftError:
             raise
+        except UnicodeDecodeError as e:
+            raise FlexpaftError(f"prompt set {path} is not UTF-8 text (byte {e.start})") from None
         except Exception as e:  # a corrupt file of any format: one clear line
-            raise FlexpaftError(f"cannot read prompt set {path} as {fmt}: {e}") from None
+            line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise FlexpaftError(f"cannot read prompt set {path} as {fmt}: {line}") from None
+        for n, t in enumerate(texts, 1):
+            if t is not None and not isinstance(t, str):
+                raise FlexpaftError(
+                    f"{path}: entry {n} is not a template ({t!r:.40}; expected text, or an object "
+                    f"with a {' / '.join(_TEXT_KEYS)} key)"
+                )
         texts = [_fix_newlines(t) for t in texts if isinstance(t, str) and t.strip()]
+        if not texts:
+            # An empty or wrong-shaped file is a mistake; zero templates would "pass" silently.
+            raise FlexpaftError(f"prompt set {path} holds no templates")
         return cls.from_texts(texts, name=path.stem)
 
     def save(self, path: str | Path, fmt: str | None = None) -> Path:
@@ -135,20 +149,22 @@ class PromptSet:
 
 
 # ---- readers and writers -------------------------------------------------------------------
-def _text_of(row: object) -> str | None:
-    if isinstance(row, str):
-        return row
+def _text_of(row: object) -> object:
+    """The template text of one entry; anything else is returned as is, for the error."""
     if isinstance(row, dict):
         for k in _TEXT_KEYS:
             if isinstance(row.get(k), str):
                 return row[k]
-    return None
+    return row
 
 
 def _read_jsonl(path: Path) -> list[str]:
     raw = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json" and raw.lstrip().startswith("["):
-        return [_text_of(r) for r in json.loads(raw)]
+        try:
+            return [_text_of(r) for r in json.loads(raw)]
+        except json.JSONDecodeError as e:
+            raise FlexpaftError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     out = []
     for n, line in enumerate(raw.splitlines(), 1):
         if line.strip():
@@ -162,7 +178,9 @@ def _read_jsonl(path: Path) -> list[str]:
 def _read_yaml(path: Path) -> list[str]:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if isinstance(data, dict):
-        data = data.get("templates", [])
+        if "templates" not in data:
+            raise FlexpaftError(f"{path}: expected a list of templates (or a 'templates:' list)")
+        data = data["templates"]
     if not isinstance(data, list):
         raise FlexpaftError(f"{path}: expected a list of templates (or a 'templates:' list)")
     return [_text_of(r) for r in data]

@@ -271,8 +271,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..validate import check_writable_dir
     from .plots import plot_per_template
 
+    check_writable_dir(args.out)
     thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)
     loaded = [load_run(r) for r in args.runs]
     report = build_report(

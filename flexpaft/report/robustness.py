@@ -114,6 +114,19 @@ def _check_comparable(
     return problems
 
 
+def _check_same_data(runs: list[tuple[str, dict[str, Any]]], allow_mismatch: bool) -> list[str]:
+    """Runs scored on different examples are not comparable, even with equal counts; results
+    written before eval stored a ``data_digest`` are not checked."""
+    (first_name, first), problems = runs[0], []
+    for name, data in runs[1:]:
+        a, b = first.get("data_digest"), data.get("data_digest")
+        if a and b and a != b:
+            problems.append(f"{name} and {first_name} were scored on different examples")
+    if problems and not allow_mismatch:
+        raise FlexpaftError(f"runs are not comparable: {problems[0]} (use --allow-mismatch)")
+    return problems
+
+
 def _reference(
     data: dict[str, Any], res: EvalResult, name: str, reference_template: str | None
 ) -> tuple[float | None, float | None, str | None]:
@@ -231,7 +244,8 @@ def build_report(
     if dupes:
         raise FlexpaftError(f"two runs are labelled {dupes[0]!r}; label them with NAME=PATH")
     results = [_eval_result(d, n) for n, d in runs]
-    warnings = _check_comparable(names, results, allow_mismatch)
+    warnings = _check_same_data(runs, allow_mismatch)
+    warnings += _check_comparable(names, results, allow_mismatch)
     thresholds = tuple(thresholds)
     methods = [method_metrics(n, d, thresholds, reference_template) for n, d in runs]
     first = results[0]

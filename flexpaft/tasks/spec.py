@@ -208,9 +208,7 @@ class TaskSpec:
         if not options:
             raise RecordError(self.name, uid, "has no options")
         if not 0 <= gold < len(options):
-            raise RecordError(
-                self.name, uid, f"has gold answer outside the {len(options)} choices"
-            )
+            raise RecordError(self.name, uid, f"has gold answer outside the {len(options)} choices")
         for i, slot in enumerate(self.option_slots):
             values[slot] = options[i] if i < len(options) else ""
         for alias, target in self.aliases.items():

@@ -1,16 +1,21 @@
-"""Resumable checkpoints: LoRA weights (safetensors), optimizer and scheduler state, position.
+"""Resumable checkpoints: LoRA weights (safetensors), optimizer, scheduler and RNG states, position.
 
 Only the trainable adapter is saved, never the base model, so a checkpoint of an 8B run is a few
 tens of MB. The directory is replaced atomically: a crash mid-save leaves the previous checkpoint.
+The RNG states (Python, NumPy, torch CPU and CUDA) make a resumed run draw the same LoRA dropout
+masks as an uninterrupted one. A damaged file is reported in one line, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import pickle
+import random
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -40,7 +45,11 @@ def save_lora_state(directory: Path, model: Any) -> None:
 
 
 def load_lora_state(directory: Path, model: Any) -> None:
-    set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
+    try:
+        state = load_file(str(directory / ADAPTER_FILE))
+    except Exception as e:  # safetensors raises its own error type for a torn file
+        raise _damaged(directory, ADAPTER_FILE, e) from None
+    set_peft_model_state_dict(model, state)
 
 
 def save_states(directory: Path, states: dict[str, Any]) -> None:
@@ -49,30 +58,101 @@ def save_states(directory: Path, states: dict[str, Any]) -> None:
 
 
 def load_states(directory: Path) -> dict[str, Any]:
-    # weights_only=True: these are tensors and plain containers, never arbitrary objects.
-    return torch.load(directory / STATES_FILE, map_location="cpu", weights_only=True)
+    # weights_only=True: these are tensors and plain containers, never arbitrary objects; a
+    # pickle with anything else in it is refused, and reported like a torn file.
+    try:
+        states = torch.load(directory / STATES_FILE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise _damaged(directory, STATES_FILE, e) from None
+    if not isinstance(states, dict) or "optimizer" not in states or "scheduler" not in states:
+        raise _damaged(directory, STATES_FILE, ValueError("no optimizer or scheduler state"))
+    return states
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random stream training draws from, as tensors and plain containers only (so the
+    file loads with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, npos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), npos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    version, mt, gauss = states["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, npos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), npos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, pos: Position) -> None:
     with atomic_directory(path) as tmp:
         save_lora_state(tmp, model)
-        save_states(tmp, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        save_states(
+            tmp,
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states(),
+            },
+        )
         (tmp / STATE_FILE).write_text(json.dumps(asdict(pos), indent=2))
 
 
+def _damaged(path: Path, name: str, e: BaseException) -> FlexpaftError:
+    why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+    return FlexpaftError(
+        f"checkpoint {path} is damaged ({name}: {why}): --set resume=false to start over"
+    )
+
+
+def read_state_json(path: Path, name: str = STATE_FILE) -> dict[str, Any]:
+    """A checkpoint's JSON state file as a dict; a torn or foreign one is a one-line error."""
+    try:
+        data = json.loads((path / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _damaged(path, name, e) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, name, ValueError("not a JSON object"))
+    return data
+
+
 def read_position(path: Path) -> Position | None:
+    """The checkpoint's position, None when there is none; a torn file is a one-line error."""
     f = path / STATE_FILE
     if not f.is_file():
         return None
-    return Position(**json.loads(f.read_text()))
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        known = {x.name for x in fields(Position)}
+        if not isinstance(data, dict) or not set(data) <= known:
+            raise ValueError("not a trainer state")
+        return Position(**data)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise _damaged(path, STATE_FILE, e) from None
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> Position:
     pos = read_position(path)
     if pos is None:
         raise FlexpaftError(f"no checkpoint in {path}")
-    load_lora_state(path, model)
+    # Every file is read before anything is changed, so a damaged one leaves a fresh run intact.
     states = load_states(path)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
+    load_lora_state(path, model)
+    try:
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        if "rng" in states:  # checkpoints written before RNG states were saved lack it
+            set_rng_states(states["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise _damaged(path, STATES_FILE, e) from None
     return pos

@@ -33,7 +33,10 @@ from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import Position, load_checkpoint, read_position, save_checkpoint
 from .config import TrainConfig
 from .data import answer_loss, make_loader
+from .guard import DivergenceGuard
+from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
+from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
 
 log = logging.getLogger(__name__)
@@ -92,10 +95,22 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def train(
-    cfg: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True
+    cfg: TrainConfig,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Run ``cfg`` end to end and return where the adapter went."""
+    """Run ``cfg`` end to end and return where the adapter went.
+
+    ``overwrite``: train into an output directory that holds other files or a finished run of
+    another configuration (only flexpaft's own entries are replaced)."""
     acc = accelerator or make_accelerator(cfg)
+    # Before any data or model is loaded: a bad output_dir must not cost a training run.
+    request_hash = config_hash(cfg)
+    check_run_dir(cfg.output_dir, request_hash, overwrite)
+    if acc.is_main_process:
+        prepare_run_dir(cfg.output_dir, request_hash, overwrite)
+    acc.wait_for_everyone()
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
@@ -127,6 +142,7 @@ def train(
         "method": cfg.method,
         "config": asdict(cfg),
         "config_hash": config_hash(cfg),
+        "request_hash": request_hash,
         "versions": versions(),
         "task": task.name,
         "format": fmt.value,
@@ -145,6 +161,7 @@ def train(
     if acc.is_main_process:
         atomic_write_json(out / "manifest.json", manifest)
         PromptSet(list(templates)).save(out / "train_templates.jsonl")
+        finish_run_dir(out)
     acc.wait_for_everyone()
     return TrainResult(out / "adapter", manifest)
 
@@ -183,8 +200,9 @@ def train_lora(
     model, optimizer = acc.prepare(model, optimizer)
 
     pos = Position(config_hash=config_hash(cfg))
-    existing = read_position(ckpt_dir)
-    if existing is not None and cfg.resume:
+    # resume=false never reads the old checkpoint, so a damaged one cannot stop a fresh start.
+    existing = read_position(ckpt_dir) if cfg.resume else None
+    if existing is not None:
         if existing.config_hash != pos.config_hash:
             raise FlexpaftError(
                 f"{ckpt_dir} holds a checkpoint of a different configuration: use another "
@@ -201,6 +219,8 @@ def train_lora(
         disable=not (progress and acc.is_main_process),
     )
     tokens_seen, real_seen, padded_seen, loss_sum, loss_n = 0, 0, 0, 0.0, 0
+    guard = DivergenceGuard(acc, ckpt_dir)
+    grad_norm: float | None = None
     t0 = time.perf_counter()
     while pos.step < total_steps:
         sampler.set_epoch(pos.epoch, skip=pos.batch)
@@ -210,7 +230,13 @@ def train_lora(
                 loss = answer_loss(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and o.max_grad_norm > 0:
-                    acc.clip_grad_norm_(params, o.max_grad_norm)
+                    grad_norm = float(acc.clip_grad_norm_(params, o.max_grad_norm))
+                elif acc.sync_gradients:
+                    grad_norm = total_grad_norm(params)
+                if acc.sync_gradients:
+                    # Before the step: the weights and the checkpoint stay the last good ones.
+                    scaled = getattr(acc, "scaler", None) is not None
+                    guard.check(pos.step + 1, float(loss.detach()), grad_norm, scaled)
                 optimizer.step()
                 if acc.sync_gradients:
                     scheduler.step()
