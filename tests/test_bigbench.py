@@ -128,13 +128,23 @@ def test_pip_failure_is_one_line(tmp_path: Path, monkeypatch):
     calls = []
     monkeypatch.setattr(bigbench.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Failed)
     with pytest.raises(FlexpaftError) as e:
-        fetch_bigbench_task("toy")
+        fetch_bigbench_task("sports_understanding")
     msg = str(e.value)
     assert "\n" not in msg
     assert "Could not find a version" in msg and "FLEXPAFT_BIGBENCH_ARCHIVE" in msg
     assert calls[0][1:4] == ["-m", "pip", "download"] and "bigbench==1.0.0" in calls[0]
     # The temporary download directory is cleaned up.
     assert list((tmp_path / "cache" / "bigbench").iterdir()) == []
+
+
+def test_misspelled_task_is_refused_before_any_download(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("FLEXPAFT_BIGBENCH_ARCHIVE", raising=False)
+    monkeypatch.setenv("FLEXPAFT_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(bigbench.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    with pytest.raises(FlexpaftError, match="did you mean 'entailed_polarity'"):
+        fetch_bigbench_task("entailed_polarty")
+    assert calls == []
 
 
 def test_records_fixed_options(archive: Path):

@@ -179,7 +179,37 @@ def _base_accuracy(args: argparse.Namespace, task, fmt: AnswerFormat):
     return score
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers and names checked before any model is loaded or request sent."""
+    import re
+
+    from ..validate import check_writable_dir
+
+    for flag, value, low in (
+        ("--per-request", args.per_request, 1),
+        ("--n", args.n, 0),
+        ("--n-zero-shot", args.n_zero_shot, 0),
+        ("--n-few-shot", args.n_few_shot, 0),
+        ("--max-tokens", args.max_tokens, 1),
+        ("--max-retries", args.max_retries, 0),
+        ("--min-chars", args.min_chars, 0),
+        ("--min-test", args.min_test, 0),
+        ("--adversarial", args.adversarial, 0),
+        ("--score-examples", args.score_examples, 1),
+    ):
+        if value < low:
+            raise FlexpaftError(f"{flag} must be at least {low}, got {value}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.api_key_env or ""):
+        # Never echo the value: a user who pasted the key itself here would see it in logs.
+        raise FlexpaftError(
+            "--api-key-env takes the NAME of the environment variable that holds the key "
+            "(e.g. OPENAI_API_KEY), not the key itself"
+        )
+    check_writable_dir(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     generators = _listed(args.generator) or ["offline"]
     unknown = sorted(set(generators) - set(GENERATORS))
     if unknown:

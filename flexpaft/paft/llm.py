@@ -225,9 +225,13 @@ class HFChat:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device)
-        except OSError as e:
-            raise FlexpaftError(f"cannot load generator model {name_or_path!r}: {e}") from None
+            # safetensors only: a pickled checkpoint can run code when it is loaded.
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, use_safetensors=True
+            ).to(device)
+        except (OSError, ValueError) as e:
+            line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise FlexpaftError(f"cannot load generator model {name_or_path!r}: {line}") from None
         model.eval()
         return cls(model, tokenizer, name=name_or_path)
 
@@ -475,7 +479,15 @@ class ReplyCache:
 
     @staticmethod
     def _key(row: dict[str, Any]) -> tuple:
-        return (row["generator"], row["strategy"], int(row["index"]), row["prompt_sha"])
+        # The endpoint is part of the key: the same model name behind another URL (a local
+        # server, a proxy) is another generator. Rows without it predate this and never match.
+        return (
+            row.get("endpoint", ""),
+            row["generator"],
+            row["strategy"],
+            int(row["index"]),
+            row["prompt_sha"],
+        )
 
     def get(self, row: dict[str, Any]) -> str | None:
         return self._replies.get(self._key(row))
@@ -536,6 +548,8 @@ def generate_with_llms(
     """
     fmt = AnswerFormat.parse(fmt)
     task.check_format(fmt)
+    if per_request < 1:
+        raise FlexpaftError(f"templates per request must be at least 1, got {per_request}")
     if not isinstance(cache, ReplyCache):
         cache = ReplyCache(cache)
     pool = list(
@@ -568,23 +582,33 @@ def generate_with_llms(
                 if strategy == "few_shot":
                     examples = rng.sample(pool, min(n_examples, len(pool)))
                 messages = meta_messages(task, fmt, k, examples)
+                request = {
+                    "messages": messages,
+                    "temperature": temperature,
+                    "max_tokens": max_tokens,
+                }
                 row = {
+                    "endpoint": getattr(model, "url", "") or "",
                     "generator": model.name,
                     "strategy": strategy,
                     "index": index,
                     "task": task.name,
                     "format": fmt.value,
-                    "prompt_sha": hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16],
+                    "prompt_sha": hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16],
                 }
                 reply = cache.get(row)
                 if reply is None:
                     counts["requests"] += 1
                     replies = _ask(model, messages, temperature, max_tokens, rng)
                     reply = replies[0] if replies else ""
-                    cache.put(row, reply)
+                    found = parse_reply(reply)
+                    if found:
+                        # Only usable replies are kept: a failed or unparsable one is asked
+                        # again on the next run instead of failing the same way forever.
+                        cache.put(row, reply)
                 else:
                     counts["cached"] += 1
-                found = parse_reply(reply)
+                    found = parse_reply(reply)
                 if not found:
                     counts["malformed"] += 1
                 counts["parsed"] += len(found)

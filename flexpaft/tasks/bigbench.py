@@ -62,6 +62,8 @@ def fetch_bigbench_task(task: str, cache_dir: Path | None = None) -> Path:
     if target.is_file():
         return target
     archive = os.environ.get(ARCHIVE_ENV)
+    if not archive:
+        check_known_task(task)
     if archive:
         path = Path(archive).expanduser()
         if not path.is_file():
@@ -75,6 +77,24 @@ def fetch_bigbench_task(task: str, cache_dir: Path | None = None) -> Path:
         # Leaving the block deletes the archive.
     atomic_write_text(target, text)
     return target
+
+
+def check_known_task(task: str) -> None:
+    """Refuse a name that is not a BIG-bench JSON task before the archive is downloaded."""
+    import difflib
+
+    from .bigbench_names import JSON_TASKS
+
+    top = task.split("/", 1)[0]
+    if top in JSON_TASKS:
+        return
+    close = difflib.get_close_matches(top, sorted(JSON_TASKS), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise FlexpaftError(
+        f"unknown BIG-bench task {top!r} ({hint}the JSON tasks are directory names such as "
+        f"sports_understanding; for a task of another BIG-bench version, set {ARCHIVE_ENV} "
+        "to its archive)"
+    )
 
 
 def _download_archive(dest: Path) -> Path:
