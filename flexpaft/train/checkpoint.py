@@ -84,6 +84,13 @@ def rng_states() -> dict[str, Any]:
     return states
 
 
+def saved_rng_states(path: Path) -> dict[str, Any] | None:
+    """The RNG states in checkpoint ``path`` (None in checkpoints written before they were
+    saved). The trainer sets them once its data iterator exists: creating one draws a seed
+    from the torch RNG, which the uninterrupted run did before it saved them."""
+    return load_states(path).get("rng")
+
+
 def set_rng_states(states: dict[str, Any]) -> None:
     version, mt, gauss = states["python"]
     random.setstate((version, tuple(mt), gauss))
@@ -151,8 +158,6 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> P
     try:
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
-        if "rng" in states:  # checkpoints written before RNG states were saved lack it
-            set_rng_states(states["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
         raise _damaged(path, STATES_FILE, e) from None
     return pos

@@ -30,7 +30,14 @@ from ..memory import peak_memory
 from ..models import base_fingerprint, load_model
 from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from .checkpoint import Position, load_checkpoint, read_position, save_checkpoint
+from .checkpoint import (
+    Position,
+    load_checkpoint,
+    read_position,
+    save_checkpoint,
+    saved_rng_states,
+    set_rng_states,
+)
 from .config import TrainConfig
 from .data import answer_loss, make_loader
 from .guard import DivergenceGuard
@@ -200,6 +207,7 @@ def train_lora(
     model, optimizer = acc.prepare(model, optimizer)
 
     pos = Position(config_hash=config_hash(cfg))
+    resume_rng = None
     # resume=false never reads the old checkpoint, so a damaged one cannot stop a fresh start.
     existing = read_position(ckpt_dir) if cfg.resume else None
     if existing is not None:
@@ -209,6 +217,7 @@ def train_lora(
                 "output_dir, or --set resume=false to start over"
             )
         pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
+        resume_rng = saved_rng_states(ckpt_dir)
         log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
 
     model.train()
@@ -224,7 +233,13 @@ def train_lora(
     t0 = time.perf_counter()
     while pos.step < total_steps:
         sampler.set_epoch(pos.epoch, skip=pos.batch)
-        for batch in loader:
+        batches = iter(loader)
+        if resume_rng is not None:
+            # After the iterator drew its seed, as in the run that saved the states: dropout
+            # masks then continue exactly where they stopped.
+            set_rng_states(resume_rng)
+            resume_rng = None
+        for batch in batches:
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             with acc.accumulate(model):
                 loss = answer_loss(model, batch)
