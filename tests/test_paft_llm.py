@@ -376,3 +376,32 @@ def test_generate_command_with_openai_stub_and_offline(tmp_path, monkeypatch):
                  "filter_report.json", "filter_report.md", "llm_cache.jsonl"):  # fmt: skip
         assert SECRET not in (out / name).read_text()
     assert len(PromptSet.load(out / "test.jsonl")) == 5
+
+
+def test_cache_is_keyed_by_endpoint_and_never_keeps_failures(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+
+    def gen(url):
+        return generate_with_llms(
+            PIQA, LET, [client(url, [])], n_zero_shot=2, n_few_shot=0, per_request=2, cache=cache
+        )
+
+    # A 200 whose body is not chat-completions JSON: nothing usable, so nothing cached.
+    with Stub(default=(200, {}, "<html>gateway</html>")) as broken:
+        first = gen(broken.url)
+    assert first.totals()["malformed"] >= 1 and len(ReplyCache(cache)) == 0
+    # Against a working endpoint the same model name is asked again, not served the failure.
+    with Stub(default=ok(JSON_REPLY)) as good:
+        second = gen(good.url)
+        assert len(good.requests) == 1 and len(second.prompts) == 2
+    assert len(ReplyCache(cache)) == 1
+    # Another URL under the same model name is another generator: no cache hit (another path,
+    # as the stub may get the same port again).
+    with Stub(default=ok(JSON_REPLY)) as other:
+        gen(other.url.replace("/v1", "/v2"))
+        assert len(other.requests) == 1
+
+
+def test_per_request_zero_is_a_clear_error():
+    with pytest.raises(FlexpaftError, match="per request must be at least 1"):
+        generate_with_llms(PIQA, LET, [], n_zero_shot=2, per_request=0)

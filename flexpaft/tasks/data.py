@@ -23,12 +23,18 @@ def load_task(name_or_path: str) -> TaskSpec:
     """A built-in task name, ``bigbench:<task>``, or a YAML file describing a custom task."""
     p = Path(name_or_path)
     if p.suffix.lower() in (".yaml", ".yml"):
-        if not p.is_file():
-            raise FlexpaftError(f"task file not found: {p}")
+        from ..validate import check_input_file
+
+        check_input_file(p, "task file")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise FlexpaftError(f"task file {p} is not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise FlexpaftError(f"malformed YAML in task file {p}: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise FlexpaftError(f"malformed YAML in task file {p}{at}: {problem}") from None
         if not isinstance(data, dict):
             raise FlexpaftError(f"task file {p} must be a mapping")
         return TaskSpec.from_mapping(data)

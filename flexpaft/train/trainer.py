@@ -118,6 +118,9 @@ def train(
     if acc.is_main_process:
         prepare_run_dir(cfg.output_dir, request_hash, overwrite)
     acc.wait_for_everyone()
+    if cfg.resume:
+        read_position(Path(cfg.output_dir) / "checkpoint")  # a torn one is reported now
+
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
