@@ -122,6 +122,7 @@ CASES = {
     # ---- train: config values --------------------------------------------------------------
     "train-lr-nan": (lambda c: c.train("optim.lr=.nan"), "optim.lr: expected a finite number"),
     "train-lr-inf": (lambda c: c.train("optim.lr=.inf"), "expected a finite number, got inf"),
+    "train-lr-nan-word": (lambda c: c.train("optim.lr=nan"), "expected a finite number, got nan"),
     "train-lr-negative": (lambda c: c.train("optim.lr=-1e-4"), "optim.lr must be positive"),
     "train-lr-text": (lambda c: c.train("optim.lr=fast"), "optim.lr: expected a number"),
     "train-seed-negative": (lambda c: c.train("seed=-1"), "seed must be between 0 and"),

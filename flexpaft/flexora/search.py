@@ -542,7 +542,7 @@ class LayerSearch:
         f = ckpt / STATE_FILE
         if not (self.cfg.resume and f.is_file()):
             return False
-        state = read_state_json(ckpt)
+        state = read_state_json(ckpt, STATE_FILE)
         if state.get("config_hash") != self.config_hash:
             raise FlexpaftError(
                 f"{ckpt} holds a search of a different configuration: use another output_dir, "

@@ -248,7 +248,8 @@ def train_lora(
                 loss = answer_loss(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and o.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(params, o.max_grad_norm))
+                    norm = acc.clip_grad_norm_(params, o.max_grad_norm)
+                    grad_norm = float(norm) if norm is not None else None
                 elif acc.sync_gradients:
                     grad_norm = total_grad_norm(params)
                 if acc.sync_gradients:
