@@ -149,6 +149,22 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
     return p
 
 
+def check_eval_output(out: Path) -> None:
+    """An eval output directory whose results.json (replaced at the end) is ours, or absent."""
+    f = Path(out) / "results.json"
+    if not f.exists():
+        return
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or "per_template" not in data:
+        raise FlexpaftError(
+            f"{f} was not written by flexpaft eval and would be replaced: move it away or "
+            "choose another output_dir"
+        )
+
+
 # ---- adapters --------------------------------------------------------------------------------
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -365,6 +365,10 @@ CASES = {
         lambda c: c.eval(out=c.file("out", "x")),
         "is a file, not a directory",
     ),
+    "eval-output-holds-other-results": (
+        lambda c: (c.file("out/results.json", '{"mine": 1}'), c.eval())[1],
+        "results.json was not written by flexpaft eval",
+    ),
     "eval-batch-size-zero": (lambda c: c.eval("batch_size=0"), "batch_size must be at least 1"),
     "eval-threshold-above-1": (lambda c: c.eval("thresholds=[1.5]"), "thresholds[0] must be"),
     "eval-max-new-tokens-zero": (lambda c: c.eval("max_new_tokens=0"), "max_new_tokens must be"),

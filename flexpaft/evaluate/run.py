@@ -13,7 +13,7 @@ from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..train.templates import default_template, load_valid_set
-from ..validate import check_adapter_dir, check_writable_dir
+from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .evaluator import (
     EvalResult,
     TemplateResult,
@@ -63,6 +63,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the inputs is found before the model is loaded.
     check_writable_dir(out)
+    check_eval_output(out)
     if cfg.adapter:
         check_adapter_dir(cfg.adapter)
     task, fmt, examples = cfg.data.load()
