@@ -36,6 +36,11 @@ class DataSettings:
     skip: int = opt(
         0, "Skip this many examples first (after shuffling), e.g. to keep a test split apart."
     )
+    balance_labels: bool = opt(
+        False,
+        "Keep equally many examples of every gold answer (after skip, before limit), so the "
+        "majority label is worth no more than chance: BoolQ is 62% 'yes'.",
+    )
     max_field_chars: int = opt(
         0,
         "Shorten every text field longer than this many characters, at a word boundary "
@@ -64,6 +69,8 @@ class DataSettings:
         )
         if self.skip:
             examples = examples[self.skip :]
+        if self.balance_labels:
+            examples = balance_by_gold(examples)
         if self.limit:
             examples = examples[: self.limit]
         if self.max_field_chars:
@@ -74,6 +81,23 @@ class DataSettings:
                 f"no examples left in {self.source or task.name} after skip={self.skip}"
             )
         return task, fmt, examples
+
+
+def balance_by_gold(examples: list[Example]) -> list[Example]:
+    """The examples with every gold answer equally often, original order kept.
+
+    Each class keeps its first ``m`` examples (``m`` = the rarest class's count), and the classes
+    are interleaved in the original order, so ``limit`` after balancing stays balanced up to one
+    example per class.
+    """
+    by_gold: dict[int, list[Example]] = {}
+    for ex in examples:
+        by_gold.setdefault(ex.gold, []).append(ex)
+    if len(by_gold) < 2:
+        return examples
+    m = min(len(v) for v in by_gold.values())
+    # Round-robin over classes so any prefix is balanced too.
+    return [by_gold[g][i] for i in range(m) for g in sorted(by_gold)]
 
 
 def shorten(text: str, limit: int) -> str:

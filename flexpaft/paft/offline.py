@@ -19,7 +19,8 @@ Templates never end in whitespace: the answer is appended as " A" / " yes".
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from ..prompts.promptset import PromptSet
 from ..prompts.template import Template, parse_template
@@ -42,6 +43,19 @@ class _Style:
     marker: str
     header: str
     casing: str
+    layout: str = "lines"
+
+
+# Template *structure*, not only wording: the field order, where the instruction sits, whether an
+# answer cue ends the prompt, and how fields are marked up. Measured on BoolQ (docs/RESULTS.md),
+# a model trained on lines-only, passage-first, cue-terminated templates is no more robust than a
+# one-prompt LoRA on human-written templates that put the question first or end without a cue.
+# Probabilities keep the classic "Label: value / cue" layout the most common one.
+_LAYOUTS = ("lines", "lines", "lines", "inline", "markdown", "xml", "bracket")
+_QUESTION_FIRST = 0.3  # body fields in reverse order (question before passage)
+_NO_CUE = 0.2  # label words: end on the last field or the instruction, FLAN-style
+_INSTRUCTION_PLACES = ("lead", "lead", "lead", "lead", "before_cue", "before_cue", "none")
+_WORD_LIST = 0.2  # label words: an explicit "OPTIONS: - yes - no" listing
 
 
 def recase(text: str, mode: str) -> str:
@@ -68,9 +82,22 @@ def _field_block(part: BodyPart, style: _Style, rng: random.Random) -> str:
         return recase(rng.choice(part.lines), style.casing)
     label = _label_case(rng.choice(part.labels), style.casing)
     value = "{" + part.slot + "}" + part.suffix
+    if style.layout == "xml":
+        tag = re.sub(r"\W+", "_", (label or part.slot).lower()).strip("_") or "field"
+        return f"<{tag}>{value}</{tag}>"
     if not label:
         return value
+    if style.layout == "markdown":
+        return f"### {label}\n{value}"
+    if style.layout == "bracket":
+        return f"[{label}] {value}"
     return label + style.separator + value
+
+
+def _word_list(task: TaskSpec, style: _Style) -> str:
+    """FLAN's way of naming label words: a literal list, one per line."""
+    header = _label_case("OPTIONS:", style.casing)
+    return header + "".join("\n- " + escape_literal(w) for w in task.label_words)
 
 
 def _options_block(task: TaskSpec, bank: TaskBank, style: _Style, rng: random.Random) -> str:
@@ -127,9 +154,13 @@ def compose(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Rando
         marker=rng.choice(fmt_bank["option_markers"]),
         header=rng.choice(fmt_bank["option_headers"]),
         casing=rng.choice(fmt_bank["casings"]),
+        layout=rng.choice(_LAYOUTS),
     )
     instruction = recase(_instruction(task, fmt, bank, rng), style.casing)
     cloze_blank = fmt is AnswerFormat.OPTION_TEXT and bool(task.blank_field)
+    if cloze_blank and style.layout in ("xml", "markdown"):
+        # The scored continuation is the rest of the sentence: no closing tag may follow it.
+        style = replace(style, layout="lines")
     body = []
     for part in bank.body:
         if part.optional and rng.random() < 0.5:
@@ -143,17 +174,28 @@ def compose(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Rando
             body.append(block)
             continue
         body.append(_field_block(part, style, rng))
+    # A blank-filling cloze must end with its sentence, so its structure stays fixed.
+    if not cloze_blank and len(body) > 1 and rng.random() < _QUESTION_FIRST:
+        body.reverse()
     if _shows_options(task, fmt):
         body.append(_options_block(task, bank, style, rng))
-    # Cues are plain words (no slots), cased like the field labels.
-    cue = "" if cloze_blank else _label_case(_cue(fmt, bank, rng), style.casing)
-    # The instruction usually leads; sometimes it sits just before the answer cue, as many human
-    # prompts do. A blank-filling cloze must end with the sentence, so its instruction leads.
-    if cloze_blank or rng.random() < 0.7:
+    elif fmt is AnswerFormat.LABEL_WORDS and task.label_words and rng.random() < _WORD_LIST:
+        body.append(_word_list(task, style))
+    # Cues are plain words (no slots), cased like the field labels. Letters and option texts
+    # always follow a cue (the answer must read as its continuation); label words may not.
+    drop_cue = fmt is AnswerFormat.LABEL_WORDS and rng.random() < _NO_CUE
+    cue = "" if cloze_blank or drop_cue else _label_case(_cue(fmt, bank, rng), style.casing)
+    place = "lead" if cloze_blank else rng.choice(_INSTRUCTION_PLACES)
+    if place == "none" and fmt is AnswerFormat.GENERATION:
+        place = "lead"  # generation must ask for the answer format explicitly
+    if place == "lead":
         parts = [instruction, *body, cue]
-    else:
+    elif place == "before_cue":
         parts = [*body, instruction, cue]
-    return style.joiner.join(p for p in parts if p).rstrip()
+    else:
+        parts = [*body, cue]
+    joiner = " " if style.layout == "inline" and not cloze_blank else style.joiner
+    return joiner.join(p for p in parts if p).rstrip()
 
 
 def generate_offline(task: TaskSpec, fmt: AnswerFormat, n: int = 300, seed: int = 0) -> PromptSet:
