@@ -125,6 +125,12 @@ def _optional_commands() -> list[tuple[str, object, str]]:
             "robustness report: several runs side by side over unseen templates",
         ),
         (
+            "study",
+            "flexpaft.study",
+            "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
+            "evaluation, reports with 95% intervals",
+        ),
+        (
             "demo",
             "flexpaft.demo",
             "offline demo: fine-tune the embedded model, evaluate across held-out templates",

@@ -49,6 +49,20 @@ class DataSettings:
     max_length: int = opt(
         1024, "Maximum tokens per training sequence (the prompt is cut from the left)."
     )
+    answer_eos: str = opt(
+        "auto",
+        "Training: append EOS after the answer? auto = only in the generation format, where the "
+        "model must learn to stop; scored formats never look past the answer, and an EOS target "
+        "halves the weight of the answer token in the loss (true / false to force).",
+    )
+
+    def appends_eos(self, fmt: AnswerFormat) -> bool:
+        choice = str(self.answer_eos).lower()
+        if choice not in ("auto", "true", "false"):
+            raise FlexpaftError(f"data.answer_eos must be auto, true or false, not {choice!r}")
+        if choice == "auto":
+            return fmt is AnswerFormat.GENERATION
+        return choice == "true"
 
     def answer_format(self, task: TaskSpec) -> AnswerFormat:
         fmt = AnswerFormat.parse(self.format) if self.format else task.default_format

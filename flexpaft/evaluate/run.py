@@ -117,7 +117,15 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     digest = sha256_json([[e.fields, e.options, e.gold] for e in examples])
     atomic_write_json(
         out / "results.json",
-        {"name": name, "config": asdict(cfg), "data_digest": digest, **res.to_dict(), **extra},
+        # Gold answers let a report show the majority-label rate beside the accuracies.
+        {
+            "name": name,
+            "config": asdict(cfg),
+            "data_digest": digest,
+            **res.to_dict(),
+            **extra,
+            "gold": [ex.gold for ex in examples],
+        },
     )
     atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
     PromptSet(templates).save(out / "templates.jsonl")

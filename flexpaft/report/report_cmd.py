@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import FlexpaftError
 from ..io import atomic_write_json, atomic_write_text
 from .robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
 
@@ -153,6 +154,88 @@ def _references(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ci(x: float | None, iv: list[float] | None) -> str:
+    if x is None:
+        return "–"
+    if not iv or any(v != v for v in iv):  # NaN bounds: undefined interval
+        return _pct(x)
+    return f"{_pct(x)} [{_pct(iv[0])}, {_pct(iv[1])}]"
+
+
+def _seeds(m: dict[str, Any], key: str) -> str:
+    s = m.get("across_seeds")
+    if not s:
+        return ""
+    return f" ({_pct(s[key]['mean'])} ± {_pct(s[key]['std'])} over {s[key]['seeds']} seeds)"
+
+
+def interval_table(report: dict[str, Any]) -> Table | None:
+    """Mean, std and worst template with 95% intervals, and the margin over the label prior."""
+    if not any(m.get("intervals") for m in report["methods"]):
+        return None
+    headers = ["Method", "Mean [95% CI]", "Std [95% CI]", "Worst [95% CI]"]
+    with_prior = report.get("majority_rate") is not None
+    if with_prior:
+        headers.append("Mean - majority [95% CI]")
+    rows = []
+    for m in report["methods"]:
+        iv = m.get("intervals") or {}
+        row = [
+            m["name"],
+            _ci(m["mean"], iv.get("mean")) + _seeds(m, "mean"),
+            _ci(m["std"], iv.get("std")) + _seeds(m, "std"),
+            _ci(m["min"], iv.get("min")) + _seeds(m, "min"),
+        ]
+        if with_prior:
+            v = m.get("vs_majority")
+            row.append("–" if not v else _diff(v, pct=True))
+        rows.append(row)
+    return headers, rows
+
+
+def _diff(d: dict[str, Any], pct: bool = True) -> str:
+    f = _pct if pct else (lambda x: f"{x:.2f}")
+    verdict = "separated" if d["separated"] else "not separated"
+    if d["low"] != d["low"]:  # NaN: undefined (a std of zero)
+        return f"{f(d['value'])} (undefined)"
+    sign = "+" if pct and d["value"] > 0 else ""
+    return f"{sign}{f(d['value'])} [{f(d['low'])}, {f(d['high'])}] {verdict}"
+
+
+def comparison_table(report: dict[str, Any]) -> Table | None:
+    """Paired differences between methods on the same templates and examples."""
+    comps = report.get("comparisons") or []
+    if not comps:
+        return None
+    headers = ["A vs B", "Mean A - B", "Worst A - B", "Std A / B"]
+    rows = [
+        [
+            f"{c['a']} vs {c['b']}",
+            _diff(c["mean_diff"]),
+            _diff(c["min_diff"]),
+            _diff(c["std_ratio"], pct=False),
+        ]
+        for c in comps
+    ]
+    return headers, rows
+
+
+def interval_note(report: dict[str, Any]) -> str:
+    b = report.get("bootstrap") or {}
+    parts = [
+        f"95% percentile intervals from {b.get('replicates', 0)} bootstrap replicates "
+        "(mean and std: templates and examples resampled; worst template: examples resampled). "
+        "Differences are paired (same resampled templates and examples for both methods); "
+        "'not separated' means the interval includes no difference (0, or a std ratio of 1)."
+    ]
+    if report.get("majority_rate") is not None:
+        parts.append(
+            f"Always answering the most common gold answer scores "
+            f"{_pct(report['majority_rate'])}% on these examples."
+        )
+    return " ".join(parts)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole report as Markdown; tables are ready to paste into a paper."""
     out = [f"# Robustness report: {report['task']} ({report['format']})", "", _overview(report), ""]
@@ -162,6 +245,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
     out += ["## Accuracy across unseen templates (%)", "", *_markdown_table(summary_table(report))]
     out += ["", "Best value per column in bold.", ""]
+    ivt = interval_table(report)
+    if ivt:
+        out += ["## With 95% intervals (%)", "", *_markdown_table(ivt), ""]
+        cmp = comparison_table(report)
+        if cmp:
+            out += ["## Paired differences", "", *_markdown_table(cmp), ""]
+        out += [interval_note(report), ""]
     refs = _references(report)
     if refs:
         out += ["Reference template for PDR:", "", *refs, ""]
@@ -198,6 +288,13 @@ def render_html(report: dict[str, Any], png: Path | None = None) -> str:
         _html_table(summary_table(report)),
         "<p>Best value per column in bold.</p>",
     ]
+    ivt = interval_table(report)
+    if ivt:
+        parts += ["<h2>With 95% intervals (%)</h2>", _html_table(ivt)]
+        cmp = comparison_table(report)
+        if cmp:
+            parts += ["<h2>Paired differences</h2>", _html_table(cmp)]
+        parts.append(f"<p>{esc(interval_note(report))}</p>")
     refs = _references(report)
     if refs:
         items = "".join(f"<li>{esc(r[2:])}</li>" for r in refs)
@@ -268,6 +365,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--html", action="store_true", help="also write a self-contained report.html"
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="B",
+        help="bootstrap replicates for the 95%% intervals (0 = no intervals)",
+    )
+    parser.add_argument(
+        "--seeds",
+        action="store_true",
+        help="runs that share a label (NAME=PATH with the same NAME) are seeds of one method: "
+        "one row, averaged, with mean ± std over seeds",
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,12 +389,17 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable_dir(args.out)
     thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)
+    if args.bootstrap < 0:
+        raise FlexpaftError(f"--bootstrap must be 0 (off) or a positive count, not {args.bootstrap}")
     loaded = [load_run(r) for r in args.runs]
     report = build_report(
         [(name, data) for name, data, _ in loaded],
         thresholds,
         args.reference_template,
         args.allow_mismatch,
+        n_boot=args.bootstrap,
+        seed=args.bootstrap_seed,
+        group_seeds=args.seeds,
     )
     for method, (_, _, source) in zip(report["methods"], loaded):
         method["source"] = source
@@ -298,5 +416,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"flexpaft: warning: {w}", file=sys.stderr)
     if not getattr(args, "quiet", False):
         print("\n".join(_markdown_table(summary_table(report, mark_best=False))))
+    ivt = interval_table(report)
+    if ivt:
+        print("\n".join(["", *_markdown_table(ivt)]))
+        cmp = comparison_table(report)
+        if cmp:
+            print("\n".join(["", *_markdown_table(cmp)]))
+        print(interval_note(report))
     print(f"report: {out}/ ({', '.join(written)})")
     return 0

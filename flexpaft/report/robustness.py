@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import FlexpaftError
 from ..evaluate import metrics
 from ..evaluate.evaluator import EvalResult
+from . import intervals
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
 
@@ -230,30 +231,135 @@ def parse_thresholds(values: Sequence[str | float]) -> tuple[float, ...]:
     return tuple(sorted(set(out)))
 
 
+def _seed_groups(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs that share a label are seeds of one method, in the order given."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name, data in runs:
+        groups.setdefault(name, []).append(data)
+    return groups
+
+
+def _mean_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several seeds' rows: every number averaged, other fields from the first."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, bool) or key == "examples":
+            continue
+        if isinstance(value, (int, float)):
+            vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            out[key] = float(np.mean(vals)) if vals else None
+        elif isinstance(value, dict) and key in ("adversarial", "generation", "per_template"):
+            subs = [r[key] for r in rows if isinstance(r.get(key), dict)]
+            out[key] = _mean_of(subs) if len(subs) == len(rows) else value
+    return out
+
+
+def _aligned_correct(data: dict[str, Any], name: str, template_ids: list[str]) -> np.ndarray:
+    res = _eval_result(data, name)
+    by_id = {t.id: t.correct for t in res.per_template}
+    return np.array([by_id[t] for t in template_ids], dtype=np.float64)
+
+
+def _gold(groups: dict[str, list[dict[str, Any]]]) -> np.ndarray | None:
+    """Gold answers per example, when every run recorded the same ones."""
+    golds = [d.get("gold") for datas in groups.values() for d in datas]
+    if not golds or any(g is None for g in golds) or any(g != golds[0] for g in golds):
+        return None
+    return np.asarray(golds[0])
+
+
+def add_intervals(
+    report: dict[str, Any],
+    groups: dict[str, list[dict[str, Any]]],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> None:
+    """95% intervals per method, paired comparisons between methods, the majority-label rate.
+
+    Several seeds of a method are averaged example by example before resampling, so the interval
+    covers templates and examples; the spread between seeds is reported beside it.
+    """
+    tids = report["templates"]
+    mats: dict[str, np.ndarray] = {}
+    for name, datas in groups.items():
+        per_seed = []
+        for d in datas:
+            res = _eval_result(d, name)
+            if {t.id for t in res.per_template} != set(tids):
+                return  # mismatched runs (--allow-mismatch): no paired resampling possible
+            per_seed.append(_aligned_correct(d, name, tids))
+        if len({m.shape for m in per_seed}) != 1:
+            return
+        mats[name] = np.mean(per_seed, axis=0)
+    shapes = {m.shape for m in mats.values()}
+    if len(shapes) != 1:
+        return
+    n_templates, n_examples = shapes.pop()
+    rs = intervals.Resamples.draw(n_templates, n_examples, n_boot, seed)
+    gold = _gold(groups)
+    if gold is not None and len(gold) != n_examples:
+        gold = None
+    report["bootstrap"] = {"replicates": n_boot, "seed": seed, "level": intervals.LEVEL}
+    report["majority_rate"] = None if gold is None else intervals.majority_share(gold)
+    for m in report["methods"]:
+        m["intervals"] = intervals.method_intervals(mats[m["name"]], rs)
+        m["vs_majority"] = (
+            None if gold is None else intervals.versus_majority(mats[m["name"]], gold, rs)
+        )
+    names = list(mats)
+    report["comparisons"] = [
+        {"a": a, "b": b, **intervals.compare(mats[a], mats[b], rs)}
+        for i, b in enumerate(names)
+        for a in names[i + 1 :]
+    ]
+
+
 def build_report(
     runs: list[tuple[str, dict[str, Any]]],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     reference_template: str | None = None,
     allow_mismatch: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+    group_seeds: bool = False,
 ) -> dict[str, Any]:
-    """All numbers for a side-by-side report of ``runs`` (label, results.json dict)."""
+    """All numbers for a side-by-side report of ``runs`` (label, results.json dict).
+
+    With ``group_seeds``, runs that share a label are seeds of one method: its row averages
+    them, and ``across_seeds`` gives mean and std over seeds of the mean, std and worst template.
+    Without it a shared label is a mistake (two runs would be indistinguishable).
+    """
     if not runs:
         raise FlexpaftError("no runs to report")
     names = [n for n, _ in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise FlexpaftError(f"two runs are labelled {dupes[0]!r}; label them with NAME=PATH")
+    if dupes and not group_seeds:
+        raise FlexpaftError(
+            f"two runs are labelled {dupes[0]!r}; label them with NAME=PATH, "
+            "or pass --seeds if they are seeds of one method"
+        )
+    groups = _seed_groups(runs)
     results = [_eval_result(d, n) for n, d in runs]
     warnings = _check_same_data(runs, allow_mismatch)
     warnings += _check_comparable(names, results, allow_mismatch)
     thresholds = tuple(thresholds)
-    methods = [method_metrics(n, d, thresholds, reference_template) for n, d in runs]
+    methods = []
+    for name, datas in groups.items():
+        rows = [method_metrics(name, d, thresholds, reference_template) for d in datas]
+        row = _mean_of(rows) if len(rows) > 1 else rows[0]
+        row["seeds"] = len(rows)
+        row["across_seeds"] = (
+            {k: intervals.across_seeds([r[k] for r in rows]) for k in ("mean", "std", "min")}
+            if len(rows) > 1
+            else None
+        )
+        methods.append(row)
     first = results[0]
     # Template order of the first run, then any extra templates other runs have (mismatch only).
     template_ids = [t.id for t in first.per_template]
     for r in results[1:]:
         template_ids += [t.id for t in r.per_template if t.id not in template_ids]
-    return {
+    report = {
         "task": first.task,
         "format": first.format,
         "modes": sorted({r.mode for r in results}),
@@ -263,4 +369,9 @@ def build_report(
         "reference_template": reference_template,
         "warnings": warnings,
         "methods": methods,
+        "majority_rate": None,
+        "comparisons": [],
     }
+    if n_boot > 0:
+        add_intervals(report, groups, n_boot, seed)
+    return report

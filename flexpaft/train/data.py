@@ -24,6 +24,7 @@ class RenderedDataset:
     fmt: AnswerFormat
     tokenizer: Any
     max_length: int
+    append_eos: bool = True
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -31,7 +32,7 @@ class RenderedDataset:
     def __getitem__(self, key: tuple[int, int]) -> dict[str, list[int]]:
         ex_idx, tpl_idx = key
         rendered = render(self.task, self.templates[tpl_idx], self.examples[ex_idx], self.fmt)
-        enc = encode_for_training(self.tokenizer, rendered, self.max_length)
+        enc = encode_for_training(self.tokenizer, rendered, self.max_length, self.append_eos)
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
     def length_estimates(self) -> np.ndarray:
@@ -117,7 +118,15 @@ def make_loader(
     from torch.utils.data import DataLoader
 
     o = cfg.optim
-    dataset = RenderedDataset(task, examples, templates, fmt, tokenizer, cfg.data.max_length)
+    dataset = RenderedDataset(
+        task,
+        examples,
+        templates,
+        fmt,
+        tokenizer,
+        cfg.data.max_length,
+        append_eos=cfg.data.appends_eos(fmt),
+    )
     sampler = PromptBatchSampler(
         len(examples),
         len(templates),
