@@ -136,8 +136,10 @@ class Study:
         return o + _flat("", self.cfg.train)
 
     def train_templates(self) -> Path:
-        return Path(self.cfg.prompts.train_set) if self.cfg.prompts.train_set else (
-            self.prompts_dir / "train.jsonl"
+        return (
+            Path(self.cfg.prompts.train_set)
+            if self.cfg.prompts.train_set
+            else (self.prompts_dir / "train.jsonl")
         )
 
     def test_sets(self) -> dict[str, Path]:
@@ -151,8 +153,8 @@ class Study:
     # -- validation before any expensive step --------------------------------------------------
     def check(self) -> None:
         """Every input the study depends on, checked before the first forward pass."""
-        from .train.templates import load_valid_set
         from .train.config import TrainConfig
+        from .train.templates import load_valid_set
 
         task, fmt, examples = self.cfg.data.load()
         need = self.cfg.train_examples + 1
@@ -189,7 +191,12 @@ class Study:
         argv += ["--format", fmt] if fmt else []
         n = self.cfg.prompts.n
         # --split is a test fraction; --min-test makes the count exact for small pools.
-        argv += ["--split", f"{self.cfg.prompts.test}/{n}", "--min-test", str(self.cfg.prompts.test)]
+        argv += [
+            "--split",
+            f"{self.cfg.prompts.test}/{n}",
+            "--min-test",
+            str(self.cfg.prompts.test),
+        ]
         argv += ["--adversarial", str(self.cfg.prompts.adversarial)]
         argv += ["--seed", str(self.cfg.prompts.seed), "--out", str(self.prompts_dir)]
         self._run(main, argv, "prompts generate")
@@ -204,9 +211,10 @@ class Study:
             for seed in self.cfg.seeds:
                 cfg = load_config(TrainConfig, None, self._train_overrides(method, seed))
                 manifest = Path(cfg.output_dir) / "manifest.json"
-                if _same_config(manifest, asdict(cfg)) and (
-                    Path(cfg.output_dir) / "adapter"
-                ).is_dir():
+                if (
+                    _same_config(manifest, asdict(cfg))
+                    and (Path(cfg.output_dir) / "adapter").is_dir()
+                ):
                     log.info("train %s seed %d: done, kept", method, seed)
                     continue
                 log.info("train %s seed %d -> %s", method, seed, cfg.output_dir)

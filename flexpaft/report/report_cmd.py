@@ -390,7 +390,9 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out)
     thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)
     if args.bootstrap < 0:
-        raise FlexpaftError(f"--bootstrap must be 0 (off) or a positive count, not {args.bootstrap}")
+        raise FlexpaftError(
+            f"--bootstrap must be 0 (off) or a positive count, not {args.bootstrap}"
+        )
     loaded = [load_run(r) for r in args.runs]
     report = build_report(
         [(name, data) for name, data, _ in loaded],
