@@ -39,6 +39,11 @@ class StudyPrompts:
         1, "Adversarial variants per test template (typos, casing, markers; 0 = none)."
     )
     seed: int = opt(0, "Seed of generation, split and adversarial variants.")
+    candidates: str = opt(
+        "",
+        "Candidate templates file to split instead of generating (e.g. the PAFT paper's prompts "
+        "in ../shared/prompts/paft/): `test` of them become the unseen test set.",
+    )
     train_set: str = opt(
         "",
         "Training templates file to use instead of the generated training split (e.g. the "
@@ -186,6 +191,10 @@ class Study:
         if (self.prompts_dir / "test.jsonl").is_file():
             log.info("prompts: %s exists, kept", self.prompts_dir)
             return
+        p = self.cfg.prompts
+        if p.candidates:
+            self._split_candidates(main)
+            return
         fmt = self.cfg.data.format or ""
         argv = ["prompts", "generate", "--task", self.cfg.data.task, "--n", str(self.cfg.prompts.n)]
         argv += ["--format", fmt] if fmt else []
@@ -200,6 +209,30 @@ class Study:
         argv += ["--adversarial", str(self.cfg.prompts.adversarial)]
         argv += ["--seed", str(self.cfg.prompts.seed), "--out", str(self.prompts_dir)]
         self._run(main, argv, "prompts generate")
+
+    def _split_candidates(self, main) -> None:
+        """A given pool, validated for the task, split at template level like generated ones."""
+        from .paft.adversarial import make_adversarial
+        from .train.templates import load_valid_set
+
+        p = self.cfg.prompts
+        if not Path(p.candidates).is_file():
+            raise FlexpaftError(f"prompts.candidates: no such file {p.candidates}")
+        task, fmt, _ = self.cfg.data.load()
+        pool = load_valid_set(p.candidates, task, fmt)
+        if not 1 <= p.test < len(pool):
+            raise FlexpaftError(
+                f"prompts.test={p.test}: {p.candidates} has {len(pool)} valid templates"
+            )
+        train, test = pool.split(p.test / len(pool), seed=p.seed, min_test=p.test)
+        train.save(self.prompts_dir / "train.jsonl")
+        if p.adversarial:
+            make_adversarial(test, task, fmt, p.adversarial, seed=p.seed).save(
+                self.prompts_dir / "adversarial.jsonl"
+            )
+        # Written last: its presence marks the prompts step as done.
+        test.save(self.prompts_dir / "test.jsonl")
+        log.info("prompts: %d train, %d unseen test from %s", len(train), len(test), p.candidates)
 
     def train_all(self) -> None:
         from .train.config import TrainConfig

@@ -93,3 +93,28 @@ def test_balance_by_gold_by_hand():
     # Two of class 1 exist, so two of class 0 are kept (the first ones), interleaved.
     assert [(e.fields["q"], e.gold) for e in kept] == [("0", 0), ("2", 1), ("1", 0), ("4", 1)]
     assert balance_by_gold(exs[:2]) == exs[:2]  # one class only: nothing to balance
+
+
+def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
+    from flexpaft.config import load_config
+    from flexpaft.prompts import PromptSet
+    from flexpaft.study import Study, StudyConfig
+
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl",
+        [{"template": f"Passage {i}: {{passage}}\nQ: {{question}}?\nA:"} for i in range(10)]
+        + [{"template": "no slots at all"}],
+    )
+    path = _study_yaml(
+        tmp_path,
+        tiny_model_dir,
+        prompts={"candidates": str(pool), "test": 3, "adversarial": 1},
+    )
+    study = Study(load_config(StudyConfig, path))
+    study.generate()
+    train = PromptSet.load(tmp_path / "study" / "prompts" / "train.jsonl")
+    test = PromptSet.load(tmp_path / "study" / "prompts" / "test.jsonl")
+    # The invalid template is dropped; the 10 valid ones split 7 / 3 with no overlap.
+    assert (len(train), len(test)) == (7, 3)
+    assert not set(train.texts) & set(test.texts)
+    assert len(PromptSet.load(tmp_path / "study" / "prompts" / "adversarial.jsonl")) == 3
