@@ -73,8 +73,12 @@ def test_shipped_example_configs_load():
     from pathlib import Path
 
     from flexpaft.evaluate.run import EvalConfig
+    from flexpaft.study import StudyConfig
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
-        load_config(EvalConfig if path.name.startswith("eval") else TrainConfig, path)
+        if path.name.startswith("study"):
+            load_config(StudyConfig, path)
+        else:
+            load_config(EvalConfig if path.name.startswith("eval") else TrainConfig, path)
