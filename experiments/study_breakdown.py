@@ -34,7 +34,9 @@ def load(run_dir: Path) -> dict:
 
 
 def breakdown(study: Path, test_set: str) -> list[str]:
-    runs = sorted(p for p in (study / "eval" / test_set).iterdir() if (p / "results.json").is_file())
+    runs = sorted(
+        p for p in (study / "eval" / test_set).iterdir() if (p / "results.json").is_file()
+    )
     order = {"base": 0, "lora": 1, "topaccuracy": 2, "paft": 3}
     runs.sort(key=lambda p: (order.get(p.name.split("-s")[0], 9), p.name))
     data = {p.name: load(p) for p in runs}
@@ -67,7 +69,9 @@ def breakdown(study: Path, test_set: str) -> list[str]:
     lines.append("| answers option 0 ('yes'), % of pairs | " + " | ".join(yes) + " |")
     gold = first.get("gold")
     if gold is not None:
-        lines.append(f"\nGold 'yes' share of these examples: {100 * np.mean(np.array(gold) == 0):.1f}%")
+        lines.append(
+            f"\nGold 'yes' share of these examples: {100 * np.mean(np.array(gold) == 0):.1f}%"
+        )
     return lines
 
 

@@ -38,8 +38,9 @@ class DataSettings:
     )
     balance_labels: bool = opt(
         False,
-        "Keep equally many examples of every gold answer (after skip, before limit), so the "
-        "majority label is worth no more than chance: BoolQ is 62% 'yes'.",
+        "Keep equally many examples of every gold answer within the selected slice (after skip "
+        "and limit; the rarest answer sets the count), so the majority label is worth no more "
+        "than chance: BoolQ is 62% 'yes'.",
     )
     max_field_chars: int = opt(
         0,
@@ -83,10 +84,11 @@ class DataSettings:
         )
         if self.skip:
             examples = examples[self.skip :]
-        if self.balance_labels:
-            examples = balance_by_gold(examples)
         if self.limit:
             examples = examples[: self.limit]
+        if self.balance_labels:
+            # Within the slice, so a balanced training slice never reaches into the test slice.
+            examples = balance_by_gold(examples)
         if self.max_field_chars:
             for ex in examples:
                 ex.fields = {k: shorten(v, self.max_field_chars) for k, v in ex.fields.items()}
@@ -101,8 +103,7 @@ def balance_by_gold(examples: list[Example]) -> list[Example]:
     """The examples with every gold answer equally often, original order kept.
 
     Each class keeps its first ``m`` examples (``m`` = the rarest class's count), and the classes
-    are interleaved in the original order, so ``limit`` after balancing stays balanced up to one
-    example per class.
+    are interleaved in the original order.
     """
     by_gold: dict[int, list[Example]] = {}
     for ex in examples:

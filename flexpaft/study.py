@@ -16,7 +16,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,11 @@ class StudyConfig:
         "Test on equally many examples of each gold answer, so that the majority label scores "
         "chance and an accuracy above it cannot come from the label prior.",
     )
+    balance_train: bool = opt(
+        False,
+        "Train on equally many examples of each gold answer too (the training slice is "
+        "downsampled to its rarest answer), so that the label prior earns nothing in training.",
+    )
     train: dict[str, Any] = opt(
         {},
         "Training settings for every method, as flexpaft train keys (optim.lr: 5e-4, ...).",
@@ -119,6 +124,7 @@ class Study:
         self.out = Path(cfg.output_dir)
         self.progress = progress
         self.prompts_dir = self.out / "prompts"
+        self._window: int | None = None
 
     # -- settings shared by training and evaluation ------------------------------------------
     def _common(self) -> list[str]:
@@ -133,8 +139,8 @@ class Study:
             f"output_dir={self.out / 'train' / f'{method}-s{seed}'}",
             "data.skip=0",
             f"data.limit={self.cfg.train_examples}",
-            # The training slice keeps the data's own label mix; only the test is balanced.
-            "data.balance_labels=false",
+            # Balancing happens inside the training slice, so it never reaches the test slice.
+            f"data.balance_labels={str(self.cfg.balance_train).lower()}",
         ]
         if method in _USES_PROMPT_SET:
             o.append(f"prompts.prompt_set={self.train_templates()}")
@@ -259,7 +265,7 @@ class Study:
         run = "base" if seed is None else f"{method}-s{seed}"
         o = self._common() + [
             f"data.skip={self.cfg.train_examples}",
-            f"data.limit={self.cfg.test_examples}",
+            f"data.limit={self.test_window()}",
             f"data.balance_labels={str(self.cfg.balance_test).lower()}",
             f"prompt_set={self.test_sets()[set_name]}",
             f"output_dir={self.out / 'eval' / set_name / run}",
@@ -274,6 +280,34 @@ class Study:
             if self.cfg.prompts.adversarial and (adv.is_file() or not self.prompts_dir.exists()):
                 o.append(f"adversarial_set={adv}")
         return load_config(EvalConfig, None, o + _flat("", self.cfg.eval))
+
+    def test_window(self) -> int:
+        """Raw examples after the training slice that hold the test set.
+
+        Unbalanced: ``test_examples``. Balanced: the shortest window in which every gold answer
+        occurs ``test_examples / n_answers`` times, so balancing inside it keeps exactly that many
+        of each (the first ones, in data order).
+        """
+        if not self.cfg.balance_test:
+            return self.cfg.test_examples
+        if self._window is None:
+            data = replace(self.cfg.data, skip=self.cfg.train_examples, limit=0)
+            data.balance_labels = False
+            _, _, rest = data.load()
+            golds = sorted({e.gold for e in rest})
+            need = -(-self.cfg.test_examples // len(golds))  # ceil: per answer
+            counts = dict.fromkeys(golds, 0)
+            for i, ex in enumerate(rest, 1):
+                counts[ex.gold] += 1
+                if min(counts.values()) >= need:
+                    self._window = i
+                    break
+            else:
+                raise FlexpaftError(
+                    f"only {min(counts.values())} examples of the rarest answer after the "
+                    f"training slice: too few for {self.cfg.test_examples} balanced test examples"
+                )
+        return self._window
 
     def eval_all(self) -> None:
         from .evaluate.run import run_eval

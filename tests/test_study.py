@@ -118,3 +118,27 @@ def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
     assert (len(train), len(test)) == (7, 3)
     assert not set(train.texts) & set(test.texts)
     assert len(PromptSet.load(tmp_path / "study" / "prompts" / "adversarial.jsonl")) == 3
+
+
+def test_balanced_slices_stay_inside_their_window(tmp_path, tiny_model_dir):
+    from dataclasses import replace
+
+    from flexpaft.config import load_config
+    from flexpaft.study import Study, StudyConfig
+
+    # 'yes' on every 3rd row only: 1 in 3 answers is 'yes'.
+    rows = [{"question": f"q{i}", "passage": f"p{i}", "answer": i % 3 == 0} for i in range(60)]
+    data = write_jsonl(tmp_path / "skewed.jsonl", rows)
+    path = _study_yaml(tmp_path, tiny_model_dir, balance_train=True, test_examples=6)
+    cfg = load_config(StudyConfig, path, [f"data.source={data}"])
+    study = Study(cfg)
+    window = study.test_window()
+    test = replace(cfg.data, skip=16, limit=window, balance_labels=True).load()[2]
+    train = replace(cfg.data, skip=0, limit=16, balance_labels=True).load()[2]
+    # 3 'yes' and 3 'no' in the shortest window after the training slice that holds them.
+    assert sorted(e.gold for e in test) == [0, 0, 0, 1, 1, 1]
+    rest = replace(cfg.data, skip=16, limit=0).load()[2]
+    assert sum(e.gold == 0 for e in rest[:window]) == 3 and rest[window - 1].gold == 0
+    # The balanced training slice comes from the first 16 rows only: never the test's.
+    assert not {e.uid for e in train} & {e.uid for e in test}
+    assert len(train) == 2 * min(sum(e.gold == g for e in train) for g in (0, 1))
