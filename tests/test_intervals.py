@@ -103,16 +103,18 @@ def test_paired_comparisons():
 def test_majority_rate_and_margin():
     gold = np.array([1, 1, 1, 0])
     assert majority_share(gold) == 0.75
-    rs = Resamples.draw(2, 4, n_boot=100, seed=0)
-    # A model that always answers the majority label is exactly the prior in every replicate.
-    always_one = np.tile((gold == 1).astype(int), (2, 1))
-    v = versus_majority(always_one, gold, rs)
-    assert v == {"value": 0.0, "low": 0.0, "high": 0.0, "separated": False}
-    # With 4 examples a resample of only majority examples is likely: never separated.
-    assert versus_majority(np.ones((2, 4)), gold, rs)["separated"] is False
     gold40 = np.array([1] * 30 + [0] * 10)
-    perfect = versus_majority(np.ones((2, 40)), gold40, Resamples.draw(2, 40, 500, seed=0))
-    assert perfect["value"] == 0.25 and perfect["separated"] is True
+    rs = Resamples.draw(2, 40, n_boot=500, seed=0)
+    # Always right: mean 1 in every replicate, 0.25 above the fixed 75% prior.
+    perfect = versus_majority(np.ones((2, 40)), gold40, rs)
+    assert perfect == {"value": 0.25, "low": 0.25, "high": 0.25, "separated": True}
+    # Always answering the majority label: exactly the prior, and its interval spans zero.
+    always_one = np.tile((gold40 == 1).astype(int), (2, 1))
+    v = versus_majority(always_one, gold40, rs)
+    assert v["value"] == 0.0 and v["low"] < 0 < v["high"] and v["separated"] is False
+    # Its interval is the mean's interval shifted by the prior.
+    lo, hi = method_intervals(always_one, rs)["mean"]
+    assert (v["low"], v["high"]) == pytest.approx((lo - 0.75, hi - 0.75))
 
 
 def test_across_seeds_by_hand():
