@@ -5,9 +5,13 @@ Three ways, by answer format:
   per (template, example), left-padded so every prompt ends at the last position, and the LM head
   applied only there (``logits_to_keep=1``): a 49k-vocabulary head on every position would cost
   more than the rest of a small model's forward.
-- ``score_continuations``: each option's text scored as the continuation (cloze); all (prompt,
-  option) sequences are sorted by length and batched, and the head runs only on the last
-  ``max continuation + 1`` positions.
+- ``score_continuations``: each option's text scored as the continuation (cloze), and letters or
+  label words of several tokens. Shared prefix: each prompt is packed with all its options into
+  ONE sequence, with a 4D attention mask (option j sees the prompt and its own earlier tokens
+  only) and position ids that restart after the prompt for every option, so the prompt is
+  computed once instead of once per option; packed sequences are batched by a token budget and
+  the head runs only on the last ``option tokens + 1`` positions. Attention kernels that take no
+  custom mask (flash attention) get one (prompt + option) sequence per option instead.
 - ``generate_answers``: greedy generation, answer extracted from the text; records generated tokens
   and seconds per example (generation-based scoring is how the PAFT paper measured speed).
 
@@ -129,6 +133,73 @@ def score_first_token(
     return out  # type: ignore[return-value]
 
 
+# Attention implementations that honour a custom 4D mask; flash-attention kernels take only
+# padding masks, so shared-prefix packing falls back to one sequence per option there.
+PACKING_ATTENTION = ("eager", "sdpa")
+
+
+def supports_packing(model: Any) -> bool:
+    """True when ``model`` accepts the 4D attention mask that shared-prefix scoring needs."""
+    return getattr(model.config, "_attn_implementation", None) in PACKING_ATTENTION
+
+
+@dataclass
+class _Packed:
+    """One prompt followed by all its options, as one sequence: option j sees the prompt and
+    its own earlier tokens only, at the positions it would have right after the prompt."""
+
+    item: int
+    prompt: list[int]
+    options: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + sum(len(o) for o in self.options)
+
+    @property
+    def option_tokens(self) -> int:
+        return sum(len(o) for o in self.options)
+
+
+def _packed_batch(
+    chunk: list[_Packed], pad_id: int, dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Left-padded ids, position ids and an additive 4D mask for packed sequences.
+
+    Segment ids: -1 padding, 0 prompt, j + 1 option j. A query sees earlier keys of its own
+    segment and of the prompt. Pad queries see earlier pads only, so no row of the mask is empty
+    (an all-masked row would give NaN in some kernels, and NaN times a zero weight is NaN).
+    """
+    longest = max(len(p) for p in chunk)
+    ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
+    seg = torch.full((len(chunk), longest), -1, dtype=torch.long)
+    pos = torch.zeros((len(chunk), longest), dtype=torch.long)
+    for r, p in enumerate(chunk):
+        at = longest - len(p)
+        toks, segs, poss = list(p.prompt), [0] * len(p.prompt), list(range(len(p.prompt)))
+        for j, o in enumerate(p.options):
+            toks += o
+            segs += [j + 1] * len(o)
+            poss += range(len(p.prompt), len(p.prompt) + len(o))
+        ids[r, at:] = torch.tensor(toks)
+        seg[r, at:] = torch.tensor(segs)
+        pos[r, at:] = torch.tensor(poss)
+    idx = torch.arange(longest)
+    causal = idx[:, None] >= idx[None, :]
+    same = seg[:, :, None] == seg[:, None, :]
+    to_prompt = (seg[:, :, None] >= 0) & (seg[:, None, :] == 0)
+    allowed = causal[None] & (same | to_prompt)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask[:, None].to(device),
+        "position_ids": pos.to(device),
+    }
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
 @torch.inference_mode()
 def score_continuations(
     model: Any,
@@ -138,31 +209,105 @@ def score_continuations(
     max_length: int = 2048,
     length_normalize: bool = False,
     max_batch_tokens: int = 8192,
+    shared_prefix: bool | None = None,
 ) -> list[Scored]:
-    """Sum (or per-token mean) log-probability of each option's continuation."""
+    """Sum (or per-token mean) log-probability of each option's continuation.
+
+    ``shared_prefix`` (default: whenever the attention implementation allows it) packs each
+    prompt with all its options into one sequence, so the prompt is computed once however many
+    options there are; ``False`` scores one (prompt + option) sequence per option. Both give the
+    log-likelihoods ``score_naive`` gives. An item whose prompt plus longest option exceeds
+    ``max_length`` is scored per option, where each option cuts the prompt as ``score_naive`` does.
+    """
+    if shared_prefix is None:
+        shared_prefix = supports_packing(model)
     cache = TokenCache(tokenizer)
-    device = _device(model)
-    seqs: list[tuple[int, int, list[int], int]] = []  # (item, option, tokens, continuation length)
-    for i, it in enumerate(items):
-        ctx = encode_prompt(tokenizer, it.prompt)
-        for j, a in enumerate(it.answers):
-            cont = cache.answer(a) or [tokenizer.eos_token_id]
-            full = _truncate(ctx + cont, max_length)
-            seqs.append((i, j, full, min(len(cont), len(full) - 1)))
+    prompts = [encode_prompt(tokenizer, it.prompt) for it in items]
+    conts = [[cache.answer(a) or [tokenizer.eos_token_id] for a in it.answers] for it in items]
     scores = [[0.0] * len(it.answers) for it in items]
+    lengths = [[len(c) for c in cs] for cs in conts]
+    packed = [
+        _Packed(i, prompts[i], conts[i])
+        for i in range(len(items))
+        if shared_prefix and len(prompts[i]) + max(lengths[i]) <= max_length
+    ]
+    rest = sorted(set(range(len(items))) - {p.item for p in packed})
+    if packed:
+        _score_packed(model, tokenizer, packed, scores, batch_size, max_batch_tokens)
+    if rest:
+        seqs = [
+            (i, j, _truncate(prompts[i] + c, max_length))
+            for i in rest
+            for j, c in enumerate(conts[i])
+        ]
+        _score_per_option(model, tokenizer, seqs, lengths, scores, batch_size, max_batch_tokens)
+    if length_normalize:
+        scores = [[x / n for x, n in zip(s, ns)] for s, ns in zip(scores, lengths)]
+    return [Scored(int(max(range(len(s)), key=s.__getitem__)), s) for s in scores]
+
+
+def _score_packed(
+    model: Any,
+    tokenizer: Any,
+    packed: list[_Packed],
+    scores: list[list[float]],
+    batch_size: int,
+    max_batch_tokens: int,
+) -> None:
+    device, dtype = _device(model), _model_dtype(model)
+    for idx in length_batches([len(p) for p in packed], batch_size, max_batch_tokens):
+        chunk = [packed[k] for k in idx]
+        batch = _packed_batch(chunk, tokenizer.pad_token_id, dtype, device)
+        # The head runs on the options and the prompt's last position only: every row ends with
+        # its options, so the last (most option tokens + 1) positions hold all that is scored.
+        keep = max(p.option_tokens for p in chunk) + 1
+        logits = model(**batch, logits_to_keep=keep).logits
+        rows, cols, targets, owner, slots = [], [], [], [], []
+        for r, p in enumerate(chunk):
+            start = keep - p.option_tokens  # column of this row's first option token
+            last_prompt = start - 1
+            for j, o in enumerate(p.options):
+                # Option token t is predicted at the position before it; token 0 by the
+                # prompt's last position, shared by all options.
+                rows += [r] * len(o)
+                cols += [last_prompt] + list(range(start, start + len(o) - 1))
+                targets += o
+                owner += [len(slots)] * len(o)
+                start += len(o)
+                slots.append((p.item, j))
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        picked = picked.float()
+        target = torch.tensor(targets, device=device)
+        logp = picked.gather(-1, target[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+        totals = torch.zeros(len(slots), device=device, dtype=logp.dtype)
+        totals.index_add_(0, torch.tensor(owner, device=device), logp)
+        for (i, j), v in zip(slots, totals.tolist()):
+            scores[i][j] = v
+
+
+def _score_per_option(
+    model: Any,
+    tokenizer: Any,
+    seqs: list[tuple[int, int, list[int]]],
+    lengths: list[list[int]],
+    scores: list[list[float]],
+    batch_size: int,
+    max_batch_tokens: int,
+) -> None:
+    """One left-padded (prompt + option) sequence per option, batched by length."""
+    device = _device(model)
     for idx in length_batches([len(s[2]) for s in seqs], batch_size, max_batch_tokens):
         chunk = [seqs[k] for k in idx]
         batch = _left_pad([s[2] for s in chunk], tokenizer.pad_token_id, device)
-        keep = max(s[3] for s in chunk) + 1
+        cs = [min(lengths[i][j], len(toks) - 1) for i, j, toks in chunk]
+        keep = max(cs) + 1
         logits = model(**batch, logits_to_keep=keep).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
-        for row, (i, j, toks, c) in enumerate(chunk):
+        for row, ((i, j, toks), c) in enumerate(zip(chunk, cs)):
             target = torch.tensor(toks[-c:], device=device)
             # Position -c-1 predicts the first continuation token; -2 predicts the last.
             pred = logp[row, keep - c - 1 : keep - 1]
-            total = float(pred.gather(-1, target[:, None]).sum())
-            scores[i][j] = total / c if length_normalize else total
-    return [Scored(int(max(range(len(s)), key=s.__getitem__)), s) for s in scores]
+            scores[i][j] = float(pred.gather(-1, target[:, None]).sum())
 
 
 @torch.inference_mode()
