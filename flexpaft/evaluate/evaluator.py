@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import FlexpaftError
@@ -54,6 +55,11 @@ class EvalResult:
     per_template: list[TemplateResult]
     seconds: float
     summary: dict[str, float] = field(default_factory=dict)
+    # Throughput of this call: (template, example) pairs scored (templates resumed from an
+    # earlier run do not count), per second of scoring, and on CUDA the peak memory allocated.
+    pairs_scored: int = 0
+    pairs_per_s: float | None = None
+    peak_gpu_mib: float | None = None
 
     @property
     def accuracies(self) -> list[float]:
@@ -128,6 +134,10 @@ def evaluate_templates(
         disable=not progress,
         unit="template",
     )
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    scoring_started = time.perf_counter()
     # Several templates are scored in one call, so sorting by length groups similar prompts of
     # different templates into one batch (less padding than template by template).
     per_call = max(1, pairs_per_call // max(1, len(examples)))
@@ -155,12 +165,30 @@ def evaluate_templates(
                 on_result(done[t.id])
         bar.update(len(group))
     bar.close()
+    scoring_seconds = time.perf_counter() - scoring_started
     results = [done[t.id] for t in templates]
     if was_training:
         model.train()
     res = EvalResult(task.name, fmt.value, chosen, results, round(time.perf_counter() - started, 3))
     res.summary = metrics.summarize(res.accuracies, thresholds)
+    res.pairs_scored = len(todo) * len(examples)
+    if res.pairs_scored:
+        res.pairs_per_s = round(res.pairs_scored / scoring_seconds, 3)
+    if device.type == "cuda":
+        res.peak_gpu_mib = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return res
+
+
+def throughput_line(res: EvalResult) -> str:
+    """'N pairs in S s: X pairs/s' (+ peak GPU memory), or why there is no figure."""
+    if not res.pairs_scored or res.pairs_per_s is None:
+        return "throughput: no pairs scored in this run (all templates resumed)"
+    line = (
+        f"throughput: {res.pairs_scored} (template x example) pairs, {res.pairs_per_s:.3f} pairs/s"
+    )
+    if res.peak_gpu_mib is not None:
+        line += f", peak GPU memory {res.peak_gpu_mib:,.0f} MiB"
+    return line
 
 
 def _template_result(
@@ -221,6 +249,8 @@ def markdown_table(res: EvalResult, title: str = "") -> str:
     s = res.summary
     lines = [
         f"### {title or res.task} ({res.format}, {res.mode}, {len(res.per_template)} templates)",
+        "",
+        throughput_line(res),
         "",
     ]
     keys = [k for k in s if k != "templates"]
