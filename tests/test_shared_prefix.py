@@ -131,10 +131,11 @@ def test_one_forward_per_prompt_holds_all_options(model, tok):
     assert len(seen) == len(items)  # one forward per (template, example), not per option
     expected = sorted(
         len(tok(it.prompt)["input_ids"])
-        + sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in it.answers)
+        + sum(len(tok(a, add_special_tokens=False)["input_ids"]) - 1 for a in it.answers)
         for it in items
     )
-    assert sorted(n for _, n in seen) == expected  # prompt once + every option's tokens
+    # The prompt once + every option's tokens but its last (a target only, never an input).
+    assert sorted(n for _, n in seen) == expected
 
 
 def test_token_budget_splits_packed_batches_without_changing_scores(model, tok):

@@ -9,9 +9,11 @@ Three ways, by answer format:
   label words of several tokens. Shared prefix: each prompt is packed with all its options into
   ONE sequence, with a 4D attention mask (option j sees the prompt and its own earlier tokens
   only) and position ids that restart after the prompt for every option, so the prompt is
-  computed once instead of once per option; packed sequences are batched by a token budget and
-  the head runs only on the last ``option tokens + 1`` positions. Attention kernels that take no
-  custom mask (flash attention) get one (prompt + option) sequence per option instead.
+  computed once instead of once per option. An option's last token is only a target, so it is
+  not fed in, and the head runs only on the prompt's last position and the options' inputs,
+  each of which predicts a scored token. Packed sequences are batched by a token budget.
+  Attention kernels that take no custom mask (flash attention) get one (prompt + option)
+  sequence per option instead.
 - ``generate_answers``: greedy generation, answer extracted from the text; records generated tokens
   and seconds per example (generation-based scoring is how the PAFT paper measured speed).
 
@@ -146,18 +148,22 @@ def supports_packing(model: Any) -> bool:
 @dataclass
 class _Packed:
     """One prompt followed by all its options, as one sequence: option j sees the prompt and
-    its own earlier tokens only, at the positions it would have right after the prompt."""
+    its own earlier tokens only, at the positions it would have right after the prompt.
+
+    An option's last token is a target only (nothing after it is scored), so it is left out of
+    the input: one-token options add no input at all, and every position after the prompt's
+    last one predicts a scored token."""
 
     item: int
     prompt: list[int]
     options: list[list[int]]
 
     def __len__(self) -> int:
-        return len(self.prompt) + sum(len(o) for o in self.options)
+        return len(self.prompt) + self.option_inputs
 
     @property
-    def option_tokens(self) -> int:
-        return sum(len(o) for o in self.options)
+    def option_inputs(self) -> int:
+        return sum(len(o) - 1 for o in self.options)
 
 
 def _packed_batch(
@@ -177,9 +183,9 @@ def _packed_batch(
         at = longest - len(p)
         toks, segs, poss = list(p.prompt), [0] * len(p.prompt), list(range(len(p.prompt)))
         for j, o in enumerate(p.options):
-            toks += o
-            segs += [j + 1] * len(o)
-            poss += range(len(p.prompt), len(p.prompt) + len(o))
+            toks += o[:-1]
+            segs += [j + 1] * (len(o) - 1)
+            poss += range(len(p.prompt), len(p.prompt) + len(o) - 1)
         ids[r, at:] = torch.tensor(toks)
         seg[r, at:] = torch.tensor(segs)
         pos[r, at:] = torch.tensor(poss)
@@ -259,21 +265,21 @@ def _score_packed(
         chunk = [packed[k] for k in idx]
         batch = _packed_batch(chunk, tokenizer.pad_token_id, dtype, device)
         # The head runs on the options and the prompt's last position only: every row ends with
-        # its options, so the last (most option tokens + 1) positions hold all that is scored.
-        keep = max(p.option_tokens for p in chunk) + 1
+        # its options, so the last (most option inputs + 1) positions hold all that is scored.
+        keep = max(p.option_inputs for p in chunk) + 1
         logits = model(**batch, logits_to_keep=keep).logits
         rows, cols, targets, owner, slots = [], [], [], [], []
         for r, p in enumerate(chunk):
-            start = keep - p.option_tokens  # column of this row's first option token
+            start = keep - p.option_inputs  # column of this row's first option input
             last_prompt = start - 1
             for j, o in enumerate(p.options):
-                # Option token t is predicted at the position before it; token 0 by the
+                # Option token t is predicted at the position of token t - 1; token 0 by the
                 # prompt's last position, shared by all options.
                 rows += [r] * len(o)
                 cols += [last_prompt] + list(range(start, start + len(o) - 1))
                 targets += o
                 owner += [len(slots)] * len(o)
-                start += len(o)
+                start += len(o) - 1
                 slots.append((p.item, j))
         picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         picked = picked.float()
