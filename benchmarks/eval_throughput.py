@@ -27,10 +27,13 @@ a fifth, wrong option is borrowed from the next question's options).
 
 CPU:  python benchmarks/eval_throughput.py
       python benchmarks/eval_throughput.py --cases arc_letter,arc_cloze,hellaswag_style,csqa5_letter,csqa5_cloze
-GPU:  python benchmarks/eval_throughput.py --gpu --out runs/bench/eval_gpu.json
-      (= --device cuda --dtype bfloat16 --models embedded,llama-3.2-1b,llama-3-8b --examples 128
-       --templates 8 --repeats 3 --batch 4096 --max-batch-tokens auto, all cases, no generation;
-       'auto' sizes the token budget to the GPU memory left after loading each model)
+GPU:  python benchmarks/eval_throughput.py --gpu --models embedded --out eval_gpu_135m.json
+      python benchmarks/eval_throughput.py --gpu --models llama-3.2-1b --out eval_gpu_1b.json
+      python benchmarks/eval_throughput.py --gpu --models llama-3-8b --out eval_gpu_8b.json
+      (--gpu = --device cuda --dtype bfloat16 --models embedded,llama-3.2-1b,llama-3-8b
+       --examples 64 --templates 4 --repeats 2 --batch 4096 --max-batch-tokens auto, all cases,
+       no generation; 'auto' sizes the token budget to the GPU memory left after loading each
+       model; one model per command keeps each run within a few minutes)
 """
 
 from __future__ import annotations
@@ -291,8 +294,8 @@ def main() -> None:
     p.add_argument(
         "--gpu",
         action="store_true",
-        help="GPU mode: cuda, bf16, embedded + llama-3.2-1b + llama-3-8b shapes, 128 examples x "
-        "8 templates, 3 repeats, every case, token budget sized to the GPU, no generation "
+        help="GPU mode: cuda, bf16, embedded + llama-3.2-1b + llama-3-8b shapes, 64 examples x "
+        "4 templates, 2 repeats, every case, token budget sized to the GPU, no generation "
         "(each option given explicitly wins)",
     )
     given = {a.split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
@@ -302,9 +305,9 @@ def main() -> None:
             "device": "cuda",
             "dtype": "bfloat16",
             "models": "embedded,llama-3.2-1b,llama-3-8b",
-            "examples": 128,
-            "templates": 8,
-            "repeats": 3,
+            "examples": 64,
+            "templates": 4,
+            "repeats": 2,
             "batch": 4096,
             "max_batch_tokens": "auto",
             "cases": ",".join(CASES),

@@ -189,15 +189,19 @@ def _packed_batch(
         ids[r, at:] = torch.tensor(toks)
         seg[r, at:] = torch.tensor(segs)
         pos[r, at:] = torch.tensor(poss)
-    idx = torch.arange(longest)
+    # The (rows x L x L) mask is built where it is used: on a GPU, batches sized to its memory
+    # would make it large work for the CPU and a large copy.
+    seg = seg.to(device)
+    idx = torch.arange(longest, device=device)
     causal = idx[:, None] >= idx[None, :]
     same = seg[:, :, None] == seg[:, None, :]
     to_prompt = (seg[:, :, None] >= 0) & (seg[:, None, :] == 0)
     allowed = causal[None] & (same | to_prompt)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return {
         "input_ids": ids.to(device),
-        "attention_mask": mask[:, None].to(device),
+        "attention_mask": mask[:, None],
         "position_ids": pos.to(device),
     }
 
@@ -235,7 +239,7 @@ def score_continuations(
     packed = [
         _Packed(i, prompts[i], conts[i])
         for i in range(len(items))
-        if shared_prefix and len(prompts[i]) + max(lengths[i]) <= max_length
+        if shared_prefix and 0 < len(prompts[i]) <= max_length - max(lengths[i])
     ]
     rest = sorted(set(range(len(items))) - {p.item for p in packed})
     if packed:
