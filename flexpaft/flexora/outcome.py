@@ -1,0 +1,114 @@
+"""What a search leaves behind: the outcome object, selection.json, and the hash that names a search."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..io import atomic_write_json, sha256_json
+from ..tasks.spec import Example
+from ..train.config import TrainConfig
+from ..train.lora import lora_config
+from .blocks import BlockLayout
+
+
+@dataclass
+class SearchOutcome:
+    layers: list[int]
+    train_examples: list[Example]
+    alpha: list[float]
+    gates: list[float]
+    rule: str = "positive"
+    steps: int = 0
+    inner_steps: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    n_blocks: int = 0
+    block_list: str = ""
+    layers_pattern: str = ""
+    unroll: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "rule": self.rule,
+            "n_layers": len(self.layers),
+            "n_blocks": self.n_blocks,
+            "block_list": self.block_list,
+            "layers_pattern": self.layers_pattern,
+            "search_seconds": round(self.seconds, 2),
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_kind": self.peak_memory_kind,
+            "steps": self.steps,
+            "inner_steps": self.inner_steps,
+            "unroll": self.unroll,
+            "alpha": self.alpha,
+            "gates": self.gates,
+            "train_examples": len(self.train_examples),
+        }
+
+
+def search_config_hash(cfg: TrainConfig) -> str:
+    """Hash of what changes the search trajectory (not stage-2 epochs nor the selection rule)."""
+    d = dataclasses.asdict(cfg)
+    # method stays: flexora and flexora+paft draw templates differently.
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
+        d.pop(k)
+    for k in ("epochs", "max_steps", "num_workers"):
+        d["optim"].pop(k)
+    for k in ("selection", "k", "fraction"):
+        d["flexora"].pop(k)
+    d["lora"].pop("layers_to_transform")
+    return sha256_json(d)[:16]
+
+
+def peft_layers_pattern(base_model: nn.Module, layout: BlockLayout, given: str = "") -> str:
+    """PEFT's ``layers_pattern`` for stage 2: '' when PEFT's default index guess is right.
+
+    Without a pattern PEFT takes the first numbered name segment as the layer index; that fails
+    when something numbered precedes the blocks, and then the block list's name is needed.
+    """
+    if given:
+        return given
+    for name, module in base_model.named_modules():
+        if not isinstance(getattr(module, "lora_B", None), nn.ModuleDict):
+            continue
+        m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name + ".")
+        if m is None or int(m.group("idx")) != layout.index_of(name):
+            return layout.list_name
+    return ""
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_jsonable(v) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def write_selection(path: Path, outcome: SearchOutcome, cfg: TrainConfig, config_hash: str) -> None:
+    """selection.json: the outcome's summary and the PEFT LoraConfig a stage 2 would use."""
+    f = cfg.flexora
+    settings = dataclasses.replace(cfg.lora, layers_pattern=outcome.layers_pattern)
+    atomic_write_json(
+        path,
+        {
+            **outcome.summary(),
+            "config_hash": config_hash,
+            "k": f.k,
+            "fraction": f.fraction,
+            "lora_config": _jsonable(lora_config(settings, outcome.layers).to_dict()),
+        },
+    )
