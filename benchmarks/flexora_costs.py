@@ -27,7 +27,13 @@ from common import early_threads  # noqa: E402
 
 THREADS = early_threads()
 
+import ctypes  # noqa: E402
+import dataclasses  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
@@ -48,6 +54,7 @@ from common import (  # noqa: E402
     stage,
     write_json,
 )
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import flexpaft.flexora.search as search_mod  # noqa: E402
 import flexpaft.train.trainer as trainer_mod  # noqa: E402
@@ -62,8 +69,9 @@ from flexpaft.train.data import PadCollator, answer_loss  # noqa: E402
 from flexpaft.train.lora import lora_config  # noqa: E402
 
 
-def instrument(device: torch.device, peaks: dict[str, int | None]) -> None:
-    """Wrap the two phases of ``train`` to record each one's peak memory.
+def instrument(device: torch.device, peaks: dict[str, Any]) -> None:
+    """Wrap the two phases of ``train`` to record each one's peak memory (CUDA: max allocated)
+    and CPU seconds of this process (on shared cores wall time also counts the other jobs).
 
     ``train`` imports search_layers from its module at call time and calls train_lora through
     the trainer module's globals, so replacing the module attributes reaches both.
@@ -71,15 +79,17 @@ def instrument(device: torch.device, peaks: dict[str, int | None]) -> None:
     search_fn, stage2_fn = search_mod.search_layers, trainer_mod.train_lora
 
     def search_layers(*a: Any, **k: Any) -> Any:
+        t = time.process_time()
         with PeakMemory(device) as mem:
             out = search_fn(*a, **k)
-        peaks["search"] = mem.bytes
+        peaks["search"], peaks["search_cpu_s"] = mem.bytes, time.process_time() - t
         return out
 
     def train_lora(*a: Any, **k: Any) -> Any:
+        t = time.process_time()
         with PeakMemory(device) as mem:
             out = stage2_fn(*a, **k)
-        peaks["stage2"] = mem.bytes
+        peaks["stage2"], peaks["stage2_cpu_s"] = mem.bytes, time.process_time() - t
         return out
 
     search_mod.search_layers = search_layers
@@ -98,14 +108,11 @@ def shape_loader(device: torch.device) -> None:
     trainer_mod.load_model = load_model
 
 
-def search_vs_training(args: Any, device: torch.device, run: int) -> dict[str, Any]:
-    peaks: dict[str, int | None] = {}
-    instrument(device, peaks)
-    out = Path(tempfile.mkdtemp(prefix="flexora_costs_"))
-    cfg = TrainConfig(
+def flexora_config(args: Any, out: Path, **flexora: Any) -> TrainConfig:
+    return TrainConfig(
         method="flexora",
         output_dir=str(out),
-        seed=run,
+        seed=args.seed,
         checkpoint_every=0,
         resume=False,
         log_every=0,
@@ -119,26 +126,209 @@ def search_vs_training(args: Any, device: torch.device, run: int) -> dict[str, A
         ),
         lora=LoraSettings(),
         optim=OptimSettings(batch_size=args.batch, epochs=args.epochs, num_workers=-1),
-        flexora=FlexoraSettings(val_examples=args.val_examples),
+        flexora=FlexoraSettings(val_examples=args.val_examples, **flexora),
     )
-    manifest = trainer_mod.train(cfg, progress=False).manifest
+
+
+def flexora_run(args: Any, device: torch.device, name: str, **flexora: Any) -> dict[str, Any]:
+    """``train(method=flexora)`` end to end; search and stage-2 seconds from its manifest."""
+    peaks: dict[str, Any] = {}
+    instrument(device, peaks)
+    out = Path(tempfile.mkdtemp(prefix=f"flexora_costs_{name}_"))
+    manifest = trainer_mod.train(flexora_config(args, out, **flexora), progress=False).manifest
     fx = manifest["flexora"]
     search_s, train_s = fx["search_seconds"], manifest["train_seconds"]
-    return {
-        "run": run,
+    row = {
+        "run": name,
         "train_examples": fx["train_examples"],
-        "search_steps": fx["steps"],
+        "search_steps": f"{fx['steps']} of {fx['budget_steps']}"
+        + (" (stopped: stable)" if fx["stopped_early"] else ""),
         "search_s": search_s,
         "stage2_steps": manifest["steps"],
         "stage2_s": train_s,
         "search_over_stage2": round(search_s / train_s, 3),
-        "search_over_stage2_epoch": round(search_s / (train_s / args.epochs), 3),
-        "search_peak_mib": round(peaks["search"] / 2**20, 1) if peaks.get("search") else None,
-        "stage2_peak_mib": round(peaks["stage2"] / 2**20, 1) if peaks.get("stage2") else None,
-        "manifest_search_peak_mib": round(fx["peak_memory_bytes"] / 2**20, 1),
-        "manifest_peak_kind": fx["peak_memory_kind"],
-        "layers": f"{fx['n_layers']}/{fx['n_blocks']}: {fx['layers']}",
+        "search_cpu_s": round(peaks["search_cpu_s"], 1),
+        "stage2_cpu_s": round(peaks["stage2_cpu_s"], 1),
+        "search_over_stage2_cpu": round(peaks["search_cpu_s"] / peaks["stage2_cpu_s"], 3),
+        "layers": fx["layers"],
+        "n_blocks": fx["n_blocks"],
+        "adapter": str(out / "adapter"),
+        "alpha_log": str(out / "flexora" / "alpha.jsonl"),
     }
+    if device.type == "cuda":
+        row["search_peak_mib"] = round(peaks["search"] / 2**20, 1)
+        row["stage2_peak_mib"] = round(peaks["stage2"] / 2**20, 1)
+    return row
+
+
+def sign_history(alpha_log: str) -> dict[str, Any]:
+    """When the selection (alpha > 0) last changed, and its longest unchanged run before that."""
+    rows = [json.loads(x) for x in Path(alpha_log).read_text().splitlines() if x.strip()]
+    patterns = [tuple(a > 0 for a in r["alpha"]) for r in rows]
+    changes = [i + 1 for i in range(1, len(patterns)) if patterns[i] != patterns[i - 1]]
+    last = changes[-1] if changes else 1
+    runs, prev = [], 1
+    for c in changes:
+        runs.append(c - prev - 1)
+        prev = c
+    return {
+        "steps": len(rows),
+        "last_change_step": last,
+        "changes": len(changes),
+        "longest_unchanged_before_last_change": max(runs, default=0),
+    }
+
+
+class MallocPeak(TorchDispatchMode):
+    """Peak of the bytes glibc malloc has handed out (``mallinfo2``: arena + mmap'd chunks in
+    use), read after every torch op, including the backward's.
+
+    On a CPU every tensor lives in malloc'd memory, so this follows allocated tensors the way
+    CUDA's max_memory_allocated does. Process RSS would not: it charges the first phase with
+    one-time costs (lazily touched weight pages, allocator arenas, imports) that the second then
+    reuses, and it keeps freed pages.
+    """
+
+    class _Info(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+        self._mallinfo2.restype = MallocPeak._Info
+        self.start = self.peak = self.in_use()
+
+    def in_use(self) -> int:
+        m = self._mallinfo2()
+        return int(m.uordblks + m.hblkhd)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, self.in_use())
+        return out
+
+
+def peak_malloc_bytes(fn: Any) -> tuple[int, int]:
+    """(peak bytes in use while ``fn()`` runs, bytes in use at entry)."""
+    gc.collect()
+    with MallocPeak() as mode:
+        fn()
+    return mode.peak, mode.start
+
+
+def memory_probe(args: Any, device: torch.device, layers: list[int]) -> dict[str, Any]:
+    """The search's first ``--mem-steps`` outer steps against stage 2's first as many steps.
+
+    Both see the same training batches (same split, seed and sampler); the search adds its
+    validation batches. Stage 2 adapts ``layers`` (the selection at the defaults).
+    """
+    from accelerate import Accelerator
+
+    from flexpaft.tasks.data import split_examples
+    from flexpaft.train.templates import training_templates
+
+    n = args.mem_steps
+    cfg = flexora_config(args, Path(tempfile.mkdtemp()), search_steps=n, stable_steps=0)
+    task, fmt, examples = cfg.data.load()
+    model, tok = load_bench_model(args.model, device, args.dtype)
+    acc = Accelerator(cpu=device.type == "cpu")
+    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+
+    def search() -> None:
+        search_mod.search_layers(cfg, model, tok, task, fmt, examples, templates, acc, False)
+
+    search_peak, base = peak_malloc_bytes(search)
+    train, _ = split_examples(examples, args.val_examples, cfg.seed)
+    stage2_cfg = dataclasses.replace(
+        cfg, optim=dataclasses.replace(cfg.optim, max_steps=n), method="lora"
+    )
+
+    def stage2() -> None:
+        trainer_mod.train_lora(
+            stage2_cfg, acc, model, tok, task, fmt, train, templates, layers, False
+        )
+
+    stage2_peak, stage2_base = peak_malloc_bytes(stage2)
+    return {
+        "steps": n,
+        "base_mib": round(base / 2**20, 1),
+        "search_peak_mib": round(search_peak / 2**20, 1),
+        "stage2_peak_mib": round(stage2_peak / 2**20, 1),
+        "search_over_stage2_total": round(search_peak / stage2_peak, 3),
+        "search_added_mib": round((search_peak - base) / 2**20, 1),
+        "stage2_added_mib": round((stage2_peak - stage2_base) / 2**20, 1),
+        "search_over_stage2_added": round((search_peak - base) / (stage2_peak - stage2_base), 3),
+    }
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def compare_accuracy(args: Any, device: torch.device, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Test accuracy of each run's stage-2 adapter on the next ``--test`` examples.
+
+    95% Wilson intervals per run; the paired difference (same examples) with a bootstrap
+    interval over examples (2,000 resamples).
+    """
+    import numpy as np
+
+    from flexpaft.evaluate.evaluator import evaluate_templates, load_adapter
+    from flexpaft.train.templates import default_template
+
+    data = DataSettings(
+        task=args.task,
+        source=str(data_file(f"{args.task}.jsonl")),
+        format=args.format,
+        skip=args.limit,
+        limit=args.test,
+    )
+    task, fmt, test = data.load()
+    correct = {}
+    out: dict[str, Any] = {"test_examples": len(test)}
+    for run in runs:
+        model, tok = load_bench_model(args.model, device, args.dtype)
+        model = load_adapter(model, run["adapter"])
+        res = evaluate_templates(
+            model, tok, task, fmt, [default_template(task, fmt)], test, progress=False
+        )
+        c = np.array(res.per_template[0].correct)
+        correct[run["run"]] = c
+        lo, hi = wilson(int(c.sum()), len(c))
+        out[run["run"]] = {
+            "accuracy": round(100 * c.mean(), 1),
+            "ci95": [round(100 * lo, 1), round(100 * hi, 1)],
+        }
+    a, b = (correct[r["run"]] for r in runs)
+    diff = a.astype(float) - b.astype(float)
+    rng = np.random.default_rng(0)
+    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+    out["difference"] = {
+        "runs": f"{runs[0]['run']} - {runs[1]['run']}",
+        "points": round(100 * diff.mean(), 1),
+        "ci95": [
+            round(100 * float(np.percentile(boots, 2.5)), 1),
+            round(100 * float(np.percentile(boots, 97.5)), 1),
+        ],
+    }
+    return out
 
 
 def layer_speedup(args: Any, device: torch.device) -> list[dict[str, Any]]:
@@ -210,12 +400,20 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0], repeats=5)
     p.add_argument("--task", default="piqa")
     p.add_argument("--format", default="option_text")
-    p.add_argument("--limit", type=int, default=72, help="part 1: examples (train + validation)")
+    p.add_argument("--limit", type=int, default=104, help="part 1: examples (train + validation)")
     p.add_argument("--val-examples", type=int, default=8, help="part 1: search validation split")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--epochs", type=float, default=3.0, help="part 1: stage-2 epochs")
-    p.add_argument("--search-repeats", type=int, default=1, help="part 1: full runs")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--mem-steps", type=int, default=4, help="part 1: steps of the memory probe")
+    p.add_argument("--test", type=int, default=200, help="part 1: test examples (after --limit)")
+    p.add_argument(
+        "--compare",
+        default="auto",
+        help="part 1: stage 2 + test accuracy of the full-length search's selection too: "
+        "auto (when it differs from the defaults'), always, never",
+    )
     p.add_argument("--seq-len", type=int, default=128, help="part 2: random tokens per sequence")
     p.add_argument("--parts", default="12")
     args = p.parse_args()
@@ -234,40 +432,34 @@ def main() -> None:
             rows2 = layer_speedup(args, device)
         results["layer_speedup"] = rows2
     if "1" in args.parts:
-        runs = []
-        for r in range(args.search_repeats):
-            with stage(f"part 1: flexora train on {args.task} (run {r + 1})"):
-                runs.append(search_vs_training(args, device, r))
-        results["search_vs_training"] = runs
-        keys = [
-            "train_examples",
-            "search_steps",
-            "search_s",
-            "stage2_steps",
-            "stage2_s",
-            "search_over_stage2",
-            "search_over_stage2_epoch",
-            "search_peak_mib",
-            "stage2_peak_mib",
-        ]
-        print(f"### Search vs stage-2 training ({args.task} {args.format}, {args.epochs} epochs)\n")
-        print(
-            markdown_table(
-                [
-                    "train ex.",
-                    "search steps",
-                    "search s",
-                    "stage-2 steps",
-                    "stage-2 s",
-                    "search / stage 2",
-                    "search / stage-2 epoch",
-                    "search peak MiB",
-                    "stage-2 peak MiB",
-                ],
-                [[r[k] for k in keys] for r in runs],
+        with stage(f"part 1: flexora train on {args.task}, search at the defaults"):
+            default = flexora_run(args, device, "defaults")
+        with stage("part 1: search of one full pass, no early stop (search only)"):
+            full_cfg = flexora_config(
+                args,
+                Path(tempfile.mkdtemp()),
+                search_examples=args.limit - args.val_examples,
+                stable_steps=0,
             )
-        )
-        print(f"\nSelected layers: {runs[-1]['layers']}\n")
+            full = full_search(args, device, full_cfg)
+        results["search_vs_training"] = default
+        results["full_search"] = full
+        same = full["layers"] == default["layers"]
+        if args.compare == "always" or (args.compare == "auto" and not same):
+            with stage("part 1: flexora train with the full-length search"):
+                full_run = flexora_run(
+                    args,
+                    device,
+                    "full",
+                    search_examples=args.limit - args.val_examples,
+                    stable_steps=0,
+                )
+            with stage(f"part 1: test accuracy, {args.test} examples"):
+                results["accuracy"] = compare_accuracy(args, device, [default, full_run])
+        if device.type != "cuda":
+            with stage(f"part 1: memory probe, {args.mem_steps} steps"):
+                results["memory"] = memory_probe(args, device, default["layers"])
+        print_part1(args, results)
     if "2" in args.parts:
         print(f"### Stage-2 step by LoRA placement ({args.batch} x {args.seq_len} random tokens)\n")
         keys = ["lora_on", "step_s_median", "tokens_per_s", "speedup_vs_all", "peak_mib"]
@@ -278,6 +470,66 @@ def main() -> None:
             )
         )
     write_json(args.out, results)
+
+
+def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, Any]:
+    """The paper's search length (one pass over the training split, no early stop), search only."""
+    from accelerate import Accelerator
+
+    from flexpaft.train.templates import training_templates
+
+    task, fmt, examples = cfg.data.load()
+    model, tok = load_bench_model(args.model, device, args.dtype)
+    acc = Accelerator(cpu=device.type == "cpu")
+    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+    outcome = search_mod.search_layers(cfg, model, tok, task, fmt, examples, templates, acc, False)
+    log = Path(cfg.output_dir) / "flexora" / "alpha.jsonl"
+    return {
+        "steps": outcome.steps,
+        "search_s": round(outcome.seconds, 1),
+        "layers": outcome.layers,
+        "alpha_log": str(log),
+        "selection_history": sign_history(str(log)),
+    }
+
+
+def print_part1(args: Any, results: dict[str, Any]) -> None:
+    d, full = results["search_vs_training"], results["full_search"]
+    print(f"### Search vs stage-2 training ({args.task} {args.format}, {args.epochs} epochs)\n")
+    keys = ["train_examples", "search_steps", "search_s", "stage2_steps", "stage2_s"]
+    keys += ["search_over_stage2", "search_cpu_s", "stage2_cpu_s", "search_over_stage2_cpu"]
+    heads = ["train ex.", "search steps", "search s", "stage-2 steps", "stage-2 s"]
+    heads += ["search / stage 2", "search CPU s", "stage-2 CPU s", "search / stage 2 (CPU s)"]
+    if "search_peak_mib" in d:
+        keys += ["search_peak_mib", "stage2_peak_mib"]
+        heads += ["search peak MiB", "stage-2 peak MiB"]
+    print(markdown_table(heads, [[d[k] for k in keys]]))
+    n = d["n_blocks"]
+    agree = n - len(set(d["layers"]) ^ set(full["layers"]))
+    print(f"\nSelected at the defaults ({len(d['layers'])}/{n}): {d['layers']}")
+    print(
+        f"Selected by one full pass ({full['steps']} steps, {full['search_s']} s, "
+        f"{len(full['layers'])}/{n}): {full['layers']}"
+    )
+    print(
+        f"Blocks on which the two agree: {agree}/{n}; full-pass history: {full['selection_history']}"
+    )
+    if "accuracy" in results:
+        acc = results["accuracy"]
+        print(f"\nTest accuracy ({acc['test_examples']} examples, 95% Wilson intervals):")
+        for name in ("defaults", "full"):
+            print(f"  {name}: {acc[name]['accuracy']}% {acc[name]['ci95']}")
+        dif = acc["difference"]
+        print(f"  paired difference {dif['runs']}: {dif['points']} points, 95% CI {dif['ci95']}")
+    if "memory" in results:
+        m = results["memory"]
+        print(
+            f"\nPeak malloc'd bytes over the first {m['steps']} steps (mallinfo2 after every op): "
+            f"search adds {m['search_added_mib']} MiB, stage 2 adds {m['stage2_added_mib']} MiB "
+            f"to the {m['base_mib']} MiB in use before (the model): ratio "
+            f"{m['search_over_stage2_added']} added, {m['search_over_stage2_total']} in total"
+        )
+    print()
 
 
 if __name__ == "__main__":

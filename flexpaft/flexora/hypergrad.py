@@ -13,7 +13,8 @@ gradient is dropped), learning rates follow the real schedule, gradient clipping
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -35,16 +36,34 @@ def alpha_gradient(
     """Gradient of the summed validation loss w.r.t. alpha, LoRA weights held constant.
 
     One batch at a time (memory of one batch); ``autograd.grad`` leaves every ``.grad`` alone.
+    The model's parameters are switched to ``requires_grad=False`` meanwhile: their gradients are
+    never taken, and a forward that would need them saves what those gradients use (each LoRA
+    module's input and ``A x``), on top of what alpha's backward needs.
     """
     grad = torch.zeros_like(gates.alpha)
     total = 0.0
-    for batch in batches:
-        loss = loss_fn(model, batch)
-        (g,) = torch.autograd.grad(loss, [gates.alpha], allow_unused=True)
-        if g is not None:
-            grad += g
-        total += float(loss.detach())
+    with frozen(model):
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            (g,) = torch.autograd.grad(loss, [gates.alpha], allow_unused=True)
+            if g is not None:
+                grad += g
+            total += float(loss.detach())
+            del loss  # the next batch's graph is built only after this one is gone
     return grad, total
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """``requires_grad=False`` on the model's trainable parameters inside, restored after."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 InnerUpdate = Callable[[Params, Params, int], Params]

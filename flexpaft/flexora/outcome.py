@@ -34,6 +34,8 @@ class SearchOutcome:
     block_list: str = ""
     layers_pattern: str = ""
     unroll: int = 0
+    budget_steps: int = 0
+    stopped_early: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -49,21 +51,28 @@ class SearchOutcome:
             "steps": self.steps,
             "inner_steps": self.inner_steps,
             "unroll": self.unroll,
+            "budget_steps": self.budget_steps,
+            "stopped_early": self.stopped_early,
             "alpha": self.alpha,
             "gates": self.gates,
             "train_examples": len(self.train_examples),
         }
 
 
-def search_config_hash(cfg: TrainConfig) -> str:
-    """Hash of what changes the search trajectory (not stage-2 epochs nor the selection rule)."""
+def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
+    """Hash of what changes the search trajectory (not the selection rule).
+
+    Stage-2 epochs are left out; the search's length in outer steps (``length``; the auto budget
+    derives it from stage 2's) is put in, as it sets the inner learning-rate schedule.
+    """
     d = dataclasses.asdict(cfg)
+    d["search_length"] = length
     # method stays: flexora and flexora+paft draw templates differently.
     for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
     for k in ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
-    for k in ("selection", "k", "fraction"):
+    for k in ("selection", "k", "fraction", "search_budget"):
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]

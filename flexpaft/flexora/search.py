@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.lora import add_lora
 from .blocks import find_blocks
+from .budget import StableSelection, search_length
 from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
 from .gates import GateHooks, LayerGates
 from .hypergrad import (  # noqa: F401  (the math's names stay importable from here)
@@ -55,7 +55,7 @@ from .hypergrad import (  # noqa: F401  (the math's names stay importable from h
 from .outcome import SearchOutcome, peft_layers_pattern, search_config_hash, write_selection
 from .plots import plot_alpha
 from .select import select_layers
-from .stream import BatchStream
+from .stream import BatchStream, FixedBatches
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,23 @@ class LayerSearch:
             cfg, task, fmt, self.val_examples, templates, tokenizer, cfg.seed + 1, accelerator
         )
         self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)
-        self.val = BatchStream(val_loader, val_sampler, accelerator.device)
+        # Rendered and tokenized once, reused every pass.
+        self.val = FixedBatches(val_loader, val_sampler, accelerator.device)
 
         self.unroll = f.unroll
-        per_outer = max(1, self.unroll)
         steps_per_epoch = max(1, len(self.train_sampler.batches(0)) // o.grad_accum)
         global_batch = o.batch_size * o.grad_accum * accelerator.num_processes
-        if f.search_steps > 0:
-            self.total = f.search_steps
-        elif f.search_examples > 0:
-            self.total = math.ceil(math.ceil(f.search_examples / global_batch) / per_outer)
-        else:
-            self.total = math.ceil(steps_per_epoch / per_outer)
-        self.inner_total = self.total * per_outer
+        self.total = search_length(f, o, steps_per_epoch, global_batch)
+        self.inner_total = self.total * max(1, self.unroll)
+        self.stability = StableSelection(f.selection, f.k, f.fraction, f.stable_steps)
+        if f.stable_steps and self.total <= f.stable_steps:
+            log.warning(
+                "the search is %d outer steps, no more than flexora.stable_steps=%d: it cannot "
+                "stop early, and its selection may not have settled (raise flexora.search_budget "
+                "or set flexora.search_steps)",
+                self.total,
+                f.stable_steps,
+            )
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, weight_decay=o.weight_decay)
@@ -138,7 +142,8 @@ class LayerSearch:
         self.alpha_optimizer = torch.optim.Adam([self.gates.alpha], lr=f.alpha_lr)
         self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.step, self.inner_steps, self.seconds = 0, 0, 0.0
-        self.config_hash = search_config_hash(cfg)
+        self.stopped_early = False
+        self.config_hash = search_config_hash(cfg, self.total)
 
     # -- one step of each level --
 
@@ -166,7 +171,7 @@ class LayerSearch:
         return [next(self.train) for _ in range(self.cfg.optim.grad_accum)]
 
     def _val_batches(self) -> list[Batch]:
-        return [next(self.val) for _ in range(self.cfg.flexora.val_batches)]
+        return self.val.take(self.cfg.flexora.val_batches)
 
     def outer_step(self) -> dict[str, Any]:
         """One alpha update (after one inner step, or K committed inner steps when unrolling)."""
@@ -191,9 +196,12 @@ class LayerSearch:
         self.alpha_optimizer.step()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        alpha = self.gates.alpha.detach().cpu().tolist()
+        self.stopped_early = self.stability.update(alpha)
         return {
             "step": self.step,
-            "alpha": self.gates.alpha.detach().cpu().tolist(),
+            "alpha": alpha,
+            "unchanged": self.stability.unchanged,
             "gates": self.gates.values().detach().cpu().tolist(),
             "train_loss": train_loss,
             "val_loss": val_loss,
@@ -207,7 +215,9 @@ class LayerSearch:
             "step": self.step,
             "inner_steps": self.inner_steps,
             "train_position": [self.train.epoch, self.train.batch],
-            "val_position": [self.val.epoch, self.val.batch],
+            "val_position": self.val.position,
+            "stable": [list(self.stability.last or ()), self.stability.unchanged],
+            "stopped_early": self.stopped_early,
             "seconds": self.seconds,
             "config_hash": self.config_hash,
         }
@@ -238,7 +248,10 @@ class LayerSearch:
         torch.set_rng_state(opt["rng"])
         self.step, self.inner_steps = state["step"], state["inner_steps"]
         self.train.seek(*state["train_position"])
-        self.val.seek(*state["val_position"])
+        self.val.position = state["val_position"]
+        last, self.stability.unchanged = state["stable"]
+        self.stopped_early = state["stopped_early"]
+        self.stability.last = tuple(last) if self.step else None
         self.seconds = state["seconds"]
         log.info("resuming the layer search at step %d of %d", self.step, self.total)
         return True
@@ -273,7 +286,7 @@ class LayerSearch:
         t0 = time.perf_counter()
         every = self.cfg.checkpoint_every
         try:
-            while self.step < self.total:
+            while self.step < self.total and not self.stopped_early:
                 record = self.outer_step()
                 bar.update(1)
                 if main:
@@ -287,7 +300,8 @@ class LayerSearch:
                         record["val_loss"],
                     )
                     bar.set_postfix(val=f"{record['val_loss']:.4f}")
-                if every and (self.step % every == 0 or self.step == self.total):
+                end = self.step == self.total or self.stopped_early
+                if every and (self.step % every == 0 or end):
                     self.seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     if main:
@@ -296,6 +310,13 @@ class LayerSearch:
         finally:
             bar.close()
         self.seconds += time.perf_counter() - t0
+        if self.stopped_early:
+            log.info(
+                "search stopped at step %d of %d: selection unchanged for %d steps",
+                self.step,
+                self.total,
+                self.stability.unchanged,
+            )
         return self.finish()
 
     def finish(self) -> SearchOutcome:
@@ -320,6 +341,8 @@ class LayerSearch:
             block_list=self.layout.prefix,
             layers_pattern=self.layers_pattern,
             unroll=self.unroll,
+            budget_steps=self.total,
+            stopped_early=self.stopped_early,
         )
         if self.acc.is_main_process:
             write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)

@@ -37,3 +37,25 @@ class BatchStream:
             self.batch += 1
             return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         raise FlexpaftError("the data loader yields no batches")
+
+
+class FixedBatches:
+    """Batches rendered, tokenized and collated once, then served in a cycle (the validation set).
+
+    The validation split is small and seen many times over a search; rendering it again every
+    pass would cost tokenizer time and, with PAFT, draw new templates each pass. One pass of the
+    loader (epoch 0: its template draws and rank shard) is kept on the device instead.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: PromptBatchSampler, device: torch.device):
+        sampler.set_epoch(0)
+        self.batches = [{k: v.to(device) for k, v in b.items()} for b in loader]
+        if not self.batches:
+            raise FlexpaftError("the validation split yields no batches")
+        self.position = 0
+
+    def take(self, n: int) -> list[Batch]:
+        """The next ``n`` batches of the cycle."""
+        out = [self.batches[(self.position + i) % len(self.batches)] for i in range(n)]
+        self.position = (self.position + n) % len(self.batches)
+        return out

@@ -82,11 +82,17 @@ class FlexoraSettings:
     val_examples: int = opt(
         200, "Validation examples held out from the training data for the search."
     )
-    search_steps: int = opt(
-        0, "Search budget in outer steps (0 = one pass over the training split)."
+    search_steps: int = opt(0, "Search length in outer steps (0 = search_examples or auto).")
+    search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
+    search_budget: float = opt(
+        0.15,
+        "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
+        "compute (forward+backward micro-batches), at most one pass over the training split.",
     )
-    search_examples: int = opt(
-        0, "Search budget in training examples (0 = use search_steps / one epoch)."
+    stable_steps: int = opt(
+        10,
+        "Stop the search once the selection (for the positive rule: alpha's sign pattern) has "
+        "not changed for this many outer steps (0 = never stop early).",
     )
     alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
     val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")

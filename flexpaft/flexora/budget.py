@@ -1,0 +1,98 @@
+"""How long the search runs: a budget of outer steps, and an early stop once the selection settles.
+
+Budget. ``flexora.search_steps`` (outer steps) or ``flexora.search_examples`` (training examples)
+when given; otherwise the auto budget: ``flexora.search_budget`` times stage 2's compute, with
+compute counted in forward+backward micro-batches. Stage 2 runs ``epochs x steps_per_epoch``
+optimizer steps (or ``max_steps``) of ``grad_accum`` micro-batches each. One first-order outer step
+is ``grad_accum`` training micro-batches plus ``val_batches`` validation micro-batches (a forward
+and a backward each: alpha's gradient needs the backward down to block 0). With ``unroll = K``, an
+outer step differentiates K inner steps and then commits them: about 3 micro-batches' work per
+training micro-batch. The budget never exceeds one pass over the training split (the paper's
+search length).
+
+Early stop. After every outer step the selection (``flexora.selection`` applied to alpha; for the
+default rule, the sign pattern of alpha) is compared with the previous one; once it has not changed
+for ``flexora.stable_steps`` consecutive outer steps the search stops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import FlexpaftError
+from ..train.config import FlexoraSettings, OptimSettings
+from .gates import gate_values
+from .select import select_layers
+
+# Forward+backward micro-batches of work per training micro-batch of an unrolled outer step: the
+# differentiable inner step (a backward with create_graph), the backward through it, the commit.
+UNROLLED_COST = 3
+
+
+def outer_step_cost(f: FlexoraSettings, grad_accum: int) -> int:
+    """Micro-batches of forward+backward work in one outer step."""
+    if f.unroll:
+        return f.unroll * grad_accum * UNROLLED_COST + f.val_batches
+    return grad_accum + f.val_batches
+
+
+def search_length(
+    f: FlexoraSettings, o: OptimSettings, steps_per_epoch: int, global_batch: int
+) -> int:
+    """Outer steps the search may take (before any early stop).
+
+    ``steps_per_epoch`` counts optimizer steps over the training split (stage 2 trains on the same
+    split with the same batch); ``global_batch`` is examples per optimizer step over all ranks.
+    """
+    if f.search_steps < 0 or f.search_examples < 0:
+        raise FlexpaftError("flexora.search_steps and flexora.search_examples must be >= 0")
+    per_outer = max(1, f.unroll)
+    one_pass = max(1, math.ceil(steps_per_epoch / per_outer))
+    if f.search_steps > 0:
+        return f.search_steps
+    if f.search_examples > 0:
+        return max(1, math.ceil(math.ceil(f.search_examples / global_batch) / per_outer))
+    if not 0 < f.search_budget <= 1:
+        raise FlexpaftError(
+            f"flexora.search_budget must be in (0, 1] (a share of stage 2), got {f.search_budget}"
+        )
+    stage2_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
+    work = f.search_budget * stage2_steps * o.grad_accum
+    return max(1, min(one_pass, math.floor(work / outer_step_cost(f, o.grad_accum))))
+
+
+@dataclass
+class StableSelection:
+    """Counts the consecutive outer steps over which the selection has not changed.
+
+    ``update`` takes alpha after a step and returns True when the search should stop
+    (``stable_steps`` unchanged steps in a row; never when ``stable_steps`` is 0).
+    """
+
+    rule: str = "positive"
+    k: int = 0
+    fraction: float = 0.5
+    stable_steps: int = 0
+    last: tuple[int, ...] | None = None
+    unchanged: int = 0
+
+    def selection(self, alpha: Sequence[float]) -> tuple[int, ...]:
+        # positive: the sign pattern itself; gate: gates above the uniform share. Computed here, as
+        # an empty set is a pattern too (select_layers would fall back to the best layer, and
+        # warn, at every early step).
+        if self.rule == "positive":
+            return tuple(i for i, a in enumerate(alpha) if a > 0)
+        if self.rule == "gate":
+            gates = gate_values(torch.tensor(list(alpha), dtype=torch.float64)).tolist()
+            return tuple(i for i, g in enumerate(gates) if g > 1)
+        return tuple(select_layers(alpha, self.rule, self.k, self.fraction))
+
+    def update(self, alpha: Sequence[float]) -> bool:
+        current = self.selection(alpha)
+        self.unchanged = self.unchanged + 1 if current == self.last else 0
+        self.last = current
+        return self.stable_steps > 0 and self.unchanged >= self.stable_steps

@@ -1,0 +1,123 @@
+"""Flexora search length: the budget in steps, examples or a share of stage 2, and the early stop."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from conftest import build_tokenizer
+from test_flexora_search import config, run_search
+
+from flexpaft.errors import FlexpaftError
+from flexpaft.flexora.budget import StableSelection, outer_step_cost, search_length
+from flexpaft.train import data as data_mod
+from flexpaft.train.config import FlexoraSettings, OptimSettings
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def length(steps_per_epoch=40, global_batch=8, optim=None, **flexora):
+    return search_length(
+        FlexoraSettings(**flexora), optim or OptimSettings(), steps_per_epoch, global_batch
+    )
+
+
+def test_explicit_steps_and_examples_win_over_the_auto_budget():
+    assert length(search_steps=7) == 7
+    assert length(search_steps=7, search_examples=100) == 7
+    assert length(search_examples=100) == 13  # ceil(100 / 8) optimizer steps
+    assert length(search_examples=100, unroll=2) == 7  # two inner steps per outer step
+
+
+def test_auto_budget_is_a_share_of_stage_two_compute():
+    # Stage 2: 3 epochs x 40 steps = 120 micro-batches; an outer step is 1 training + 1
+    # validation micro-batch; 0.15 x 120 / 2 = 9.
+    assert outer_step_cost(FlexoraSettings(), 1) == 2
+    assert length() == 9
+    # grad_accum 2, val_batches 2: 3 x 20 x 2 = 120 micro-batches, 4 per outer step: 4.5 -> 4.
+    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2) == 4
+    # max_steps replaces the epochs: 0.15 x 50 / 2 = 3.75 -> 3.
+    assert length(optim=OptimSettings(max_steps=50)) == 3
+    # Unrolled: 2 inner steps x 3 + 1 validation = 7 per outer step; 18 / 7 -> 2.
+    assert outer_step_cost(FlexoraSettings(unroll=2), 1) == 7
+    assert length(unroll=2) == 2
+    assert length(search_budget=0.5) == 30
+
+
+def test_auto_budget_stops_at_one_pass_and_takes_at_least_one_step():
+    # 30 epochs x 10 steps: 0.15 x 300 / 2 = 22 outer steps, but one pass is 10.
+    assert length(10, optim=OptimSettings(epochs=30)) == 10
+    assert length(1, optim=OptimSettings(epochs=1)) == 1
+
+
+@pytest.mark.parametrize(
+    "kw", [{"search_budget": 0.0}, {"search_budget": 1.5}, {"search_steps": -1}]
+)
+def test_bad_budgets_are_refused(kw):
+    with pytest.raises(FlexpaftError):
+        length(**kw)
+
+
+def test_stable_selection_counts_unchanged_steps_and_resets_on_a_change():
+    s = StableSelection(stable_steps=3)
+    seq = [[0.1, -0.1], [0.2, -0.1], [0.3, -0.2], [0.1, 0.05], [0.1, 0.1], [0.2, 0.1], [0.3, 0.1]]
+    stops = [s.update(a) for a in seq]
+    assert stops == [False, False, False, False, False, False, True]
+    assert s.unchanged == 3 and s.last == (0, 1)
+    never = StableSelection(stable_steps=0)
+    assert not any(never.update([0.1, -0.1]) for _ in range(20))
+
+
+def test_stable_selection_follows_the_rule_and_treats_empty_as_a_pattern():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning at early, all-negative steps
+        assert StableSelection().selection([-0.1, -0.2]) == ()
+        assert StableSelection(rule="gate").selection([0.0, 0.0]) == ()
+        assert StableSelection(rule="gate").selection([0.1, -0.1, 0.05]) == (0, 2)
+    assert StableSelection(rule="topk", k=1).selection([0.2, 0.1]) == (0,)
+    assert StableSelection(rule="topk", k=1).selection([0.1, 0.2]) == (1,)
+
+
+def test_search_stops_once_the_sign_pattern_is_stable_and_resumes_as_stopped(tmp_path, tok):
+    cfg = config(tmp_path, "flexora.search_steps=40", "flexora.stable_steps=2")
+    search, outcome = run_search(cfg, tok)
+    assert outcome.stopped_early and outcome.steps < 40 and outcome.budget_steps == 40
+    rows = [json.loads(x) for x in (tmp_path / "flexora" / "alpha.jsonl").read_text().splitlines()]
+    signs = [tuple(a > 0 for a in r["alpha"]) for r in rows]
+    assert len(rows) == outcome.steps
+    assert signs[-1] == signs[-2] == signs[-3]  # unchanged over the last two steps
+    assert rows[-1]["unchanged"] == 2 and all(r["unchanged"] < 2 for r in rows[:-1])
+    sel = json.loads((tmp_path / "flexora" / "selection.json").read_text())
+    assert sel["stopped_early"] and sel["steps"] == outcome.steps
+    # A resumed run finds the stopped search in its checkpoint and takes no further step.
+    _, again = run_search(cfg, tok)
+    assert again.steps == outcome.steps and again.alpha == outcome.alpha
+
+
+def test_default_length_comes_from_the_budget(tmp_path, tok):
+    # 14 training examples in batches of 4: 4 steps a pass; stage 2: 3 epochs = 12 steps; an
+    # outer step is 1 + 2 validation micro-batches: 0.5 x 12 / 3 = 2.
+    search, outcome = run_search(config(tmp_path, "flexora.search_budget=0.5"), tok)
+    assert search.total == 2 and outcome.steps == 2 and not outcome.stopped_early
+
+
+def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
+    rendered: list[str] = []
+    real = data_mod.RenderedDataset.__getitem__
+
+    def counting(self, key):
+        rendered.append(self.examples[key[0]].uid)
+        return real(self, key)
+
+    monkeypatch.setattr(data_mod.RenderedDataset, "__getitem__", counting)
+    search, outcome = run_search(config(tmp_path, "flexora.search_steps=6"), tok)
+    val = {e.uid for e in search.val_examples}
+    # 6 steps x 2 validation batches of 4 = 48 rows served; one pass (6 examples, padded to 2
+    # batches of 4 by wrapping around) rendered.
+    val_renders = [u for u in rendered if u in val]
+    assert set(val_renders) == val and len(val_renders) == 8
+    assert len(search.val.batches) == 2 and outcome.steps == 6
