@@ -244,25 +244,36 @@ def memory_probe(args: Any, device: torch.device, layers: list[int]) -> dict[str
     n = args.mem_steps
     cfg = flexora_config(args, Path(tempfile.mkdtemp()), search_steps=n, stable_steps=0)
     task, fmt, examples = cfg.data.load()
-    model, tok = load_bench_model(args.model, device, args.dtype)
     acc = Accelerator(cpu=device.type == "cpu")
-    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
-
-    def search() -> None:
-        search_mod.search_layers(cfg, model, tok, task, fmt, examples, templates, acc, False)
-
-    search_peak, base = peak_malloc_bytes(search)
     train, _ = split_examples(examples, args.val_examples, cfg.seed)
     stage2_cfg = dataclasses.replace(
         cfg, optim=dataclasses.replace(cfg.optim, max_steps=n), method="lora"
     )
 
-    def stage2() -> None:
-        trainer_mod.train_lora(
-            stage2_cfg, acc, model, tok, task, fmt, train, templates, layers, False
-        )
+    def search(model: Any, tok: Any, c: TrainConfig) -> None:
+        templates, _ = training_templates(c, task, fmt, examples, model, tok)
+        search_mod.search_layers(c, model, tok, task, fmt, examples, templates, acc, False)
 
-    stage2_peak, stage2_base = peak_malloc_bytes(stage2)
+    def stage2(model: Any, tok: Any, c: TrainConfig) -> None:
+        templates, _ = training_templates(c, task, fmt, examples, model, tok)
+        trainer_mod.train_lora(c, acc, model, tok, task, fmt, train, templates, layers, False)
+
+    # One step of each on another copy of the model first: one-time costs of the process (first
+    # backward, kernel caches, imports such as matplotlib's for alpha.png) are paid there, not by
+    # whichever phase is measured first. Stage 2 leaves LoRA in its model, hence the copies.
+    warm, wtok = load_bench_model(args.model, device, args.dtype)
+    one = dataclasses.replace(cfg, flexora=dataclasses.replace(cfg.flexora, search_steps=1))
+    search(warm, wtok, one)
+    stage2(
+        warm,
+        wtok,
+        dataclasses.replace(stage2_cfg, optim=dataclasses.replace(cfg.optim, max_steps=1)),
+    )
+    del warm
+    model, tok = load_bench_model(args.model, device, args.dtype)
+    search_peak, base = peak_malloc_bytes(lambda: search(model, tok, cfg))
+    model, tok = load_bench_model(args.model, device, args.dtype)
+    stage2_peak, stage2_base = peak_malloc_bytes(lambda: stage2(model, tok, stage2_cfg))
     return {
         "steps": n,
         "base_mib": round(base / 2**20, 1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..io import atomic_write_json, sha256_json
 from ..tasks.spec import Example
-from ..train.config import TrainConfig
+from ..train.config import LoraSettings, TrainConfig
 from ..train.lora import lora_config
 from .blocks import BlockLayout
 
@@ -36,6 +36,10 @@ class SearchOutcome:
     unroll: int = 0
     budget_steps: int = 0
     stopped_early: bool = False
+    # flexora.ranks=gate: rank per selected block, and PEFT patterns by module name.
+    ranks: dict[int, int] = field(default_factory=dict)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,10 +57,20 @@ class SearchOutcome:
             "unroll": self.unroll,
             "budget_steps": self.budget_steps,
             "stopped_early": self.stopped_early,
+            "ranks": {str(k): v for k, v in self.ranks.items()},
             "alpha": self.alpha,
             "gates": self.gates,
             "train_examples": len(self.train_examples),
         }
+
+    def stage2_lora(self, settings: LoraSettings) -> LoraSettings:
+        """The LoRA settings of stage 2: the block list's name (unless given) and the ranks."""
+        return dataclasses.replace(
+            settings,
+            layers_pattern=settings.layers_pattern or self.layers_pattern,
+            rank_pattern={**settings.rank_pattern, **self.rank_pattern},
+            alpha_pattern={**settings.alpha_pattern, **self.alpha_pattern},
+        )
 
 
 def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
@@ -72,7 +86,7 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
         d.pop(k)
     for k in ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
-    for k in ("selection", "k", "fraction", "search_budget"):
+    for k in ("selection", "k", "fraction", "search_budget", "ranks"):
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]
@@ -107,10 +121,27 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def block_patterns(
+    names: dict[str, int], ranks: dict[int, tuple[int, float]]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """PEFT rank_pattern and alpha_pattern from (rank, alpha) per block.
+
+    ``names`` maps each adapted module's name in the base model to its block; the keys are those
+    names, escaped (PEFT reads keys as regexes matched at the end of a module name), so a key
+    names one module whatever the architecture calls its block list.
+    """
+    rank_pattern, alpha_pattern = {}, {}
+    for name, block in sorted(names.items()):
+        if block in ranks:
+            rank_pattern[re.escape(name)] = ranks[block][0]
+            alpha_pattern[re.escape(name)] = ranks[block][1]
+    return rank_pattern, alpha_pattern
+
+
 def write_selection(path: Path, outcome: SearchOutcome, cfg: TrainConfig, config_hash: str) -> None:
     """selection.json: the outcome's summary and the PEFT LoraConfig a stage 2 would use."""
     f = cfg.flexora
-    settings = dataclasses.replace(cfg.lora, layers_pattern=outcome.layers_pattern)
+    settings = outcome.stage2_lora(cfg.lora)
     atomic_write_json(
         path,
         {

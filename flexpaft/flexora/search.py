@@ -39,7 +39,7 @@ from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.lora import add_lora
-from .blocks import find_blocks
+from .blocks import find_blocks, modules_by_block
 from .budget import StableSelection, search_length
 from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
 from .gates import GateHooks, LayerGates
@@ -52,9 +52,15 @@ from .hypergrad import (  # noqa: F401  (the math's names stay importable from h
     sgd_update,
     unrolled_hypergradient,
 )
-from .outcome import SearchOutcome, peft_layers_pattern, search_config_hash, write_selection
+from .outcome import (
+    SearchOutcome,
+    block_patterns,
+    peft_layers_pattern,
+    search_config_hash,
+    write_selection,
+)
 from .plots import plot_alpha
-from .select import select_layers
+from .select import RANK_RULES, gate_ranks, select_layers
 from .stream import BatchStream, FixedBatches
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,10 @@ class LayerSearch:
             raise FlexpaftError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
         if f.alpha_lr <= 0:
             raise FlexpaftError("flexora.alpha_lr must be positive")
+        if f.ranks not in RANK_RULES:
+            raise FlexpaftError(
+                f"flexora.ranks must be one of {', '.join(RANK_RULES)}, got {f.ranks!r}"
+            )
         self.cfg, self.acc, self.tokenizer = cfg, accelerator, tokenizer
         self.out = Path(cfg.output_dir) / SEARCH_DIR
         self.train_examples, self.val_examples = split_examples(examples, f.val_examples, cfg.seed)
@@ -325,6 +335,13 @@ class LayerSearch:
         alpha = self.gates.alpha.detach().cpu().tolist()
         gates = self.gates.values().detach().cpu().tolist()
         layers = select_layers(alpha, f.selection, f.k, f.fraction)
+        ranks, rank_pattern, alpha_pattern = {}, {}, {}
+        if f.ranks == "gate":
+            lora = cfg.lora
+            per_block = gate_ranks(alpha, layers, lora.r, lora.alpha, lora.use_rslora)
+            names = modules_by_block(self.model.get_base_model(), self.layout)
+            rank_pattern, alpha_pattern = block_patterns(names, per_block)
+            ranks = {i: rank for i, (rank, _) in per_block.items()}
         memory, kind = peak_memory(self.acc.device)
         outcome = SearchOutcome(
             layers=layers,
@@ -343,6 +360,9 @@ class LayerSearch:
             unroll=self.unroll,
             budget_steps=self.total,
             stopped_early=self.stopped_early,
+            ranks=ranks,
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
         )
         if self.acc.is_main_process:
             write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)

@@ -23,6 +23,7 @@ from .gates import gate_values
 log = logging.getLogger(__name__)
 
 RULES = ("positive", "gate", "topk", "fraction")
+RANK_RULES = ("uniform", "gate")
 
 
 def _ranking(alpha: Sequence[float]) -> list[int]:
@@ -60,6 +61,28 @@ def select_layers(
         warnings.warn(msg, stacklevel=2)
         chosen = [best]
     return sorted(chosen)
+
+
+def gate_ranks(
+    alpha: Sequence[float], layers: Sequence[int], r: int, lora_alpha: float, rslora: bool = False
+) -> dict[int, tuple[int, float]]:
+    """(rank, LoRA alpha) per selected block, the rank proportional to the block's gate.
+
+    r_i = round(r * gate_i / mean of the selected gates), at least 1: the selected blocks share
+    about r * len(layers) ranks, as with a uniform r. alpha_i keeps each block's scaling at the
+    configured one: lora_alpha * r_i / r (rsLoRA, scaling alpha / sqrt(r): lora_alpha *
+    sqrt(r_i / r)).
+    """
+    if not layers:
+        raise FlexpaftError("no selected layers to give ranks to")
+    gates = gate_values(torch.tensor([float(a) for a in alpha], dtype=torch.float64)).tolist()
+    mean = sum(gates[i] for i in layers) / len(layers)
+    out = {}
+    for i in sorted(layers):
+        rank = max(1, math.floor(r * gates[i] / mean + 0.5))  # half up, not to even
+        factor = math.sqrt(rank / r) if rslora else rank / r
+        out[i] = (rank, lora_alpha * factor)
+    return out
 
 
 def random_layers(n_blocks: int, count: int, seed: int = 0) -> list[int]:

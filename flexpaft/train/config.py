@@ -43,6 +43,14 @@ class LoraSettings:
     layers_pattern: str = opt(
         "", "Name of the block list for layers_to_transform when PEFT cannot infer it."
     )
+    rank_pattern: dict[str, int] = opt(
+        {},
+        "Per-module ranks, PEFT's rank_pattern (module-name regex -> r); flexora.ranks=gate "
+        "fills it. Every entry must match an adapted module (checked after building).",
+    )
+    alpha_pattern: dict[str, float] = opt(
+        {}, "Per-module LoRA alpha, PEFT's alpha_pattern (module-name regex -> alpha)."
+    )
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = opt(False, "Rank-stabilised LoRA scaling alpha / sqrt(r).")
 
@@ -101,6 +109,12 @@ class FlexoraSettings:
         "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",
     )
     selection: str = opt("positive", "positive (alpha > 0), gate (gate > 1), topk, fraction.")
+    ranks: str = opt(
+        "uniform",
+        "Stage-2 ranks of the selected blocks: uniform (lora.r each, layers_to_transform only) "
+        "or gate (round(lora.r x gate_i / mean gate of the selected), at least 1, with lora.alpha "
+        "scaled alike so alpha/r stays; written as PEFT rank_pattern/alpha_pattern).",
+    )
     k: int = opt(0, "Layers kept by the topk rule.")
     fraction: float = opt(0.5, "Share of layers kept by the fraction rule.")
     blocks_pattern: str = opt(

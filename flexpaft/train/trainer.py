@@ -140,10 +140,9 @@ def train(
         layers, search_info = outcome.layers, outcome.summary()
         examples = outcome.train_examples
         # search_layers hands the base model back without LoRA; stage 2 adds a fresh one on the
-        # selected blocks only (no zero adapters left elsewhere), named as the search found them.
-        if outcome.layers_pattern and not cfg.lora.layers_pattern:
-            lora = dataclasses.replace(cfg.lora, layers_pattern=outcome.layers_pattern)
-            cfg = dataclasses.replace(cfg, lora=lora)
+        # selected blocks only (no zero adapters left elsewhere), named as the search found them,
+        # with the ranks it chose (flexora.ranks).
+        cfg = dataclasses.replace(cfg, lora=outcome.stage2_lora(cfg.lora))
         set_seed(cfg.seed)
 
     out = Path(cfg.output_dir)
