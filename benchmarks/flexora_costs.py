@@ -1,10 +1,16 @@
 """Flexora's costs: the layer search against stage-2 training, and what skipping blocks saves.
 
-Part 1 runs ``flexpaft.train.trainer.train`` with method=flexora on a small budget (the search is
-one pass over the training split, stage 2 trains ``--epochs`` epochs on the same split) and reads
-the manifest: flexora.search_seconds against train_seconds (the paper reports the search at about
-a fifth of training). Peak memory of each phase is measured by wrapping ``search_layers`` and
-``train_lora`` (CUDA: max allocated; CPU: rise of peak RSS over the loaded model).
+Part 1 runs ``flexpaft.train.trainer.train`` with method=flexora at the default search settings
+(length: flexora.search_budget of stage 2's compute, at most one pass; early stop once the
+selection is stable for flexora.stable_steps) and reads the manifest: search seconds against
+stage-2 seconds, wall and CPU seconds of this process (on shared cores wall time also counts the
+other jobs). It then runs the paper's search length (one pass, no early stop; search only) and
+compares the two selections; where they differ (``--compare auto``), stage 2 is trained on the
+full-length selection too and both adapters are scored on the next ``--test`` examples (95%
+Wilson intervals, paired bootstrap interval of the difference). Peak memory: on CUDA max
+allocated per phase; on a CPU the peak of malloc'd bytes (mallinfo2, read after every torch op)
+over ``--mem-steps`` steps of each phase on the same training batches, after one warm-up step of
+each on another copy of the model.
 
 Part 2 times the stage-2 step (flexpaft's answer_loss + clip + AdamW on random tokens of fixed
 length, the GPU.md setting) with LoRA on all blocks, the top half, and every other block from
@@ -12,8 +18,13 @@ block 0, interleaved. Backpropagation stops at the lowest adapted block, so the 
 save the backward pass through the lower half, and every-other-block should save almost nothing.
 
 CPU:  python benchmarks/flexora_costs.py
-GPU:  python benchmarks/flexora_costs.py --device cuda --model llama-3.2-1b --batch 8 \
-          --seq-len 512 --repeats 12 --warmup 4 --limit 520 --max-length 512
+GPU (random-init shapes: selections mean nothing there, so no accuracy comparison):
+      python benchmarks/flexora_costs.py --device cuda --model llama-3.2-1b --batch 8 \
+          --seq-len 512 --repeats 12 --warmup 4 --limit 1200 --val-examples 200 \
+          --max-length 512 --compare never
+      python benchmarks/flexora_costs.py --device cuda --model llama-3-8b --batch 4 \
+          --seq-len 512 --repeats 8 --warmup 2 --limit 1200 --val-examples 200 \
+          --max-length 512 --compare never
 """
 
 from __future__ import annotations
@@ -467,10 +478,18 @@ def main() -> None:
                 )
             with stage(f"part 1: test accuracy, {args.test} examples"):
                 results["accuracy"] = compare_accuracy(args, device, [default, full_run])
+        print_part1(args, results)
+        write_json(args.out, results)
         if device.type != "cuda":
             with stage(f"part 1: memory probe, {args.mem_steps} steps"):
                 results["memory"] = memory_probe(args, device, default["layers"])
-        print_part1(args, results)
+            m = results["memory"]
+            print(
+                f"\nPeak malloc'd bytes over the first {m['steps']} steps (mallinfo2 after every "
+                f"op): search adds {m['search_added_mib']} MiB, stage 2 adds "
+                f"{m['stage2_added_mib']} MiB to the {m['base_mib']} MiB in use before: ratio "
+                f"{m['search_over_stage2_added']}\n"
+            )
     if "2" in args.parts:
         print(f"### Stage-2 step by LoRA placement ({args.batch} x {args.seq_len} random tokens)\n")
         keys = ["lora_on", "step_s_median", "tokens_per_s", "speedup_vs_all", "peak_mib"]
@@ -532,14 +551,6 @@ def print_part1(args: Any, results: dict[str, Any]) -> None:
             print(f"  {name}: {acc[name]['accuracy']}% {acc[name]['ci95']}")
         dif = acc["difference"]
         print(f"  paired difference {dif['runs']}: {dif['points']} points, 95% CI {dif['ci95']}")
-    if "memory" in results:
-        m = results["memory"]
-        print(
-            f"\nPeak malloc'd bytes over the first {m['steps']} steps (mallinfo2 after every op): "
-            f"search adds {m['search_added_mib']} MiB, stage 2 adds {m['stage2_added_mib']} MiB "
-            f"to the {m['base_mib']} MiB in use before (the model): ratio "
-            f"{m['search_over_stage2_added']} added, {m['search_over_stage2_total']} in total"
-        )
     print()
 
 

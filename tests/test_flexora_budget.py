@@ -121,3 +121,22 @@ def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
     val_renders = [u for u in rendered if u in val]
     assert set(val_renders) == val and len(val_renders) == 8
     assert len(search.val.batches) == 2 and outcome.steps == 6
+
+
+def test_alpha_pass_runs_with_lora_weights_frozen_and_restores_them():
+    from test_flexora_search import gated_float64_model, random_batches
+
+    from flexpaft.flexora.hypergrad import alpha_gradient
+
+    model, gates, _ = gated_float64_model()
+    lora = [p for p in model.parameters() if p.requires_grad]
+    seen = []
+
+    def loss_fn(m, batch):
+        # Nothing the forward saves is for LoRA gradients: no parameter requires one.
+        seen.append(any(p.requires_grad for p in m.parameters()))
+        return m(input_ids=batch["input_ids"]).logits.float().pow(2).mean()
+
+    grad, _ = alpha_gradient(model, gates, random_batches(), loss_fn)
+    assert seen == [False, False] and grad.abs().sum() > 0
+    assert lora and all(p.requires_grad for p in lora)
