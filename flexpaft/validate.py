@@ -49,6 +49,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "flexora.unroll": (0, None, False),
     "flexora.k": (0, None, False),
     "flexora.fraction": (0, 1, True),
+    "flexora.search_budget": (0, 1, True),
+    "flexora.stable_steps": (0, None, False),
     # flexpaft eval
     "batch_size": (1, None, False),
     "max_batch_tokens": (1, None, False),
