@@ -59,8 +59,10 @@ from ..train.checkpoint import (
     save_lora_state,
     save_states,
 )
+from ..train.compute import checkpointing_paused
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
+from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
 from ..train.lora import add_lora, lora_config
 from ..train.sampling import PromptBatchSampler
 from .blocks import BlockLayout, find_blocks
@@ -364,6 +366,12 @@ class LayerSearch:
             raise FlexpaftError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
         if f.alpha_lr <= 0:
             raise FlexpaftError("flexora.alpha_lr must be positive")
+        if f.unroll and cfg.compute.attn_implementation == "flash_attention_2":
+            raise FlexpaftError(
+                "flexora.unroll > 0 differentiates twice through attention, which "
+                "flash_attention_2 cannot: use compute.attn_implementation=sdpa"
+            )
+        check_search_backend(accelerator)
         self.cfg, self.acc, self.tokenizer = cfg, accelerator, tokenizer
         self.out = Path(cfg.output_dir) / SEARCH_DIR
         self.train_examples, self.val_examples = split_examples(examples, f.val_examples, cfg.seed)
@@ -413,6 +421,7 @@ class LayerSearch:
             optimizer, int(o.warmup_ratio * self.inner_total), self.inner_total
         )
         self.alpha_optimizer = torch.optim.Adam([self.gates.alpha], lr=f.alpha_lr)
+        fill_deepspeed_batch_size(accelerator, o.batch_size)
         self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.step, self.inner_steps, self.seconds = 0, 0, 0.0
         self.config_hash = search_config_hash(cfg)
@@ -481,7 +490,10 @@ class LayerSearch:
             return sum(answer_loss(_WithParams(model, params), b) for b in val)
 
         model.train()
-        return unrolled_hypergradient(train_loss, val_loss, named, self.gates.alpha, steps, update)
+        with checkpointing_paused(model):
+            return unrolled_hypergradient(
+                train_loss, val_loss, named, self.gates.alpha, steps, update
+            )
 
     def outer_step(self) -> dict[str, Any]:
         """One alpha update (after one inner step, or K committed inner steps when unrolling)."""

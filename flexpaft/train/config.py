@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
+from .compute import ComputeSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
 
@@ -120,6 +121,9 @@ class TrainConfig:
     lora: LoraSettings = section(LoraSettings, "LoRA adapter.")
     optim: OptimSettings = section(OptimSettings, "Optimisation.")
     flexora: FlexoraSettings = section(FlexoraSettings, "Flexora layer search.")
+    compute: ComputeSettings = section(
+        ComputeSettings, "Memory and speed: precision, 4/8-bit weights, checkpointing, attention."
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

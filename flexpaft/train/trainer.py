@@ -1,8 +1,9 @@
 """The training recipe, top to bottom: data -> templates -> (layer search) -> LoRA -> loop -> adapter.
 
-One code path for one device and for ``accelerate launch`` (DDP): the Accelerator handles device
-placement, gradient synchronisation and accumulation; our own batch sampler shards the template
-stream by rank (see sampling.py), so the DataLoader is not re-sharded by accelerate.
+One code path for one device and for ``accelerate launch`` (DDP, DeepSpeed, FSDP): the Accelerator
+handles device placement, mixed precision, gradient synchronisation and accumulation, and shards
+the DataLoader, whose batch sampler emits one global template stream (see sampling.py). Memory
+options (checkpointing, 4/8-bit weights, attention kernel) are applied in compute.py.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .. import __version__
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
-from ..models import base_fingerprint, load_model
+from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import (
@@ -38,8 +39,10 @@ from .checkpoint import (
     saved_rng_states,
     set_rng_states,
 )
+from .compute import check_compute, compute_summary, load_for_training
 from .config import TrainConfig
 from .data import answer_loss, make_loader
+from .distributed import build_accelerator, fill_deepspeed_batch_size
 from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
@@ -82,23 +85,15 @@ def config_hash(cfg: TrainConfig) -> str:
     for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
     d["optim"].pop("num_workers")
+    # Recomputing activations or compiling changes speed and memory, not the arithmetic.
+    for k in ("gradient_checkpointing", "torch_compile", "torch_compile_backend"):
+        d.get("compute", {}).pop(k, None)
     return sha256_json(d)[:16]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``.
-
-    Without GPUs, accelerate only runs several processes (gloo) when told ``cpu=True``; with one
-    process that flag changes nothing, so it is set whenever no CUDA device exists and a
-    launcher started several processes.
-    """
-    import os
-
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        gradient_accumulation_steps=cfg.optim.grad_accum,
-        cpu=several and not torch.cuda.is_available(),
-    )
+    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``."""
+    return build_accelerator(cfg.optim.grad_accum, cfg.compute)
 
 
 def train(
@@ -112,6 +107,7 @@ def train(
     ``overwrite``: train into an output directory that holds other files or a finished run of
     another configuration (only flexpaft's own entries are replaced)."""
     acc = accelerator or make_accelerator(cfg)
+    check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
     # Before any data or model is loaded: a bad output_dir must not cost a training run.
     request_hash = config_hash(cfg)
     check_run_dir(cfg.output_dir, request_hash, overwrite)
@@ -124,9 +120,7 @@ def train(
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
-    model, tok = load_model(
-        cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
-    )
+    model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
 
     layers = cfg.lora.layers_to_transform
@@ -207,7 +201,10 @@ def train_lora(
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(o.warmup_ratio * total_steps), total_steps
     )
+    fill_deepspeed_batch_size(acc, o.batch_size)
+    # The scheduler stays ours: accelerate would step it once per process per optimizer step.
     model, optimizer = acc.prepare(model, optimizer)
+    compute = compute_summary(acc, model, cfg.compute)
 
     pos = Position(config_hash=config_hash(cfg))
     resume_rng = None
@@ -325,5 +322,6 @@ def train_lora(
             # CUDA: this run's max allocated; CPU: the process's peak RSS (includes the search).
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
+            "compute": compute,
         },
     }
