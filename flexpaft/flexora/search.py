@@ -98,6 +98,7 @@ class SearchOutcome:
     block_list: str = ""
     layers_pattern: str = ""
     unroll: int = 0
+    alpha_rank_spread: float = 0.0  # largest |alpha difference| between ranks (0 = identical)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -115,6 +116,7 @@ class SearchOutcome:
             "unroll": self.unroll,
             "alpha": self.alpha,
             "gates": self.gates,
+            "alpha_rank_spread": self.alpha_rank_spread,
             "train_examples": len(self.train_examples),
         }
 
@@ -637,6 +639,11 @@ class LayerSearch:
         gates = self.gates.values().detach().cpu().tolist()
         layers = select_layers(alpha, f.selection, f.k, f.fraction)
         memory, kind = peak_memory(self.acc.device)
+        spread = 0.0
+        if self.acc.num_processes > 1:
+            # Every rank selects from its own alpha: check they really are one alpha.
+            every = self.acc.gather(self.gates.alpha.detach()[None])
+            spread = float((every - every[0]).abs().max())
         outcome = SearchOutcome(
             layers=layers,
             train_examples=self.train_examples,
@@ -652,6 +659,7 @@ class LayerSearch:
             block_list=self.layout.prefix,
             layers_pattern=self.layers_pattern,
             unroll=self.unroll,
+            alpha_rank_spread=spread,
         )
         if self.acc.is_main_process:
             settings = dataclasses.replace(cfg.lora, layers_pattern=self.layers_pattern)

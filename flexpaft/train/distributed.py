@@ -80,22 +80,29 @@ def fill_deepspeed_batch_size(acc: Accelerator, batch_size: int) -> None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
 
 
-def check_search_backend(acc: Any) -> None:
-    """The Flexora search runs validation forwards on the unwrapped model, so every rank must
-    hold the full weights: DDP and ZeRO-1/2 do, ZeRO-3 and FSDP shard them."""
+def weights_sharded(acc: Any) -> bool:
+    """True under FSDP and DeepSpeed ZeRO-3, where no rank holds the full weights."""
     from accelerate.utils import DistributedType
 
     kind = getattr(acc, "distributed_type", None)
     if kind == DistributedType.FSDP:
-        raise FlexpaftError(
-            "the Flexora search needs full weights on every rank: run it under DDP or "
-            "DeepSpeed ZeRO-2 (flexpaft search), then stage 2 under FSDP with "
-            "lora.layers_to_transform"
-        )
+        return True
     plugin = getattr(getattr(acc, "state", None), "deepspeed_plugin", None)
-    if kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3:
+    return kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def adapter_state_dict(acc: Any, prepared: torch.nn.Module) -> dict[str, Any] | None:
+    """The full state dict to save an adapter from, where weights are sharded (a collective:
+    every rank must call it); None elsewhere, where ``save_pretrained`` reads the model."""
+    return acc.get_state_dict(prepared) if weights_sharded(acc) else None
+
+
+def check_search_backend(acc: Any) -> None:
+    """The Flexora search runs validation forwards on the unwrapped model, so every rank must
+    hold the full weights: DDP and ZeRO-1/2 do, ZeRO-3 and FSDP shard them."""
+    if weights_sharded(acc):
         raise FlexpaftError(
-            "the Flexora search needs full weights on every rank: use ZeRO stage 2 or DDP for "
-            "the search (flexpaft search), then stage 2 under ZeRO-3 with "
-            "lora.layers_to_transform"
+            "the Flexora search needs full weights on every rank, which FSDP and ZeRO-3 shard: "
+            "run `flexpaft search` under DDP or ZeRO-2, then train its layers "
+            "(lora.layers_to_transform) under FSDP or ZeRO-3"
         )

@@ -42,7 +42,12 @@ from .checkpoint import (
 from .compute import check_compute, compute_summary, load_for_training
 from .config import TrainConfig
 from .data import answer_loss, make_loader
-from .distributed import build_accelerator, fill_deepspeed_batch_size
+from .distributed import (
+    adapter_state_dict,
+    build_accelerator,
+    fill_deepspeed_batch_size,
+    weights_sharded,
+)
 from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
@@ -205,6 +210,11 @@ def train_lora(
     # The scheduler stays ours: accelerate would step it once per process per optimizer step.
     model, optimizer = acc.prepare(model, optimizer)
     compute = compute_summary(acc, model, cfg.compute)
+    checkpoint_every = cfg.checkpoint_every
+    if checkpoint_every and weights_sharded(acc):
+        # Our checkpoint files hold one process's view of the LoRA and optimizer state.
+        log.warning("no resumable checkpoints under FSDP or ZeRO-3: every rank holds a shard")
+        checkpoint_every = 0
 
     pos = Position(config_hash=config_hash(cfg))
     resume_rng = None
@@ -272,11 +282,7 @@ def train_lora(
                 )
                 log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
                 loss_sum, loss_n = 0.0, 0
-            if (
-                cfg.checkpoint_every
-                and pos.step % cfg.checkpoint_every == 0
-                and pos.step < total_steps
-            ):
+            if checkpoint_every and pos.step % checkpoint_every == 0 and pos.step < total_steps:
                 pos.tokens += tokens_seen
                 pos.seconds += time.perf_counter() - t0
                 tokens_seen, t0 = 0, time.perf_counter()
@@ -296,6 +302,7 @@ def train_lora(
 
     unwrapped = acc.unwrap_model(model)
     layers_done = adapted_layers(unwrapped)
+    state = adapter_state_dict(acc, model)
     if acc.is_main_process:
         info = {
             "base_model": cfg.model.name,
@@ -306,7 +313,7 @@ def train_lora(
             "layers": layers_done,
         }
         with atomic_directory(out / "adapter") as tmp:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=state)
             tok.save_pretrained(tmp)
             (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
     acc.wait_for_everyone()
