@@ -61,6 +61,8 @@ def train_args(tiny_model_dir, data, prompts, out) -> list[str]:
         "optim.num_workers=0",
         "flexora.val_examples=8",
         "flexora.search_steps=3",
+        "validation.eval_every=2",
+        "validation.eval_examples=6",
         "log_every=0",
         "checkpoint_every=0",
     ]
@@ -85,7 +87,7 @@ def test_shipped_configs_are_accelerate_config_files():
 def test_ddp_config_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
     if torch.cuda.device_count() == 1:
         pytest.skip("one GPU: the DDP config asks for two processes")
-    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(32))
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(34))
     prompts = write_jsonl(
         tmp_path / "p.jsonl",
         [
@@ -112,9 +114,12 @@ def test_ddp_config_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
     args = train_args(tiny_model_dir, data, prompts, tmp_path / "one")
     sets = [a for a in args[2:] if a != "--set"] + [f"output_dir={tmp_path / 'one'}"]
     one = train(load_config(TrainConfig, None, sets), progress=False).manifest
-    assert m["examples"] == one["examples"] == 32 - 8
+    assert m["examples"] == one["examples"] == 34 - 6 - 8
     assert m["tokens"] == one["tokens"]
-    assert m["steps"] * 2 == one["steps"] == 12
+    assert m["steps"] * 2 == one["steps"] == 10
+    # Evaluation during training ran on both ranks' shares of the 6 validation examples.
+    assert [r["step"] for r in m["validation"]["history"]] == [2, 4, 5]
+    assert m["validation"]["examples"] == 6
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -14,12 +14,13 @@ import contextlib
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import opt
 from ..errors import FlexpaftError
+
+if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
+    import torch
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 ATTENTION = ("", "sdpa", "eager", "flash_attention_2")
@@ -134,6 +135,7 @@ def accelerator_kwargs(settings: ComputeSettings) -> dict[str, Any]:
 
 def quantization_config(settings: ComputeSettings) -> Any:
     """The BitsAndBytesConfig of QLoRA (NF4, double quantization, bf16 compute) or 8-bit."""
+    import torch
     from transformers import BitsAndBytesConfig
 
     if settings.load_in_4bit:

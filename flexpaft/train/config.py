@@ -8,6 +8,7 @@ from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
 from .compute import ComputeSettings
+from .validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
 
@@ -123,6 +124,9 @@ class TrainConfig:
     flexora: FlexoraSettings = section(FlexoraSettings, "Flexora layer search.")
     compute: ComputeSettings = section(
         ComputeSettings, "Memory and speed: precision, 4/8-bit weights, checkpointing, attention."
+    )
+    validation: ValidationSettings = section(
+        ValidationSettings, "Evaluation during training, best adapter, early stopping."
     )
 
     def __post_init__(self) -> None:

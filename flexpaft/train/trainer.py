@@ -53,10 +53,12 @@ from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
+from .validation import Validator, eval_templates
 
 log = logging.getLogger(__name__)
 
 ADAPTER_INFO = "flexpaft_adapter.json"
+VALIDATION_DIR = "validation"  # the validation state beside the checkpoint
 
 
 @dataclass
@@ -125,8 +127,18 @@ def train(
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
+    v = cfg.validation
+    if v.enabled:
+        from ..tasks.data import split_examples
+
+        # Held out before anything looks at the data (topaccuracy's ranking, the layer search).
+        examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
     model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
+    validator = None
+    if v.enabled:
+        held_out = eval_templates(v, task, fmt, templates)
+        validator = Validator(v, task, fmt, val_examples, held_out, tok, acc, cfg.data.max_length)
 
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
@@ -146,7 +158,9 @@ def train(
         set_seed(cfg.seed)
 
     out = Path(cfg.output_dir)
-    result = train_lora(cfg, acc, model, tok, task, fmt, examples, templates, layers, progress)
+    result = train_lora(
+        cfg, acc, model, tok, task, fmt, examples, templates, layers, progress, validator
+    )
     manifest = {
         "method": cfg.method,
         "config": asdict(cfg),
@@ -186,8 +200,12 @@ def train_lora(
     templates: list[Template],
     layers: list[int] | None,
     progress: bool = True,
+    validator: Validator | None = None,
 ) -> dict[str, Any]:
-    """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter."""
+    """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter.
+
+    With a ``validator``, the saved adapter is the best evaluation's, and training may stop early.
+    """
     o = cfg.optim
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoint"
@@ -228,6 +246,8 @@ def train_lora(
             )
         pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         resume_rng = saved_rng_states(ckpt_dir)
+        if validator is not None:
+            validator.resume(out / VALIDATION_DIR, pos.step)
         log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
 
     model.train()
@@ -282,12 +302,20 @@ def train_lora(
                 )
                 log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
                 loss_sum, loss_n = 0.0, 0
+            if validator is not None and validator.due(pos.step, total_steps):
+                started_eval = time.perf_counter()
+                if validator.run(pos.step, model):
+                    log.info("early stop at step %d: no better validation for a while", pos.step)
+                    total_steps = pos.step
+                t0 += time.perf_counter() - started_eval  # train_seconds counts training only
             if checkpoint_every and pos.step % checkpoint_every == 0 and pos.step < total_steps:
                 pos.tokens += tokens_seen
                 pos.seconds += time.perf_counter() - t0
                 tokens_seen, t0 = 0, time.perf_counter()
                 if acc.is_main_process:
                     save_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler, pos)
+                    if validator is not None:
+                        validator.save(out / VALIDATION_DIR, pos.step)
                 acc.wait_for_everyone()
             if pos.step >= total_steps:
                 break
@@ -301,6 +329,8 @@ def train_lora(
     tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
 
     unwrapped = acc.unwrap_model(model)
+    if validator is not None:
+        validator.restore_best(unwrapped)
     layers_done = adapted_layers(unwrapped)
     state = adapter_state_dict(acc, model)
     if acc.is_main_process:
@@ -330,5 +360,6 @@ def train_lora(
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
             "compute": compute,
+            "validation": validator.summary() if validator is not None else {},
         },
     }
