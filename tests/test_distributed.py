@@ -166,3 +166,47 @@ def test_flexora_search_refuses_sharded_weights():
             check_search_backend(acc)
     check_search_backend(zero2)
     check_search_backend(ddp)
+
+
+def test_eval_under_accelerate_launch_splits_the_templates(tmp_path, tiny_model_dir):
+    if torch.cuda.device_count() == 1:
+        pytest.skip("one GPU: the DDP config asks for two processes")
+    from flexpaft.config import load_config
+    from flexpaft.evaluate.run import EvalConfig, run_eval
+
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(12))
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"template": "{passage}\nQ: {question}?\nA:"},
+            {"template": "Q: {question}? {passage}\nA:"},
+            {"template": "{question}?\n{passage}\nYes or no:"},
+        ],
+    )
+    sets = [f"model.name={tiny_model_dir}", f"data.source={data}", f"prompt_set={prompts}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "ddp.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "flexpaft.cli",
+        "-q",
+        "eval",
+        "-o",
+        str(tmp_path / "two"),
+    ] + [x for s in sets for x in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results:") == 1  # printed by one process only
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    one = run_eval(
+        load_config(EvalConfig, None, sets + [f"output_dir={tmp_path / 'one'}"]), progress=False
+    )
+    assert [t["id"] for t in two["per_template"]] == [t.id for t in one.per_template]
+    assert [t["correct"] for t in two["per_template"]] == [t.correct for t in one.per_template]
+    assert two["summary"] == pytest.approx(one.summary)

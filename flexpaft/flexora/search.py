@@ -509,12 +509,21 @@ class LayerSearch:
             train_loss = self.inner_step(self._micro_batches())
             # The unwrapped model: a DDP forward would wait for a LoRA gradient that never comes.
             model.eval()
-            grad, val_loss = alpha_gradient(model, self.gates, self._val_batches())
+            # Under fp16 autocast, alpha's backward needs the loss scaling the LoRA step gets
+            # from accelerate's GradScaler, or small gradients flush to zero.
+            scaler = getattr(self.acc, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            grad, val_loss = alpha_gradient(
+                model, self.gates, self._val_batches(), lambda m, b: answer_loss(m, b) * scale
+            )
+            grad, val_loss = grad / scale, val_loss / scale
             model.train()
         if self.acc.num_processes > 1:
             grad = self.acc.reduce(grad, reduction="mean")
-        self.gates.alpha.grad = grad
-        self.alpha_optimizer.step()
+        # An overflowed fp16 step is skipped, as GradScaler skips the LoRA step (same on all ranks).
+        if bool(torch.isfinite(grad).all()):
+            self.gates.alpha.grad = grad
+            self.alpha_optimizer.step()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {
@@ -686,7 +695,12 @@ class LayerSearch:
         model and its optimizer would keep both in memory through stage 2.
         """
         self.hooks.remove()
-        for attr, obj in (("_models", self.wrapped), ("_optimizers", self.optimizer)):
+        for attr, obj in (
+            ("_models", self.wrapped),
+            ("_optimizers", self.optimizer),
+            ("_dataloaders", self.train.loader),
+            ("_dataloaders", self.val.loader),
+        ):
             held = getattr(self.acc, attr, None)
             if isinstance(held, list):
                 held[:] = [x for x in held if x is not obj]
