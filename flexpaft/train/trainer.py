@@ -9,11 +9,13 @@ options (checkpointing, 4/8-bit weights, attention kernel) are applied in comput
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,21 @@ def train(
     return TrainResult(out / "adapter", manifest)
 
 
+def started(loader: Any) -> Iterator[Any]:
+    """An iterator over ``loader`` whose underlying DataLoader iterator already exists.
+
+    accelerate's DataLoaderShard creates it (and so draws the DataLoader's seed from torch's RNG)
+    on the first ``next``, not on ``iter``; the first batch is fetched here so that restored RNG
+    states are set after that draw, as in the run that saved them.
+    """
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], it)
+
+
 def train_lora(
     cfg: TrainConfig,
     acc: Accelerator,
@@ -263,7 +280,7 @@ def train_lora(
     t0 = time.perf_counter()
     while pos.step < total_steps:
         sampler.set_epoch(pos.epoch, skip=pos.batch)
-        batches = iter(loader)
+        batches = started(loader)
         if resume_rng is not None:
             # After the iterator drew its seed, as in the run that saved the states: dropout
             # masks then continue exactly where they stopped.
