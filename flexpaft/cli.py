@@ -24,10 +24,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args, ("method", "output_dir"))
     res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     m = res.manifest
-    print(
-        f"adapter: {res.adapter_dir}  ({m['steps']} steps, {m['train_seconds']} s, "
-        f"{m['tokens_per_second']} tokens/s, layers {_ranges(m['layers'])})"
-    )
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
+        print(
+            f"adapter: {res.adapter_dir}  ({m['steps']} steps, {m['train_seconds']} s, "
+            f"{m['tokens_per_second']} tokens/s, layers {_ranges(m['layers'])})"
+        )
     return 0
 
 
@@ -37,8 +38,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir"))
     res = run_eval(cfg, progress=not args.quiet)
-    print(markdown_table(res, cfg.name or cfg.adapter or "base"))
-    print(f"results: {cfg.output_dir}/results.json")
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
+        print(markdown_table(res, cfg.name or cfg.adapter or "base"))
+        print(f"results: {cfg.output_dir}/results.json")
     return 0
 
 

@@ -145,8 +145,13 @@ def load_model(
     dtype: str = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    **load_kwargs: Any,
 ) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer): bf16 on GPU, fp32 on CPU unless ``dtype`` says otherwise."""
+    """(model, tokenizer): bf16 on GPU, fp32 on CPU unless ``dtype`` says otherwise.
+
+    ``load_kwargs`` go to ``from_pretrained`` (attention kernel, quantization, device map; see
+    train/compute.py). A model placed by ``device_map`` is not moved afterwards.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
@@ -168,6 +173,7 @@ def load_model(
             dtype=parse_dtype(dtype, dev),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if trust_remote_code else True,
+            **load_kwargs,
         )
     except OSError as e:
         raise FlexpaftError(
@@ -177,7 +183,8 @@ def load_model(
         raise FlexpaftError(
             f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}"
         ) from None
-    model.to(dev)
+    if "device_map" not in load_kwargs:
+        model.to(dev)
     tok = load_tokenizer(path, trust_remote_code)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.sampling import PromptBatchSampler, group_by_length, plan_epoch, shard
+from flexpaft.train.sampling import (
+    PromptBatchSampler,
+    global_batches,
+    group_by_length,
+    plan_epoch,
+    shard,
+)
 
 
 def test_each_template_gets_its_share():
@@ -85,3 +91,27 @@ def test_bad_arguments():
         plan_epoch(10, 0, 0, 0)
     with pytest.raises(FlexpaftError, match="unknown prompt sampling mode"):
         plan_epoch(10, 2, 0, 0, mode="batch")
+
+
+@pytest.mark.parametrize("world, skip", [(1, 0), (2, 0), (3, 2), (4, 1)])
+def test_accelerate_sharding_of_the_global_stream_is_our_rank_shard(world, skip):
+    """accelerate.prepare shards the DataLoader's batch sampler with BatchSamplerShard: over
+    GlobalStream that must give each rank exactly its own batches, resume position included."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    lengths = np.random.default_rng(1).integers(5, 300, size=53)
+    for r in range(world):
+        ours = PromptBatchSampler(53, 4, 3, seed=7, rank=r, world_size=world, lengths=lengths)
+        ours.set_epoch(1, skip=skip)
+        expected = list(ours)
+        if world == 1:
+            got = list(ours.stream())  # one process: accelerate does not wrap the sampler
+        else:
+            got = list(BatchSamplerShard(ours.stream(), num_processes=world, process_index=r))
+        assert got == expected and len(got) == len(ours)
+        assert len(ours.stream()) == len(ours) * world
+    # The ranks' batches together are the one-process stream (the world size changes nothing).
+    one = PromptBatchSampler(53, 4, 3, seed=7, lengths=lengths, world_size=1)
+    assert [p for b in one.batches(1) for p in b][:30] == [
+        p for b in global_batches(one.plan(1), world, 3) for p in b
+    ][:30]

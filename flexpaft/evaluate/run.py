@@ -14,6 +14,7 @@ from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
+from .distributed import evaluate_sharded, process_state
 from .evaluator import (
     EvalResult,
     TemplateResult,
@@ -80,13 +81,21 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     elif cfg.reference_template:
         text = cfg.reference_template
         ref = Template(text, template_id(text)).validate(task, fmt)
-    model, tok = load_model(cfg.model.name, cfg.model.dtype, None, cfg.model.trust_remote_code)
+    # Under `accelerate launch` / torchrun the templates are split across the processes.
+    state = process_state()
+    device = state.device if state is not None else None
+    model, tok = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
 
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
     def run(ts: list[Template]) -> EvalResult:
+        if state is not None:
+            return evaluate_sharded(state, evaluate, ts, tuple(cfg.thresholds))
+        return evaluate(ts)
+
+    def evaluate(ts: list[Template]) -> EvalResult:
         return evaluate_templates(
             model,
             tok,
@@ -113,23 +122,26 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     if ref is not None:
         extra["reference"] = run([ref]).to_dict()
     name = cfg.name or (Path(cfg.adapter).parent.name if cfg.adapter else "base")
-    # The digest lets ``flexpaft report`` refuse runs scored on different examples.
-    digest = sha256_json([[e.fields, e.options, e.gold] for e in examples])
-    atomic_write_json(
-        out / "results.json",
-        # Gold answers let a report show the majority-label rate beside the accuracies.
-        {
-            "name": name,
-            "config": asdict(cfg),
-            "data_digest": digest,
-            **res.to_dict(),
-            **extra,
-            "gold": [ex.gold for ex in examples],
-        },
-    )
-    atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
-    PromptSet(templates).save(out / "templates.jsonl")
-    partial.remove()
+    if state is None or state.is_main_process:
+        # The digest lets ``flexpaft report`` refuse runs scored on different examples.
+        digest = sha256_json([[e.fields, e.options, e.gold] for e in examples])
+        atomic_write_json(
+            out / "results.json",
+            # Gold answers let a report show the majority-label rate beside the accuracies.
+            {
+                "name": name,
+                "config": asdict(cfg),
+                "data_digest": digest,
+                **res.to_dict(),
+                **extra,
+                "gold": [ex.gold for ex in examples],
+            },
+        )
+        atomic_write_text(out / "results.md", markdown_table(res, f"{name}: {task.name}"))
+        PromptSet(templates).save(out / "templates.jsonl")
+        partial.remove()
+    if state is not None:
+        state.wait_for_everyone()
     return res
 
 

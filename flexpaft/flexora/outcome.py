@@ -40,6 +40,7 @@ class SearchOutcome:
     ranks: dict[int, int] = field(default_factory=dict)
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    alpha_rank_spread: float = 0.0  # largest |alpha difference| between ranks (0 = identical)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class SearchOutcome:
             "ranks": {str(k): v for k, v in self.ranks.items()},
             "alpha": self.alpha,
             "gates": self.gates,
+            "alpha_rank_spread": self.alpha_rank_spread,
             "train_examples": len(self.train_examples),
         }
 

@@ -36,8 +36,10 @@ from ..memory import peak_memory
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
+from ..train.compute import checkpointing_paused
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
+from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
 from ..train.lora import add_lora
 from .blocks import find_blocks, modules_by_block
 from .budget import StableSelection, search_length
@@ -93,6 +95,12 @@ class LayerSearch:
             raise FlexpaftError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
         if f.alpha_lr <= 0:
             raise FlexpaftError("flexora.alpha_lr must be positive")
+        if f.unroll and cfg.compute.attn_implementation == "flash_attention_2":
+            raise FlexpaftError(
+                "flexora.unroll > 0 differentiates twice through attention, which "
+                "flash_attention_2 cannot: use compute.attn_implementation=sdpa"
+            )
+        check_search_backend(accelerator)
         if f.ranks not in RANK_RULES:
             raise FlexpaftError(
                 f"flexora.ranks must be one of {', '.join(RANK_RULES)}, got {f.ranks!r}"
@@ -150,6 +158,7 @@ class LayerSearch:
             optimizer, int(o.warmup_ratio * self.inner_total), self.inner_total
         )
         self.alpha_optimizer = torch.optim.Adam([self.gates.alpha], lr=f.alpha_lr)
+        fill_deepspeed_batch_size(accelerator, o.batch_size)
         self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
         self.step, self.inner_steps, self.seconds = 0, 0, 0.0
         self.stopped_early = False
@@ -190,20 +199,30 @@ class LayerSearch:
             steps = [self._micro_batches() for _ in range(self.unroll)]
             val = self._val_batches()
             model = self.acc.unwrap_model(self.wrapped)
-            grad, val_loss = model_hypergradient(
-                model, self.optimizer, self.scheduler, self.gates.alpha, steps, val
-            )
+            with checkpointing_paused(model):
+                grad, val_loss = model_hypergradient(
+                    model, self.optimizer, self.scheduler, self.gates.alpha, steps, val
+                )
             train_loss = sum(self.inner_step(s) for s in steps) / len(steps)
         else:
             train_loss = self.inner_step(self._micro_batches())
             # The unwrapped model: a DDP forward would wait for a LoRA gradient that never comes.
             model.eval()
-            grad, val_loss = alpha_gradient(model, self.gates, self._val_batches())
+            # Under fp16 autocast, alpha's backward needs the loss scaling the LoRA step gets
+            # from accelerate's GradScaler, or small gradients flush to zero.
+            scaler = getattr(self.acc, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            grad, val_loss = alpha_gradient(
+                model, self.gates, self._val_batches(), lambda m, b: answer_loss(m, b) * scale
+            )
+            grad, val_loss = grad / scale, val_loss / scale
             model.train()
         if self.acc.num_processes > 1:
             grad = self.acc.reduce(grad, reduction="mean")
-        self.gates.alpha.grad = grad
-        self.alpha_optimizer.step()
+        # An overflowed fp16 step is skipped, as GradScaler skips the LoRA step (same on all ranks).
+        if bool(torch.isfinite(grad).all()):
+            self.gates.alpha.grad = grad
+            self.alpha_optimizer.step()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         self.step += 1
         alpha = self.gates.alpha.detach().cpu().tolist()
@@ -343,6 +362,11 @@ class LayerSearch:
             rank_pattern, alpha_pattern = block_patterns(names, per_block)
             ranks = {i: rank for i, (rank, _) in per_block.items()}
         memory, kind = peak_memory(self.acc.device)
+        spread = 0.0
+        if self.acc.num_processes > 1:
+            # Every rank selects from its own alpha: check they really are one alpha.
+            every = self.acc.gather(self.gates.alpha.detach()[None])
+            spread = float((every - every[0]).abs().max())
         outcome = SearchOutcome(
             layers=layers,
             train_examples=self.train_examples,
@@ -363,6 +387,7 @@ class LayerSearch:
             ranks=ranks,
             rank_pattern=rank_pattern,
             alpha_pattern=alpha_pattern,
+            alpha_rank_spread=spread,
         )
         if self.acc.is_main_process:
             write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)
@@ -379,7 +404,12 @@ class LayerSearch:
         model and its optimizer would keep both in memory through stage 2.
         """
         self.hooks.remove()
-        for attr, obj in (("_models", self.wrapped), ("_optimizers", self.optimizer)):
+        for attr, obj in (
+            ("_models", self.wrapped),
+            ("_optimizers", self.optimizer),
+            ("_dataloaders", self.train.loader),
+            ("_dataloaders", self.val.loader),
+        ):
             held = getattr(self.acc, attr, None)
             if isinstance(held, list):
                 held[:] = [x for x in held if x is not obj]

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate.utils import set_seed
 
-    from ..models import load_model
+    from ..train.compute import check_compute, load_for_training
     from ..train.templates import training_templates
     from ..train.trainer import make_accelerator
     from .search import search_layers
@@ -50,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(cfg.output_dir)
 
     acc = make_accelerator(cfg)
+    check_compute(cfg.compute, acc.device)
     set_seed(cfg.seed)
     task, fmt, examples = cfg.data.load()
-    model, tok = load_model(
-        cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
-    )
+    model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
     outcome = search_layers(
         cfg,

@@ -48,6 +48,7 @@ class FixedBatches:
     """
 
     def __init__(self, loader: DataLoader, sampler: PromptBatchSampler, device: torch.device):
+        self.loader = loader  # kept so the search can hand it back to the accelerator's list
         sampler.set_epoch(0)
         self.batches = [{k: v.to(device) for k, v in b.items()} for b in loader]
         if not self.batches:

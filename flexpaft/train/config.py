@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
+from .compute import ComputeSettings
+from .validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
 
@@ -140,6 +142,12 @@ class TrainConfig:
     lora: LoraSettings = section(LoraSettings, "LoRA adapter.")
     optim: OptimSettings = section(OptimSettings, "Optimisation.")
     flexora: FlexoraSettings = section(FlexoraSettings, "Flexora layer search.")
+    compute: ComputeSettings = section(
+        ComputeSettings, "Memory and speed: precision, 4/8-bit weights, checkpointing, attention."
+    )
+    validation: ValidationSettings = section(
+        ValidationSettings, "Evaluation during training, best adapter, early stopping."
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -114,7 +114,12 @@ def make_loader(
     seed: int,
     acc: Any,
 ) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
-    """The training pipeline: templates drawn per example, length grouping, rank shards."""
+    """The training pipeline: templates drawn per example, length grouping, rank shards.
+
+    The loader is prepared by ``acc`` (an ``Accelerator``): accelerate shards the global batch
+    stream by rank (see ``GlobalStream``) and moves batches to the device. The returned sampler
+    sets the epoch and the resume position.
+    """
     from torch.utils.data import DataLoader
 
     o = cfg.optim
@@ -144,11 +149,11 @@ def make_loader(
     workers = o.num_workers if o.num_workers >= 0 else (2 if acc.device.type == "cuda" else 0)
     loader = DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=sampler.stream(),
         # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
         collate_fn=PadCollator(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
         num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    return loader, sampler
+    return acc.prepare_data_loader(loader), sampler

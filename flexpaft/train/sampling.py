@@ -92,21 +92,28 @@ def group_by_length(
     return EpochPlan(np.concatenate(ex_out), np.concatenate(tp_out))
 
 
-def shard(
-    plan: EpochPlan, rank: int, world_size: int, batch_size: int
+def global_batches(
+    plan: EpochPlan, world_size: int, batch_size: int
 ) -> list[list[tuple[int, int]]]:
-    """This rank's batches: global batch ``g`` goes, whole, to rank ``g % world_size``.
+    """The epoch's batches of every rank, in stream order.
 
-    The tail is padded by wrapping around so every rank gets the same number of batches (DDP
-    needs that); no example is dropped.
+    The tail is padded by wrapping around so the count is a multiple of ``world_size`` and
+    every batch is full (DDP needs every rank to run the same number of batches); no example
+    is dropped.
     """
     pairs = list(zip(plan.examples.tolist(), plan.templates.tolist()))
     per_round = batch_size * world_size
     if len(pairs) % per_round:
         short = per_round - len(pairs) % per_round
         pairs += [pairs[i % len(pairs)] for i in range(short)]
-    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
-    return batches[rank::world_size]
+    return [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+
+
+def shard(
+    plan: EpochPlan, rank: int, world_size: int, batch_size: int
+) -> list[list[tuple[int, int]]]:
+    """This rank's batches: global batch ``g`` goes, whole, to rank ``g % world_size``."""
+    return global_batches(plan, world_size, batch_size)[rank::world_size]
 
 
 class PromptBatchSampler:
@@ -171,3 +178,31 @@ class PromptBatchSampler:
     def __len__(self) -> int:
         per_round = self.batch_size * self.world_size
         return math.ceil(self.n_examples / per_round) - self.skip
+
+    def stream(self) -> GlobalStream:
+        """The batch sampler to hand to a DataLoader that accelerate shards (see GlobalStream)."""
+        return GlobalStream(self)
+
+
+class GlobalStream:
+    """Every rank's batches in stream order, for ``accelerator.prepare`` to shard.
+
+    accelerate gives process ``r`` batches ``r, r + W, r + 2W, ...`` of a batch sampler, which is
+    exactly ``shard``; so the DataLoader goes through accelerate (DeepSpeed and FSDP see it, the
+    device placement is accelerate's) and each rank still trains on its own disjoint part of one
+    global stream. Epoch and resume position are set on the PromptBatchSampler. This object
+    deliberately has no ``set_epoch`` and no ``sampler`` attribute: accelerate calls those with
+    its own iteration count, which would overwrite the resume position.
+    """
+
+    def __init__(self, source: PromptBatchSampler) -> None:
+        self._source = source
+        self.batch_size = source.batch_size  # all batches are full (see global_batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s = self._source
+        batches = global_batches(s.plan(s.epoch), s.world_size, s.batch_size)
+        yield from batches[s.skip * s.world_size :]
+
+    def __len__(self) -> int:
+        return len(self._source) * self._source.world_size

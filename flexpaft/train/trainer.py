@@ -1,18 +1,21 @@
 """The training recipe, top to bottom: data -> templates -> (layer search) -> LoRA -> loop -> adapter.
 
-One code path for one device and for ``accelerate launch`` (DDP): the Accelerator handles device
-placement, gradient synchronisation and accumulation; our own batch sampler shards the template
-stream by rank (see sampling.py), so the DataLoader is not re-sharded by accelerate.
+One code path for one device and for ``accelerate launch`` (DDP, DeepSpeed, FSDP): the Accelerator
+handles device placement, mixed precision, gradient synchronisation and accumulation, and shards
+the DataLoader, whose batch sampler emits one global template stream (see sampling.py). Memory
+options (checkpointing, 4/8-bit weights, attention kernel) are applied in compute.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from .. import __version__
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
-from ..models import base_fingerprint, load_model
+from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import (
@@ -38,17 +41,26 @@ from .checkpoint import (
     saved_rng_states,
     set_rng_states,
 )
+from .compute import check_compute, compute_summary, load_for_training
 from .config import TrainConfig
 from .data import answer_loss, make_loader
+from .distributed import (
+    adapter_state_dict,
+    build_accelerator,
+    fill_deepspeed_batch_size,
+    weights_sharded,
+)
 from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
+from .validation import Validator, eval_templates
 
 log = logging.getLogger(__name__)
 
 ADAPTER_INFO = "flexpaft_adapter.json"
+VALIDATION_DIR = "validation"  # the validation state beside the checkpoint
 
 
 @dataclass
@@ -82,23 +94,15 @@ def config_hash(cfg: TrainConfig) -> str:
     for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
     d["optim"].pop("num_workers")
+    # Recomputing activations or compiling changes speed and memory, not the arithmetic.
+    for k in ("gradient_checkpointing", "torch_compile", "torch_compile_backend"):
+        d.get("compute", {}).pop(k, None)
     return sha256_json(d)[:16]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``.
-
-    Without GPUs, accelerate only runs several processes (gloo) when told ``cpu=True``; with one
-    process that flag changes nothing, so it is set whenever no CUDA device exists and a
-    launcher started several processes.
-    """
-    import os
-
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        gradient_accumulation_steps=cfg.optim.grad_accum,
-        cpu=several and not torch.cuda.is_available(),
-    )
+    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``."""
+    return build_accelerator(cfg.optim.grad_accum, cfg.compute)
 
 
 def train(
@@ -112,6 +116,7 @@ def train(
     ``overwrite``: train into an output directory that holds other files or a finished run of
     another configuration (only flexpaft's own entries are replaced)."""
     acc = accelerator or make_accelerator(cfg)
+    check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
     # Before any data or model is loaded: a bad output_dir must not cost a training run.
     request_hash = config_hash(cfg)
     check_run_dir(cfg.output_dir, request_hash, overwrite)
@@ -124,10 +129,18 @@ def train(
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load()
-    model, tok = load_model(
-        cfg.model.name, cfg.model.dtype, acc.device, cfg.model.trust_remote_code
-    )
+    v = cfg.validation
+    if v.enabled:
+        from ..tasks.data import split_examples
+
+        # Held out before anything looks at the data (topaccuracy's ranking, the layer search).
+        examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
+    model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
+    validator = None
+    if v.enabled:
+        held_out = eval_templates(v, task, fmt, templates)
+        validator = Validator(v, task, fmt, val_examples, held_out, tok, acc, cfg.data.max_length)
 
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
@@ -146,7 +159,9 @@ def train(
         set_seed(cfg.seed)
 
     out = Path(cfg.output_dir)
-    result = train_lora(cfg, acc, model, tok, task, fmt, examples, templates, layers, progress)
+    result = train_lora(
+        cfg, acc, model, tok, task, fmt, examples, templates, layers, progress, validator
+    )
     manifest = {
         "method": cfg.method,
         "config": asdict(cfg),
@@ -175,6 +190,21 @@ def train(
     return TrainResult(out / "adapter", manifest)
 
 
+def started(loader: Any) -> Iterator[Any]:
+    """An iterator over ``loader`` whose underlying DataLoader iterator already exists.
+
+    accelerate's DataLoaderShard creates it (and so draws the DataLoader's seed from torch's RNG)
+    on the first ``next``, not on ``iter``; the first batch is fetched here so that restored RNG
+    states are set after that draw, as in the run that saved them.
+    """
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], it)
+
+
 def train_lora(
     cfg: TrainConfig,
     acc: Accelerator,
@@ -186,8 +216,12 @@ def train_lora(
     templates: list[Template],
     layers: list[int] | None,
     progress: bool = True,
+    validator: Validator | None = None,
 ) -> dict[str, Any]:
-    """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter."""
+    """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter.
+
+    With a ``validator``, the saved adapter is the best evaluation's, and training may stop early.
+    """
     o = cfg.optim
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoint"
@@ -206,7 +240,15 @@ def train_lora(
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(o.warmup_ratio * total_steps), total_steps
     )
+    fill_deepspeed_batch_size(acc, o.batch_size)
+    # The scheduler stays ours: accelerate would step it once per process per optimizer step.
     model, optimizer = acc.prepare(model, optimizer)
+    compute = compute_summary(acc, model, cfg.compute)
+    checkpoint_every = cfg.checkpoint_every
+    if checkpoint_every and weights_sharded(acc):
+        # Our checkpoint files hold one process's view of the LoRA and optimizer state.
+        log.warning("no resumable checkpoints under FSDP or ZeRO-3: every rank holds a shard")
+        checkpoint_every = 0
 
     pos = Position(config_hash=config_hash(cfg))
     resume_rng = None
@@ -220,6 +262,8 @@ def train_lora(
             )
         pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         resume_rng = saved_rng_states(ckpt_dir)
+        if validator is not None:
+            validator.resume(out / VALIDATION_DIR, pos.step)
         log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
 
     model.train()
@@ -235,7 +279,7 @@ def train_lora(
     t0 = time.perf_counter()
     while pos.step < total_steps:
         sampler.set_epoch(pos.epoch, skip=pos.batch)
-        batches = iter(loader)
+        batches = started(loader)
         if resume_rng is not None:
             # After the iterator drew its seed, as in the run that saved the states: dropout
             # masks then continue exactly where they stopped.
@@ -274,16 +318,20 @@ def train_lora(
                 )
                 log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
                 loss_sum, loss_n = 0.0, 0
-            if (
-                cfg.checkpoint_every
-                and pos.step % cfg.checkpoint_every == 0
-                and pos.step < total_steps
-            ):
+            if validator is not None and validator.due(pos.step, total_steps):
+                started_eval = time.perf_counter()
+                if validator.run(pos.step, model):
+                    log.info("early stop at step %d: no better validation for a while", pos.step)
+                    total_steps = pos.step
+                t0 += time.perf_counter() - started_eval  # train_seconds counts training only
+            if checkpoint_every and pos.step % checkpoint_every == 0 and pos.step < total_steps:
                 pos.tokens += tokens_seen
                 pos.seconds += time.perf_counter() - t0
                 tokens_seen, t0 = 0, time.perf_counter()
                 if acc.is_main_process:
                     save_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler, pos)
+                    if validator is not None:
+                        validator.save(out / VALIDATION_DIR, pos.step)
                 acc.wait_for_everyone()
             if pos.step >= total_steps:
                 break
@@ -297,7 +345,10 @@ def train_lora(
     tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
 
     unwrapped = acc.unwrap_model(model)
+    if validator is not None:
+        validator.restore_best(unwrapped)
     layers_done = adapted_layers(unwrapped)
+    state = adapter_state_dict(acc, model)
     if acc.is_main_process:
         info = {
             "base_model": cfg.model.name,
@@ -308,7 +359,7 @@ def train_lora(
             "layers": layers_done,
         }
         with atomic_directory(out / "adapter") as tmp:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=state)
             tok.save_pretrained(tmp)
             (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
     acc.wait_for_everyone()
@@ -324,5 +375,7 @@ def train_lora(
             # CUDA: this run's max allocated; CPU: the process's peak RSS (includes the search).
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
+            "compute": compute,
+            "validation": validator.summary() if validator is not None else {},
         },
     }
