@@ -194,7 +194,8 @@ def interval_table(report: dict[str, Any]) -> Table | None:
 
 
 def _diff(d: dict[str, Any], pct: bool = True) -> str:
-    f = _pct if pct else (lambda x: f"{x:.2f}")
+    # A ratio whose denominator nearly vanishes in some replicates is unbounded: say so.
+    f = _pct if pct else (lambda x: f"{x:.2f}" if x < 100 else ">100")
     verdict = "separated" if d["separated"] else "not separated"
     if d["low"] != d["low"]:  # NaN: undefined (a std of zero)
         return f"{f(d['value'])} (undefined)"
