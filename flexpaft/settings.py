@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .chat import CHOICES_HELP
 from .config import opt
 from .errors import FlexpaftError
 from .tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
@@ -19,6 +20,7 @@ class ModelSettings:
     trust_remote_code: bool = opt(
         False, "Allow model code from the hub to run (off unless you trust it)."
     )
+    chat_template: str = opt("auto", CHOICES_HELP)
 
 
 @dataclass

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..models import load_model
@@ -22,6 +24,10 @@ from .evaluator import (
     load_adapter,
     markdown_table,
 )
+
+log = logging.getLogger(__name__)
+
+ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
 
 
 @dataclass
@@ -87,6 +93,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     model, tok = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
+    chat = resolve_chat(cfg.model.chat_template, tok)
+    chat_info = chat_record(cfg.model.chat_template, chat)
+    if cfg.adapter:
+        warn_chat_mismatch(cfg.adapter, chat_info)
 
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
@@ -113,6 +123,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             cfg.max_batch_tokens,
             done=partial.results,
             on_result=partial.add,
+            chat=chat,
         )
 
     res = run(templates)
@@ -132,6 +143,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
                 "name": name,
                 "config": asdict(cfg),
                 "data_digest": digest,
+                "chat_template": chat_info,
                 **res.to_dict(),
                 **extra,
                 "gold": [ex.gold for ex in examples],
@@ -143,6 +155,31 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     if state is not None:
         state.wait_for_everyone()
     return res
+
+
+def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
+    """Warn (and return True) when ``adapter`` was trained under another chat template choice:
+    its answers were learned after a different prompt format than the one scored now."""
+    info_file = Path(adapter) / ADAPTER_INFO
+    if not info_file.is_file():
+        return False
+    trained = json.loads(info_file.read_text(encoding="utf-8")).get("chat_template")
+    if not trained:
+        # Adapters from before chat templates existed were trained on raw prompts.
+        trained = {"setting": "none", "applied": False, "digest": ""}
+    if (trained["applied"], trained["digest"]) == (chat_info["applied"], chat_info["digest"]):
+        return False
+    log.warning(
+        "warning: adapter %s was trained with chat_template=%s (%s) but is evaluated with "
+        "chat_template=%s (%s); set model.chat_template=%s to match",
+        adapter,
+        trained["setting"],
+        "applied" if trained["applied"] else "raw prompts",
+        chat_info["setting"],
+        "applied" if chat_info["applied"] else "raw prompts",
+        trained["setting"],
+    )
+    return True
 
 
 def _resume_key(cfg: EvalConfig, examples: list) -> str:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
+from ..chat import chat_record, resolve_chat
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
@@ -174,6 +175,9 @@ def train(
         "examples": len(examples),
         "data_digest": examples_digest(examples),
         "templates": template_info,
+        "chat_template": chat_record(
+            cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
+        ),
         "prompt_set_digest": PromptSet(list(templates)).digest(),
         "layers": result["layers"],
         "flexora": search_info,
@@ -358,6 +362,9 @@ def train_lora(
             "format": fmt.value,
             "method": cfg.method,
             "layers": layers_done,
+            "chat_template": chat_record(
+                cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
+            ),
         }
         with atomic_directory(out / "adapter") as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=state)
