@@ -30,7 +30,18 @@ class DataSettings:
         "",
         "Data: local jsonl/json/csv/parquet file or hub dataset id ('' = the task's hub dataset).",
     )
-    split: str = opt("", "Dataset split for hub sources ('' = the task's default).")
+    split: str = opt(
+        "",
+        "Dataset split for hub sources ('' = the task's train split for training, its "
+        "validation/test split for evaluation).",
+    )
+    config_name: str = opt("", "Hub dataset configuration name ('' = the task's).")
+    revision: str = opt("", "Hub dataset revision: branch, tag or commit ('' = latest).")
+    allow_overlap: bool = opt(
+        False,
+        "Allow evaluating an adapter on examples it was trained on (same content hash) and "
+        "training on a task's evaluation split (--allow-overlap).",
+    )
     format: str = opt(
         "", "Answer format: letter, label_words, option_text, generation ('' = task default)."
     )
@@ -72,8 +83,11 @@ class DataSettings:
         task.check_format(fmt)
         return fmt
 
-    def load(self) -> tuple[TaskSpec, AnswerFormat, list[Example]]:
+    def load(self, role: str = "eval") -> tuple[TaskSpec, AnswerFormat, list[Example]]:
         """The task, its answer format, and the selected examples.
+
+        ``role`` picks the default hub split: the task's train split for ``"train"``, its
+        evaluation split otherwise; training on the evaluation split is refused (splits.py).
 
         Examples are shuffled with a fixed data seed (not the training seed), so ``skip`` and
         ``limit`` carve the same disjoint slices in every run: train on ``limit=1000`` and
@@ -81,8 +95,19 @@ class DataSettings:
         """
         task = load_task(self.task)
         fmt = self.answer_format(task)
+        split = self.split or (task.hf_train_split if role == "train" else task.hf_split)
+        if role == "train":
+            from .splits import check_training_split
+
+            check_training_split(task, self.source, split, self.allow_overlap)
         examples = load_examples(
-            task, self.source or None, self.split or None, shuffle=True, seed=0
+            task,
+            self.source or None,
+            split,
+            shuffle=True,
+            seed=0,
+            config_name=self.config_name or None,
+            revision=self.revision or None,
         )
         if self.skip:
             examples = examples[self.skip :]

@@ -14,6 +14,7 @@ from ..models import load_model
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
+from ..splits import check_disjoint
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .distributed import evaluate_sharded, process_state
@@ -92,6 +93,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     device = state.device if state is not None else None
     model, tok = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
     if cfg.adapter:
+        check_disjoint(cfg.adapter, examples, cfg.data.allow_overlap)
         model = load_adapter(model, cfg.adapter)
     chat = resolve_chat(cfg.model.chat_template, tok)
     chat_info = chat_record(cfg.model.chat_template, chat)

@@ -33,6 +33,7 @@ from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
 from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
+from ..splits import TRAIN_HASHES, write_hashes
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import (
     Position,
@@ -129,7 +130,7 @@ def train(
 
     set_seed(cfg.seed)
     started = time.time()
-    task, fmt, examples = cfg.data.load()
+    task, fmt, examples = cfg.data.load("train")
     v = cfg.validation
     if v.enabled:
         from ..tasks.data import split_examples
@@ -143,6 +144,7 @@ def train(
         held_out = eval_templates(v, task, fmt, templates)
         validator = Validator(v, task, fmt, val_examples, held_out, tok, acc, cfg.data.max_length)
 
+    all_examples = examples  # Flexora holds some out for its search: they count as training data
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
     if cfg.method.startswith("flexora"):
@@ -174,6 +176,7 @@ def train(
         "format": fmt.value,
         "examples": len(examples),
         "data_digest": examples_digest(examples),
+        "train_hashes": {"file": f"adapter/{TRAIN_HASHES}", "count": len(all_examples)},
         "templates": template_info,
         "chat_template": chat_record(
             cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
@@ -188,6 +191,7 @@ def train(
         **result["stats"],
     }
     if acc.is_main_process:
+        write_hashes(out / "adapter" / TRAIN_HASHES, all_examples)
         atomic_write_json(out / "manifest.json", manifest)
         PromptSet(list(templates)).save(out / "train_templates.jsonl")
         finish_run_dir(out)
