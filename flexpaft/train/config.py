@@ -8,6 +8,7 @@ from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
 from .compute import ComputeSettings
+from .tracking import REPORT_TO_HELP
 from .validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
@@ -115,7 +116,10 @@ class TrainConfig:
     resume: bool = opt(
         True, "Resume from output_dir's checkpoint when one exists for the same config."
     )
-    log_every: int = opt(10, "Log loss and speed every N optimizer steps.")
+    log_every: int = opt(
+        10, "Log loss and speed every N optimizer steps (stderr, history.jsonl, trackers)."
+    )
+    report_to: str = opt("none", REPORT_TO_HELP)
     model: ModelSettings = section(ModelSettings, "Base model.")
     data: DataSettings = section(DataSettings, "Task and data.")
     prompts: PromptSettings = section(PromptSettings, "Templates.")

@@ -57,6 +57,7 @@ from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
+from .tracking import RunLog, tracker_names
 from .validation import Validator, eval_templates
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def examples_digest(examples: list[Example]) -> str:
 def config_hash(cfg: TrainConfig) -> str:
     """Hash of everything that changes the trained weights (not logging or output settings)."""
     d = asdict(cfg)
-    for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
         d.pop(k)
     d["optim"].pop("num_workers")
     # Recomputing activations or compiling changes speed and memory, not the arithmetic.
@@ -103,8 +104,15 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``."""
-    return build_accelerator(cfg.optim.grad_accum, cfg.compute)
+    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``; the
+    ``report_to`` trackers go to accelerate (checked to be installed first)."""
+    trackers = tracker_names(cfg.report_to)
+    return build_accelerator(
+        cfg.optim.grad_accum,
+        cfg.compute,
+        log_with=trackers or None,
+        project_dir=cfg.output_dir if trackers else None,
+    )
 
 
 def train(
@@ -275,6 +283,7 @@ def train_lora(
             validator.resume(out / VALIDATION_DIR, pos.step)
         log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
 
+    runlog = RunLog(out, acc, asdict(cfg), pos.step, project="flexpaft")
     model.train()
     bar = tqdm(
         total=total_steps,
@@ -326,6 +335,16 @@ def train_lora(
                     loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
                 )
                 log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
+                runlog.log(
+                    {
+                        "step": pos.step,
+                        "epoch": pos.epoch,
+                        "loss": loss_sum / max(loss_n, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens": pos.tokens + tokens_seen,
+                        "seconds": round(pos.seconds + time.perf_counter() - t0, 3),
+                    }
+                )
                 loss_sum, loss_n = 0.0, 0
             if validator is not None and validator.due(pos.step, total_steps):
                 started_eval = time.perf_counter()
@@ -347,6 +366,7 @@ def train_lora(
         else:
             pos.epoch, pos.batch = pos.epoch + 1, 0
     bar.close()
+    runlog.close()
     elapsed = pos.seconds + time.perf_counter() - t0
     peak, peak_kind = peak_memory(acc.device)
     tokens = pos.tokens + tokens_seen
