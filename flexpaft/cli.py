@@ -147,6 +147,11 @@ def _optional_commands() -> list[tuple[str, object, str]]:
             "evaluation, reports with 95% intervals",
         ),
         (
+            "push",
+            "flexpaft.hub",
+            "upload an adapter with its model card to the Hugging Face hub (token: HF_TOKEN)",
+        ),
+        (
             "demo",
             "flexpaft.demo",
             "offline demo: fine-tune the embedded model, evaluate across held-out templates",

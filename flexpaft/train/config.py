@@ -120,6 +120,11 @@ class TrainConfig:
         10, "Log loss and speed every N optimizer steps (stderr, history.jsonl, trackers)."
     )
     report_to: str = opt("none", REPORT_TO_HELP)
+    push_to_hub: bool = opt(
+        False, "Upload the adapter and its model card to hub_model_id at the end (token: HF_TOKEN)."
+    )
+    hub_model_id: str = opt("", "Hub repository for push_to_hub, e.g. me/smollm2-boolq-paft.")
+    hub_private: bool = opt(True, "Create the hub repository private.")
     model: ModelSettings = section(ModelSettings, "Base model.")
     data: DataSettings = section(DataSettings, "Task and data.")
     prompts: PromptSettings = section(PromptSettings, "Templates.")
@@ -134,6 +139,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise FlexpaftError("push_to_hub needs hub_model_id (the hub repository)")
         if self.method not in METHODS:
             raise FlexpaftError(
                 f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"

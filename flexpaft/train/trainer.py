@@ -31,6 +31,7 @@ from ..chat import chat_record, resolve_chat
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
+from ..modelcard import write_model_card
 from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
 from ..splits import TRAIN_HASHES, write_hashes
@@ -96,6 +97,8 @@ def config_hash(cfg: TrainConfig) -> str:
     d = asdict(cfg)
     for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
         d.pop(k)
+    for k in ("push_to_hub", "hub_model_id", "hub_private"):
+        d.pop(k)
     d["optim"].pop("num_workers")
     # Recomputing activations or compiling changes speed and memory, not the arithmetic.
     for k in ("gradient_checkpointing", "torch_compile", "torch_compile_backend"):
@@ -127,6 +130,11 @@ def train(
     another configuration (only flexpaft's own entries are replaced)."""
     acc = accelerator or make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
+    if cfg.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():  # before training, not after it
+            raise FlexpaftError("push_to_hub needs a hub token: set HF_TOKEN (or `hf auth login`)")
     # Before any data or model is loaded: a bad output_dir must not cost a training run.
     request_hash = config_hash(cfg)
     check_run_dir(cfg.output_dir, request_hash, overwrite)
@@ -202,7 +210,13 @@ def train(
         write_hashes(out / "adapter" / TRAIN_HASHES, all_examples)
         atomic_write_json(out / "manifest.json", manifest)
         PromptSet(list(templates)).save(out / "train_templates.jsonl")
+        write_model_card(out / "adapter", manifest)
         finish_run_dir(out)
+        if cfg.push_to_hub:
+            from ..hub import push_adapter
+
+            url = push_adapter(out / "adapter", cfg.hub_model_id, cfg.hub_private)
+            log.info("pushed the adapter to %s", url)
     acc.wait_for_everyone()
     return TrainResult(out / "adapter", manifest)
 
