@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
@@ -33,6 +34,12 @@ ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
 
 @dataclass
 class EvalConfig:
+    __aliases__: ClassVar[dict[str, str]] = {
+        "model_name_or_path": "model.name",
+        "chat_template": "model.chat_template",
+        "per_device_eval_batch_size": "batch_size",
+    }
+
     adapter: str = opt(
         "", "PEFT adapter directory to apply to the base model ('' = base model only)."
     )

@@ -24,7 +24,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
 from ..chat import chat_record, resolve_chat
@@ -56,6 +55,7 @@ from .distributed import (
 from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
+from .optim import make_optimizer, make_scheduler
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
 from .tracking import RunLog, tracker_names
@@ -267,9 +267,9 @@ def train_lora(
     total_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, int(o.warmup_ratio * total_steps), total_steps
+    optimizer = make_optimizer(o.optimizer, params, o.lr, o.weight_decay)
+    scheduler = make_scheduler(
+        o.lr_scheduler_type, optimizer, int(o.warmup_ratio * total_steps), total_steps
     )
     fill_deepspeed_batch_size(acc, o.batch_size)
     # The scheduler stays ours: accelerate would step it once per process per optimizer step.
