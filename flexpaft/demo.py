@@ -199,5 +199,7 @@ def run(args: argparse.Namespace) -> int:
     png = plot_per_template(report, out / "per_template.png")
     print()
     print(md)
-    print(f"plot: {png}\nreport: {out / 'report.md'}\ntotal time: {time.time() - started:.0f} s")
+    print(
+        f"plot: {png or '-'}\nreport: {out / 'report.md'}\ntotal time: {time.time() - started:.0f} s"
+    )
     return 0

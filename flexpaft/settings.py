@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .chat import CHOICES_HELP
 from .config import opt
@@ -21,6 +22,17 @@ class ModelSettings:
         False, "Allow model code from the hub to run (off unless you trust it)."
     )
     chat_template: str = opt("auto", CHOICES_HELP)
+    gguf_dtype: str = opt(
+        "bfloat16",
+        "A .gguf model is dequantized once into a cached checkpoint of this dtype: bfloat16 "
+        "(half the disk) or float32.",
+    )
+
+    def load(self, device: Any = None) -> tuple[Any, Any]:
+        """(model, tokenizer) as these settings describe them."""
+        from .models import load_model
+
+        return load_model(self.name, self.dtype, device, self.trust_remote_code, self.gguf_dtype)
 
 
 @dataclass

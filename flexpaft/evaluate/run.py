@@ -11,7 +11,6 @@ from typing import ClassVar
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
-from ..models import load_model
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
@@ -98,7 +97,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     # Under `accelerate launch` / torchrun the templates are split across the processes.
     state = process_state()
     device = state.device if state is not None else None
-    model, tok = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    model, tok = cfg.model.load(device)
     if cfg.adapter:
         check_disjoint(cfg.adapter, examples, cfg.data.allow_overlap)
         model = load_adapter(model, cfg.adapter)

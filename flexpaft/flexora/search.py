@@ -313,6 +313,10 @@ def peft_layers_pattern(base_model: nn.Module, layout: BlockLayout, given: str =
 
 def plot_alpha(records: list[dict[str, Any]], path: Path) -> None:
     """alpha per block against the outer step, written atomically (Agg canvas, no pyplot state)."""
+    from ..optional import available
+
+    if not available("matplotlib", "alpha plot"):
+        return
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

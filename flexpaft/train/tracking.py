@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import FlexpaftError
 from ..io import atomic_output, atomic_write_text
+from ..optional import available
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,13 @@ class RunLog:
 
 def plot_loss(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Training loss (and learning rate, right axis) against the optimizer step."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("loss plot skipped: matplotlib is not installed (pip install 'flexpaft[plots]')")
+    if not available("matplotlib", "loss plot"):
         return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [r["loss"] for r in rows], color="C0", label="loss")
