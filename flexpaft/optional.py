@@ -1,7 +1,8 @@
 """Optional dependencies: features that need them say what to install; the rest work without.
 
-matplotlib draws plots (report, demo, Flexora's alpha.png, loss.png) and openpyxl reads and
-writes .xlsx prompt sets; both are extras (``pip install 'flexpaft[plots,xlsx]'``).
+matplotlib draws plots (report, demo, Flexora's alpha.png, loss.png; installed by default, but a
+minimal environment may lack it) and openpyxl reads and writes .xlsx prompt sets (the ``xlsx``
+extra).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .errors import FlexpaftError
 
 log = logging.getLogger(__name__)
 
-EXTRAS = {"matplotlib": "plots", "openpyxl": "xlsx"}
+EXTRAS = {"openpyxl": "xlsx"}
 
 
 def install_hint(module: str) -> str:
