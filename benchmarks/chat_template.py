@@ -40,6 +40,10 @@ def run(args: list[str]) -> None:
         sys.exit(f"flexpaft {' '.join(args)} exited {rc}")
 
 
+def sets(pairs: list[str]) -> list[str]:
+    return sum((["--set", s] for s in pairs), [])
+
+
 def correct_matrix(results: Path) -> np.ndarray:
     d = json.loads((results / "results.json").read_text())
     return np.array([t["correct"] for t in d["per_template"]], dtype=np.float64)
@@ -87,6 +91,7 @@ def main() -> None:
     p.add_argument("--max-field-chars", type=int, default=400)
     p.add_argument("--train-steps", type=int, default=0, help="0 = base model only")
     p.add_argument("--train-examples", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--out", default="runs/chat_template")
     p.add_argument("--threads", type=int, default=THREADS)
@@ -105,49 +110,51 @@ def main() -> None:
     report: dict = {"args": vars(a), "threads": THREADS}
     started = time.time()
     runs = {}
+
+    def evaluate(name: str, chat: str, adapter: str = "") -> np.ndarray:
+        # A finished evaluation is reused: the base runs survive an interrupted LoRA stage.
+        if not (out / name / "results.json").is_file():
+            extra = ["--adapter", adapter] if adapter else []
+            run(
+                [
+                    "eval",
+                    *sets(evaluation + [f"model.chat_template={chat}"]),
+                    *extra,
+                    "-o",
+                    str(out / name),
+                ]
+            )
+        return correct_matrix(out / name)
+
+    def save() -> None:
+        for model in ("base", "lora"):
+            if (model, "auto") in runs:
+                report[model] = paired_bootstrap(
+                    runs[(model, "none")], runs[(model, "auto")], a.bootstrap
+                )
+        report["seconds"] = round(time.time() - started, 1)
+        (out / "chat_template.json").write_text(json.dumps(report, indent=2))
+
     for chat in ("none", "auto"):
-        run(
-            [
-                "eval",
-                *sum([["--set", s] for s in evaluation], []),
-                "--set",
-                f"model.chat_template={chat}",
-                "-o",
-                str(out / f"base-{chat}"),
-            ]
-        )
-        runs[("base", chat)] = correct_matrix(out / f"base-{chat}")
-        if a.train_steps:
+        runs[("base", chat)] = evaluate(f"base-{chat}", chat)
+    save()
+    if a.train_steps:
+        for chat in ("none", "auto"):
             train = data + [
                 f"data.skip={a.examples}",
                 f"data.limit={a.train_examples}",
                 f"optim.max_steps={a.train_steps}",
+                f"optim.batch_size={a.batch_size}",
                 "optim.lr=5e-4",
                 "data.max_length=256",
                 "checkpoint_every=0",
                 f"model.chat_template={chat}",
             ]
-            run(["train", *sum([["--set", s] for s in train], []), "-o", str(out / f"lora-{chat}")])
-            run(
-                [
-                    "eval",
-                    *sum([["--set", s] for s in evaluation], []),
-                    "--set",
-                    f"model.chat_template={chat}",
-                    "--adapter",
-                    str(out / f"lora-{chat}" / "adapter"),
-                    "-o",
-                    str(out / f"lora-{chat}-eval"),
-                ]
-            )
-            runs[("lora", chat)] = correct_matrix(out / f"lora-{chat}-eval")
-    for model in ("base", "lora"):
-        if (model, "none") in runs:
-            report[model] = paired_bootstrap(
-                runs[(model, "none")], runs[(model, "auto")], a.bootstrap
-            )
-    report["seconds"] = round(time.time() - started, 1)
-    (out / "chat_template.json").write_text(json.dumps(report, indent=2))
+            if not (out / f"lora-{chat}" / "adapter").is_dir():
+                run(["train", *sets(train), "-o", str(out / f"lora-{chat}")])
+            adapter = str(out / f"lora-{chat}" / "adapter")
+            runs[("lora", chat)] = evaluate(f"lora-{chat}-eval", chat, adapter)
+        save()
     for model in ("base", "lora"):
         for k, v in report.get(model, {}).items():
             lo, hi = v["ci95"]
