@@ -21,7 +21,9 @@ class ModelSettings:
     trust_remote_code: bool = opt(
         False, "Allow model code from the hub to run (off unless you trust it)."
     )
-    chat_template: str = opt("auto", CHOICES_HELP)
+    # 'none' by measurement (docs/RESULTS.md): on SmolLM2-135M-Instruct the chat template left
+    # accuracy unchanged and made answers more template-sensitive.
+    chat_template: str = opt("none", CHOICES_HELP)
     gguf_dtype: str = opt(
         "bfloat16",
         "A .gguf model is dequantized once into a cached checkpoint of this dtype: bfloat16 "

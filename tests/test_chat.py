@@ -89,7 +89,7 @@ def test_cli_records_the_chat_template_and_eval_warns_on_a_mismatch(
     cfg["chat_template"] = CHAT
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
     data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(24))
-    common = [f"model.name={model}", f"data.source={data}"]
+    common = [f"model.name={model}", f"data.source={data}", "chat_template=auto"]
     code = main(
         ["-q", "train", "-o", str(tmp_path / "run")]
         + _sets(*common, "data.limit=16", "optim.max_steps=1", "optim.batch_size=4")

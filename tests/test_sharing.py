@@ -93,7 +93,7 @@ def test_train_writes_a_model_card_and_group_readable_outputs(tmp_path, tiny_mod
         "| learning rate | 0.0003 |",
         "| LoRA r / alpha / dropout | 4 / 16.0 / 0.0 |",
         "Trained under one template:",
-        "Chat template: `auto` (raw prompts",  # the tiny tokenizer has no chat template
+        "Chat template: `none` (raw prompts",
         "No evaluation attached yet.",
         "- transformers ",
         "- peft ",
