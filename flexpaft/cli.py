@@ -16,12 +16,17 @@ from .errors import FlexpaftError
 
 log = logging.getLogger("flexpaft")
 
+ALLOW_OVERLAP_HELP = (
+    "shortcut for --set data.allow_overlap=true: train on a task's evaluation split, or "
+    "evaluate an adapter on examples it was trained on"
+)
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
     from .train.trainer import train
 
-    cfg = config_from_args(TrainConfig, args, ("method", "output_dir"))
+    cfg = config_from_args(TrainConfig, _flags(args), ("method", "output_dir"))
     res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     m = res.manifest
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
@@ -36,12 +41,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.evaluator import markdown_table
     from .evaluate.run import EvalConfig, run_eval
 
-    cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir"))
+    cfg = config_from_args(EvalConfig, _flags(args), ("adapter", "output_dir"))
     res = run_eval(cfg, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(markdown_table(res, cfg.name or cfg.adapter or "base"))
         print(f"results: {cfg.output_dir}/results.json")
     return 0
+
+
+def _flags(args: argparse.Namespace) -> argparse.Namespace:
+    """Boolean flags as ``--set`` overrides placed before the user's own (which win)."""
+    if getattr(args, "allow_overlap", False):
+        args.set = ["data.allow_overlap=true", *args.set]
+    return args
 
 
 def _ranges(layers: list[int]) -> str:
@@ -88,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train into a non-empty output directory or over a finished run of another "
         "configuration (only flexpaft's own files there are replaced)",
     )
+    p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
@@ -96,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter", help="shortcut for --set adapter=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
     add_config_arguments(p, EvalConfig)
     p.set_defaults(func=_cmd_eval)
 
@@ -131,6 +145,11 @@ def _optional_commands() -> list[tuple[str, object, str]]:
             "flexpaft.study",
             "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
             "evaluation, reports with 95% intervals",
+        ),
+        (
+            "push",
+            "flexpaft.hub",
+            "upload an adapter with its model card to the Hugging Face hub (token: HF_TOKEN)",
         ),
         (
             "demo",

@@ -188,13 +188,60 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def aliases(cls: type) -> dict[str, str]:
+    """Other names accepted for keys of ``cls`` (TrainingArguments' ``learning_rate`` for
+    ``optim.lr``), declared as ``__aliases__`` on the config class."""
+    return dict(getattr(cls, "__aliases__", {}))
+
+
+def _alias_keys(cls: type, keys: list[str], value: Any) -> list[str]:
+    """The real key path for a top-level alias; a section name given a plain value (``optim:
+    adamw_torch``, as TrainingArguments spells the optimizer) is the alias too."""
+    table = aliases(cls)
+    if len(keys) == 1 and keys[0] in table:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if keys[0] not in names or not isinstance(value, dict):
+            return table[keys[0]].split(".")
+    return keys
+
+
+def _apply_aliases(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    moved = []
+    for key, value in data.items():
+        path = _alias_keys(cls, [key], value)
+        if path == [key]:
+            out[key] = value if key not in out else _merge(out[key], value)
+        else:
+            moved.append((key, path, value))
+    for key, path, value in moved:
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise FlexpaftError(f"{where}: {k} is not a section")
+        if path[-1] in node:
+            raise FlexpaftError(
+                f"{where}: both {key} and its alias target {'.'.join(path)} are set; keep one"
+            )
+        node[path[-1]] = value
+    return out
+
+
+def _merge(a: Any, b: Any) -> Any:
+    return {**a, **b} if isinstance(a, dict) and isinstance(b, dict) else b
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
-    """Defaults <- YAML file <- ``--set`` overrides, then validated as a whole."""
+    """Defaults <- YAML file <- ``--set`` overrides, then validated as a whole. Aliases
+    (``learning_rate`` for ``optim.lr``) are accepted in both."""
     data: dict[str, Any] = read_yaml(path) if path else {}
+    data = _apply_aliases(cls, data, str(path))
     for text in overrides or []:
         keys, value = parse_override(text)
+        keys = _alias_keys(cls, keys, value)
         node = data
         for k in keys[:-1]:
             nxt = node.setdefault(k, {})
@@ -243,6 +290,12 @@ def add_config_arguments(parser: Any, cls: type, example: str = "optim.lr=2e-4")
         help=f"override a config value, e.g. --set {example} (repeatable)",
     )
     parser.epilog = "config keys (YAML or --set):\n" + "\n".join(describe(cls))
+    table = aliases(cls)
+    if table:
+        parser.epilog += (
+            "\n\naliases (Hugging Face TrainingArguments / PEFT names, YAML or --set):\n"
+            + "\n".join(f"  {a} -> {k}" for a, k in table.items())
+        )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 

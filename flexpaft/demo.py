@@ -65,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also train PAFT, with templates drawn from the training set",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chat-template",
+        default="",
+        help="auto, none or a Jinja file, for training and evaluation alike (default: the "
+        "config default, model.chat_template)",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -107,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     test_set.save(out / "templates" / "test.jsonl")
 
     data = [f"data.task={args.task}", f"model.name={args.model}", "data.max_length=256"]
+    if args.chat_template:
+        data.append(f"model.chat_template={args.chat_template}")
     train_common = data + [
         f"data.limit={args.train_examples}",
         f"optim.lr={args.lr}",
@@ -191,5 +199,7 @@ def run(args: argparse.Namespace) -> int:
     png = plot_per_template(report, out / "per_template.png")
     print()
     print(md)
-    print(f"plot: {png}\nreport: {out / 'report.md'}\ntotal time: {time.time() - started:.0f} s")
+    print(
+        f"plot: {png or '-'}\nreport: {out / 'report.md'}\ntotal time: {time.time() - started:.0f} s"
+    )
     return 0

@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask_mode() -> int:
-    # mkstemp creates 0600 files; finished outputs get the usual permissions (0666 & ~umask).
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; finished outputs get the usual permissions (0666 & ~umask).
+    return 0o666 & ~_umask()
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -47,6 +51,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def share_tree(root: str | os.PathLike) -> None:
+    """Usual permissions (``umask`` applied) for a finished directory tree: mkdtemp makes 0700
+    directories and some writers (safetensors, mkstemp) 0600 files, which teammates on a shared
+    cluster could not read."""
+    mask = _umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    os.chmod(root, dir_mode)
+    for parent, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(parent, d), dir_mode)
+        for f in files:
+            p = os.path.join(parent, f)
+            if not os.path.islink(p):
+                os.chmod(p, file_mode)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -87,6 +107,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    share_tree(tmp)
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -80,21 +80,35 @@ def _gguf_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def dequantize_gguf(gguf: Path) -> Path:
-    """Float safetensors checkpoint of ``gguf`` in the cache (created on first use)."""
+GGUF_DTYPES = ("bfloat16", "float32")
+
+
+def dequantize_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
+    """Float safetensors checkpoint of ``gguf`` in the cache (created on first use).
+
+    bf16 by default: GGUF weights are 4-8 bit, so bf16 loses next to nothing and halves the
+    cache (an 8B model: 16 GB instead of 32). ``load_model`` casts to the run's dtype, so a CPU
+    run still computes in fp32. An fp32 cache made by earlier versions (no suffix) serves both.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype not in GGUF_DTYPES:
+        raise FlexpaftError(f"model.gguf_dtype must be one of {', '.join(GGUF_DTYPES)}")
     if not gguf.is_file():
         raise FlexpaftError(f"model file not found: {gguf}")
-    target = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
+    base = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
+    if (base / "config.json").is_file():
+        return base  # fp32: at least the precision asked for
+    target = base if dtype == "float32" else base.with_name(base.name + "-bf16")
     if (target / "config.json").is_file():
         return target
-    log.info("dequantizing %s into %s (once)", gguf, target)
+    log.info("dequantizing %s into %s (once, %s)", gguf, target, dtype)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
+        model.to(getattr(torch, dtype))
     except Exception as e:
         raise FlexpaftError(f"cannot read GGUF {gguf}: {str(e).splitlines()[0]}") from None
     # The weights are already float; drop the GGUF quantizer so the model saves as a plain one.
@@ -109,13 +123,13 @@ def dequantize_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_model(name_or_path: str) -> str:
+def resolve_model(name_or_path: str, gguf_dtype: str = "bfloat16") -> str:
     """A local float checkpoint directory or hub id for ``name_or_path``."""
     if name_or_path in EMBEDDED_ALIASES:
-        return str(dequantize_gguf(embedded_gguf()))
+        return str(dequantize_gguf(embedded_gguf(), gguf_dtype))
     p = Path(name_or_path)
     if p.suffix.lower() == ".gguf":
-        return str(dequantize_gguf(p))
+        return str(dequantize_gguf(p, gguf_dtype))
     if p.exists() and not (p / "config.json").is_file():
         raise FlexpaftError(f"{p} is not a model directory (no config.json)")
     if not p.exists() and _looks_local(name_or_path):
@@ -145,16 +159,18 @@ def load_model(
     dtype: str = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    gguf_dtype: str = "bfloat16",
     **load_kwargs: Any,
 ) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer): bf16 on GPU, fp32 on CPU unless ``dtype`` says otherwise.
+    """(model, tokenizer): bf16 on GPU, fp32 on CPU unless ``dtype`` says otherwise (weights
+    stored in another dtype, e.g. a bf16 GGUF cache, are cast on load).
 
     ``load_kwargs`` go to ``from_pretrained`` (attention kernel, quantization, device map; see
     train/compute.py). A model placed by ``device_map`` is not moved afterwards.
     """
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(name_or_path)
+    path = resolve_model(name_or_path, gguf_dtype)
     p = Path(path)
     if (
         not trust_remote_code

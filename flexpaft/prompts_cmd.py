@@ -1,4 +1,4 @@
-"""``flexpaft prompts validate|split|convert|generate``."""
+"""``flexpaft prompts validate|split|convert|generate|export-lm-eval``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("file")
     c.add_argument("out", help="output file; the format follows its extension")
     c.add_argument("--dedupe", action="store_true", help="drop exact duplicates")
+
+    e = sub.add_parser(
+        "export-lm-eval",
+        help="write lm-evaluation-harness task YAMLs: one per template and a group over them",
+    )
+    e.add_argument("file", help="prompt set (e.g. the held-out test templates)")
+    e.add_argument("--task", required=True, help="task name or task YAML")
+    e.add_argument("--format", default="", help="answer format (default: the task's)")
+    e.add_argument("--out", required=True, help="directory for the YAMLs and utils.py")
+    e.add_argument("--source", default="", help="local data file instead of the hub dataset")
+    e.add_argument("--split", default="", help="hub split (default: the task's evaluation split)")
+    e.add_argument("--prefix", default="flexpaft", help="task name prefix (default: %(default)s)")
 
     g = sub.add_parser(
         "generate", help="PAFT stage 1: build candidate templates (offline grammar or LLMs)"
@@ -81,6 +93,22 @@ def run(args: argparse.Namespace) -> int:
         train.save(out / "train.jsonl")
         test.save(out / "test.jsonl")
         print(f"{len(train)} train and {len(test)} test templates in {out}")
+        return 0
+    if action == "export-lm-eval":
+        from .lm_eval_export import export_lm_eval
+
+        task = load_task(args.task)
+        fmt = AnswerFormat.parse(args.format) if args.format else task.default_format
+        task.check_format(fmt)
+        paths = export_lm_eval(
+            ps, task, fmt, args.out, args.prefix, args.source, args.split, task_ref=args.task
+        )
+        group = paths[0].stem
+        print(f"{len(paths) - 1} lm-eval tasks and group {group} in {args.out}")
+        print(
+            f"lm_eval --model hf --model_args pretrained=<base>,peft=<adapter> "
+            f"--include_path {args.out} --tasks {group}"
+        )
         return 0
     if action == "convert":
         result = ps.deduplicate() if args.dedupe else ps

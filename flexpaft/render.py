@@ -8,9 +8,13 @@ the two can never disagree about whitespace or tokenization.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .prompts.template import Template
 from .tasks.spec import OPTION_SLOT, AnswerFormat, Example, TaskSpec
+
+if TYPE_CHECKING:
+    from .chat import ChatFormat
 
 
 @dataclass
@@ -22,7 +26,24 @@ class Rendered:
     gold: int
 
 
-def render(task: TaskSpec, template: Template, example: Example, fmt: AnswerFormat) -> Rendered:
+def render(
+    task: TaskSpec,
+    template: Template,
+    example: Example,
+    fmt: AnswerFormat,
+    chat: ChatFormat | None = None,
+) -> Rendered:
+    """``example`` under ``template``; with ``chat``, the prompt is the user turn of a chat and
+    each answer the assistant turn's content (see chat.py)."""
+    plain = _render_plain(task, template, example, fmt)
+    if chat is None:
+        return plain
+    return Rendered(chat.wrap(plain.prompt), [a.lstrip(" ") for a in plain.answers], plain.gold)
+
+
+def _render_plain(
+    task: TaskSpec, template: Template, example: Example, fmt: AnswerFormat
+) -> Rendered:
     if fmt is AnswerFormat.OPTION_TEXT and OPTION_SLOT in template.slots:
         # Cloze with the option inside the text (Winogrande's blank): the scored continuation
         # is everything from the option onwards; the prompt is the text before it.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from .chat import CHOICES_HELP
 from .config import opt
 from .errors import FlexpaftError
 from .tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
@@ -19,6 +21,20 @@ class ModelSettings:
     trust_remote_code: bool = opt(
         False, "Allow model code from the hub to run (off unless you trust it)."
     )
+    # 'none' by measurement (docs/RESULTS.md): on SmolLM2-135M-Instruct the chat template left
+    # accuracy unchanged and made answers more template-sensitive.
+    chat_template: str = opt("none", CHOICES_HELP)
+    gguf_dtype: str = opt(
+        "bfloat16",
+        "A .gguf model is dequantized once into a cached checkpoint of this dtype: bfloat16 "
+        "(half the disk) or float32.",
+    )
+
+    def load(self, device: Any = None) -> tuple[Any, Any]:
+        """(model, tokenizer) as these settings describe them."""
+        from .models import load_model
+
+        return load_model(self.name, self.dtype, device, self.trust_remote_code, self.gguf_dtype)
 
 
 @dataclass
@@ -28,7 +44,18 @@ class DataSettings:
         "",
         "Data: local jsonl/json/csv/parquet file or hub dataset id ('' = the task's hub dataset).",
     )
-    split: str = opt("", "Dataset split for hub sources ('' = the task's default).")
+    split: str = opt(
+        "",
+        "Dataset split for hub sources ('' = the task's train split for training, its "
+        "validation/test split for evaluation).",
+    )
+    config_name: str = opt("", "Hub dataset configuration name ('' = the task's).")
+    revision: str = opt("", "Hub dataset revision: branch, tag or commit ('' = latest).")
+    allow_overlap: bool = opt(
+        False,
+        "Allow evaluating an adapter on examples it was trained on (same content hash) and "
+        "training on a task's evaluation split (--allow-overlap).",
+    )
     format: str = opt(
         "", "Answer format: letter, label_words, option_text, generation ('' = task default)."
     )
@@ -70,8 +97,11 @@ class DataSettings:
         task.check_format(fmt)
         return fmt
 
-    def load(self) -> tuple[TaskSpec, AnswerFormat, list[Example]]:
+    def load(self, role: str = "eval") -> tuple[TaskSpec, AnswerFormat, list[Example]]:
         """The task, its answer format, and the selected examples.
+
+        ``role`` picks the default hub split: the task's train split for ``"train"``, its
+        evaluation split otherwise; training on the evaluation split is refused (splits.py).
 
         Examples are shuffled with a fixed data seed (not the training seed), so ``skip`` and
         ``limit`` carve the same disjoint slices in every run: train on ``limit=1000`` and
@@ -79,8 +109,19 @@ class DataSettings:
         """
         task = load_task(self.task)
         fmt = self.answer_format(task)
+        split = self.split or (task.hf_train_split if role == "train" else task.hf_split)
+        if role == "train":
+            from .splits import check_training_split
+
+            check_training_split(task, self.source, split, self.allow_overlap)
         examples = load_examples(
-            task, self.source or None, self.split or None, shuffle=True, seed=0
+            task,
+            self.source or None,
+            split,
+            shuffle=True,
+            seed=0,
+            config_name=self.config_name or None,
+            revision=self.revision or None,
         )
         if self.skip:
             examples = examples[self.skip :]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..chat import ChatFormat
 from ..errors import FlexpaftError
 from ..models import base_fingerprint
 from ..prompts import Template
@@ -109,11 +110,13 @@ def evaluate_templates(
     pairs_per_call: int = 512,
     done: dict[str, TemplateResult] | None = None,
     on_result: Callable[[TemplateResult], None] | None = None,
+    chat: ChatFormat | None = None,
 ) -> EvalResult:
     """Score every (template, example) pair; one TemplateResult per template.
 
     ``done`` holds results of templates already scored (a resumed run skips them); ``on_result``
     is called with each new template's result as soon as it exists, so a caller can save it.
+    ``chat``: the chat template the prompts are wrapped in (see chat.py), as in training.
     """
     if not templates:
         raise FlexpaftError("no templates to evaluate")
@@ -122,7 +125,7 @@ def evaluate_templates(
     was_training = model.training
     model.eval()
     started = time.perf_counter()
-    first = [render(task, templates[0], e, fmt) for e in examples[:8]]
+    first = [render(task, templates[0], e, fmt, chat) for e in examples[:8]]
     answer_tokens = TokenCache(tokenizer)
     chosen = choose_mode(mode, fmt, single_token_answers(first, answer_tokens))
     done = dict(done or {})
@@ -143,7 +146,7 @@ def evaluate_templates(
     per_call = max(1, pairs_per_call // max(1, len(examples)))
     for start in range(0, len(todo), per_call):
         group = todo[start : start + per_call]
-        items = [render(task, t, e, fmt) for t in group for e in examples]
+        items = [render(task, t, e, fmt, chat) for t in group for e in examples]
         kw = {
             "batch_size": batch_size,
             "max_length": max_length,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
-from ..models import load_model
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
+from ..splits import check_disjoint
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .distributed import evaluate_sharded, process_state
@@ -23,9 +26,19 @@ from .evaluator import (
     markdown_table,
 )
 
+log = logging.getLogger(__name__)
+
+ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
+
 
 @dataclass
 class EvalConfig:
+    __aliases__: ClassVar[dict[str, str]] = {
+        "model_name_or_path": "model.name",
+        "chat_template": "model.chat_template",
+        "per_device_eval_batch_size": "batch_size",
+    }
+
     adapter: str = opt(
         "", "PEFT adapter directory to apply to the base model ('' = base model only)."
     )
@@ -84,9 +97,14 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     # Under `accelerate launch` / torchrun the templates are split across the processes.
     state = process_state()
     device = state.device if state is not None else None
-    model, tok = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    model, tok = cfg.model.load(device)
     if cfg.adapter:
+        check_disjoint(cfg.adapter, examples, cfg.data.allow_overlap)
         model = load_adapter(model, cfg.adapter)
+    chat = resolve_chat(cfg.model.chat_template, tok)
+    chat_info = chat_record(cfg.model.chat_template, chat)
+    if cfg.adapter:
+        warn_chat_mismatch(cfg.adapter, chat_info)
 
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
@@ -113,6 +131,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
             cfg.max_batch_tokens,
             done=partial.results,
             on_result=partial.add,
+            chat=chat,
         )
 
     res = run(templates)
@@ -132,6 +151,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
                 "name": name,
                 "config": asdict(cfg),
                 "data_digest": digest,
+                "chat_template": chat_info,
                 **res.to_dict(),
                 **extra,
                 "gold": [ex.gold for ex in examples],
@@ -143,6 +163,31 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     if state is not None:
         state.wait_for_everyone()
     return res
+
+
+def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
+    """Warn (and return True) when ``adapter`` was trained under another chat template choice:
+    its answers were learned after a different prompt format than the one scored now."""
+    info_file = Path(adapter) / ADAPTER_INFO
+    if not info_file.is_file():
+        return False
+    trained = json.loads(info_file.read_text(encoding="utf-8")).get("chat_template")
+    if not trained:
+        # Adapters from before chat templates existed were trained on raw prompts.
+        trained = {"setting": "none", "applied": False, "digest": ""}
+    if (trained["applied"], trained["digest"]) == (chat_info["applied"], chat_info["digest"]):
+        return False
+    log.warning(
+        "warning: adapter %s was trained with chat_template=%s (%s) but is evaluated with "
+        "chat_template=%s (%s); set model.chat_template=%s to match",
+        adapter,
+        trained["setting"],
+        "applied" if trained["applied"] else "raw prompts",
+        chat_info["setting"],
+        "applied" if chat_info["applied"] else "raw prompts",
+        trained["setting"],
+    )
+    return True
 
 
 def _resume_key(cfg: EvalConfig, examples: list) -> str:

@@ -10,6 +10,10 @@ from ..io import atomic_output
 
 def plot_alpha(records: list[dict[str, Any]], path: Path) -> None:
     """alpha per block against the outer step, written atomically (Agg canvas, no pyplot state)."""
+    from ..optional import available
+
+    if not available("matplotlib", "alpha plot"):
+        return
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     acc = make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)
     set_seed(cfg.seed)
-    task, fmt, examples = cfg.data.load()
+    task, fmt, examples = cfg.data.load("train")
     model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
     outcome = search_layers(

@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import FlexpaftError
 from ..io import atomic_output, atomic_write_text
+from ..optional import require
 from ..tasks.spec import AnswerFormat, TaskSpec
 from .template import Template
 
@@ -216,7 +217,7 @@ def _read_csv(path: Path) -> list[str]:
 
 
 def _read_xlsx(path: Path) -> list[str]:
-    import openpyxl
+    openpyxl = require("openpyxl", "reading .xlsx prompt sets")
 
     wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     ws = wb.worksheets[0]
@@ -253,7 +254,7 @@ def _write_csv(texts: list[str]) -> str:
 
 
 def _write_xlsx(path: Path, texts: list[str]) -> Path:
-    import openpyxl
+    openpyxl = require("openpyxl", "writing .xlsx prompt sets")
 
     wb = openpyxl.Workbook()
     ws = wb.active

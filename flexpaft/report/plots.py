@@ -9,12 +9,16 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_output
+from ..optional import available
 
 DPI = 150
 
 
-def plot_per_template(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Box plot + jittered strip of per-template accuracy per method; written atomically."""
+def plot_per_template(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """Box plot + jittered strip of per-template accuracy per method; written atomically.
+    None (and a note saying what to install) without matplotlib."""
+    if not available("matplotlib", "per-template plot"):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot

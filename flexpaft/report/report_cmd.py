@@ -411,7 +411,9 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "per_template.csv", per_template_csv(report))
     png = plot_per_template(report, out / "per_template.png")
-    written = ["report.json", "report.md", "per_template.csv", "per_template.png"]
+    written = ["report.json", "report.md", "per_template.csv"] + (
+        ["per_template.png"] if png else []
+    )
     if args.html:
         atomic_write_text(out / "report.html", render_html(report, png))
         written.append("report.html")

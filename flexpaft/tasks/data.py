@@ -42,7 +42,7 @@ def load_task(name_or_path: str) -> TaskSpec:
 
 
 def read_records(
-    source: str, split: str | None = None, name: str | None = None
+    source: str, split: str | None = None, name: str | None = None, revision: str | None = None
 ) -> list[dict[str, Any]]:
     """Raw records from a local file or a hub dataset id."""
     import datasets
@@ -67,7 +67,9 @@ def read_records(
             raise FlexpaftError(f"cannot read {source}: {_first_line(e)}") from None
     else:
         try:
-            ds = datasets.load_dataset(source, name or None, split=split or "validation")
+            ds = datasets.load_dataset(
+                source, name or None, split=split or "validation", revision=revision or None
+            )
         except Exception as e:
             raise FlexpaftError(
                 f"cannot load dataset {source!r} from the hub: {_first_line(e)}"
@@ -116,16 +118,20 @@ def load_examples(
     limit: int | None = None,
     seed: int = 0,
     shuffle: bool = False,
+    config_name: str | None = None,
+    revision: str | None = None,
 ) -> list[Example]:
     """Normalized examples of ``task`` from ``source`` (default: the task's hub dataset)."""
     if source:
-        records = read_records(source, split)
+        records = read_records(source, split, config_name, revision)
     elif task.name.startswith("bigbench:"):
         from .bigbench import bigbench_records_path
 
         records = read_records(str(bigbench_records_path(task.name)))
     elif task.hf_path:
-        records = read_records(task.hf_path, split or task.hf_split, task.hf_name or None)
+        records = read_records(
+            task.hf_path, split or task.hf_split, config_name or task.hf_name or None, revision
+        )
     else:
         raise FlexpaftError(f"task {task.name} has no default dataset: give a data source")
     where = source or (task.name if task.name.startswith("bigbench:") else task.hf_path)

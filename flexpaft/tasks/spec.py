@@ -126,7 +126,13 @@ class TaskSpec:
     )
     hf_path: str = field(default="", metadata={"help": "Hugging Face dataset id."})
     hf_name: str = field(default="", metadata={"help": "Hugging Face dataset config name."})
-    hf_split: str = field(default="validation", metadata={"help": "Default split to read."})
+    hf_split: str = field(
+        default="validation",
+        metadata={"help": "Evaluation split (the one lm-evaluation-harness scores)."},
+    )
+    hf_train_split: str = field(
+        default="train", metadata={"help": "Training split (never the evaluation split)."}
+    )
 
     # ---- slots ---------------------------------------------------------------------------
     @property

@@ -203,6 +203,7 @@ def load_for_training(model: Any, settings: ComputeSettings, device: torch.devic
         model.dtype,
         device,
         model.trust_remote_code,
+        model.gguf_dtype,
         **model_load_kwargs(settings, device),
     )
     return prepare_for_training(base, settings), tok

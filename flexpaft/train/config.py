@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
 from .compute import ComputeSettings
+from .optim import OPTIMIZERS, SCHEDULERS
+from .tracking import REPORT_TO_HELP
 from .validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
@@ -65,13 +68,20 @@ class LoraSettings:
 
 @dataclass
 class OptimSettings:
-    lr: float = opt(1e-4, "Peak learning rate (AdamW).")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    lr: float = opt(1e-4, "Peak learning rate.")
+    weight_decay: float = opt(0.0, "Weight decay.")
+    optimizer: str = opt(
+        "adamw_torch", f"Optimizer, by TrainingArguments.optim name: {', '.join(OPTIMIZERS)}."
+    )
+    lr_scheduler_type: str = opt(
+        "cosine",
+        f"Learning-rate schedule after the warm-up (transformers names): {', '.join(SCHEDULERS)}.",
+    )
     epochs: float = opt(3.0, "Training epochs (fractions allowed).")
     max_steps: int = opt(0, "Stop after this many optimizer steps (0 = run the epochs).")
     batch_size: int = opt(8, "Examples per device per micro-batch.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
-    warmup_ratio: float = opt(0.1, "Fraction of steps with linear warm-up before the cosine decay.")
+    warmup_ratio: float = opt(0.1, "Fraction of steps with linear warm-up before the schedule.")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
     group_by_length: bool = opt(True, "Batch examples of similar length together (less padding).")
     num_workers: int = opt(
@@ -85,6 +95,15 @@ class OptimSettings:
             raise ValueError("optim.batch_size and optim.grad_accum must be at least 1")
         if self.lr <= 0:
             raise ValueError("optim.lr must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optim.optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise ValueError(
+                f"optim.lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
+                f"{', '.join(SCHEDULERS)}"
+            )
 
 
 @dataclass
@@ -124,8 +143,36 @@ class FlexoraSettings:
     )
 
 
+# TrainingArguments (and PEFT LoraConfig) names accepted for the keys they mean, in YAML and --set.
+TRAINING_ARGUMENTS_ALIASES = {
+    "learning_rate": "optim.lr",
+    "num_train_epochs": "optim.epochs",
+    "max_steps": "optim.max_steps",
+    "per_device_train_batch_size": "optim.batch_size",
+    "gradient_accumulation_steps": "optim.grad_accum",
+    "warmup_ratio": "optim.warmup_ratio",
+    "weight_decay": "optim.weight_decay",
+    "max_grad_norm": "optim.max_grad_norm",
+    "group_by_length": "optim.group_by_length",
+    "dataloader_num_workers": "optim.num_workers",
+    "optim": "optim.optimizer",  # only when given a name, not the optim section
+    "lr_scheduler_type": "optim.lr_scheduler_type",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
+    "logging_steps": "log_every",
+    "save_steps": "checkpoint_every",
+    "max_seq_length": "data.max_length",
+    "model_name_or_path": "model.name",
+    "chat_template": "model.chat_template",
+}
+
+
 @dataclass
 class TrainConfig:
+    __aliases__: ClassVar[dict[str, str]] = TRAINING_ARGUMENTS_ALIASES
+
     method: str = opt("lora", f"Training method: {', '.join(METHODS)}.")
     output_dir: str = opt("runs/train", "Where the adapter, manifest and checkpoints go.")
     seed: int = opt(0, "Seed for data order, template draws and LoRA initialisation.")
@@ -135,7 +182,15 @@ class TrainConfig:
     resume: bool = opt(
         True, "Resume from output_dir's checkpoint when one exists for the same config."
     )
-    log_every: int = opt(10, "Log loss and speed every N optimizer steps.")
+    log_every: int = opt(
+        10, "Log loss and speed every N optimizer steps (stderr, history.jsonl, trackers)."
+    )
+    report_to: str = opt("none", REPORT_TO_HELP)
+    push_to_hub: bool = opt(
+        False, "Upload the adapter and its model card to hub_model_id at the end (token: HF_TOKEN)."
+    )
+    hub_model_id: str = opt("", "Hub repository for push_to_hub, e.g. me/smollm2-boolq-paft.")
+    hub_private: bool = opt(True, "Create the hub repository private.")
     model: ModelSettings = section(ModelSettings, "Base model.")
     data: DataSettings = section(DataSettings, "Task and data.")
     prompts: PromptSettings = section(PromptSettings, "Templates.")
@@ -150,6 +205,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise FlexpaftError("push_to_hub needs hub_model_id (the hub repository)")
         if self.method not in METHODS:
             raise FlexpaftError(
                 f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..chat import ChatFormat, resolve_chat
 from ..prompts.template import Template
 from ..render import encode_for_training, render
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -25,13 +26,16 @@ class RenderedDataset:
     tokenizer: Any
     max_length: int
     append_eos: bool = True
+    chat: ChatFormat | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, list[int]]:
         ex_idx, tpl_idx = key
-        rendered = render(self.task, self.templates[tpl_idx], self.examples[ex_idx], self.fmt)
+        rendered = render(
+            self.task, self.templates[tpl_idx], self.examples[ex_idx], self.fmt, self.chat
+        )
         enc = encode_for_training(self.tokenizer, rendered, self.max_length, self.append_eos)
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
@@ -131,6 +135,7 @@ def make_loader(
         tokenizer,
         cfg.data.max_length,
         append_eos=cfg.data.appends_eos(fmt),
+        chat=resolve_chat(cfg.model.chat_template, tokenizer),
     )
     sampler = PromptBatchSampler(
         len(examples),

@@ -32,7 +32,7 @@ def launched_backend() -> str:
     return ""
 
 
-def build_accelerator(grad_accum: int, compute: ComputeSettings) -> Accelerator:
+def build_accelerator(grad_accum: int, compute: ComputeSettings, **trackers: Any) -> Accelerator:
     """The run's Accelerator.
 
     Without GPUs, accelerate only runs several processes (gloo) when told ``cpu=True``; with one
@@ -65,6 +65,7 @@ def build_accelerator(grad_accum: int, compute: ComputeSettings) -> Accelerator:
         gradient_accumulation_plugin=plugin,
         cpu=several and not cuda,
         **accelerator_kwargs(compute),
+        **trackers,  # log_with / project_dir for report_to
     )
 
 

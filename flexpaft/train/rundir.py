@@ -1,7 +1,7 @@
 """The training output directory: checked before any work, never clobbered.
 
-A run writes ``adapter/``, ``checkpoint/``, ``flexora/``, ``manifest.json`` and
-``train_templates.jsonl`` into its output directory. Before the model is loaded this module
+A run writes ``adapter/``, ``checkpoint/``, ``flexora/``, ``manifest.json``, ``history.jsonl``,
+``loss.png`` and ``train_templates.jsonl`` into its output directory. Before the model is loaded this module
 checks that the directory is writable and that writing there destroys nothing: a non-empty
 directory that is not a flexpaft run, or a finished run of another configuration, is refused
 unless ``--overwrite`` is given, and even then only flexpaft's own entries are replaced.
@@ -21,7 +21,7 @@ MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"
 # Entries a run writes; on --overwrite these (and nothing else) are replaced.
 OWN_DIRS = ("adapter", CHECKPOINT_DIR, "flexora")
-OWN_FILES = (MANIFEST, "train_templates.jsonl")
+OWN_FILES = (MANIFEST, "train_templates.jsonl", "history.jsonl", "loss.png")
 # A file that proves a directory entry was written by flexpaft.
 _MARKERS = {
     "adapter": "flexpaft_adapter.json",

@@ -66,7 +66,12 @@ def training_templates(
 
         ps = load_valid_set(cfg.prompts.prompt_set, task, fmt)
         probe = examples[: cfg.prompts.topaccuracy_examples]
-        result = evaluate_templates(model, tokenizer, task, fmt, list(ps), probe, progress=False)
+        from ..chat import resolve_chat
+
+        chat = resolve_chat(cfg.model.chat_template, tokenizer)
+        result = evaluate_templates(
+            model, tokenizer, task, fmt, list(ps), probe, progress=False, chat=chat
+        )
         best = max(range(len(ps)), key=lambda i: result.per_template[i].accuracy)
         chosen = ps[best]
         log.info(

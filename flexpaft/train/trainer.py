@@ -24,14 +24,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
+from ..chat import chat_record, resolve_chat
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory
+from ..modelcard import write_model_card
 from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
+from ..splits import TRAIN_HASHES, write_hashes
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
 from .checkpoint import (
     Position,
@@ -53,8 +55,10 @@ from .distributed import (
 from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
+from .optim import make_optimizer, make_scheduler
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
+from .tracking import RunLog, tracker_names
 from .validation import Validator, eval_templates
 
 log = logging.getLogger(__name__)
@@ -91,7 +95,9 @@ def examples_digest(examples: list[Example]) -> str:
 def config_hash(cfg: TrainConfig) -> str:
     """Hash of everything that changes the trained weights (not logging or output settings)."""
     d = asdict(cfg)
-    for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
+        d.pop(k)
+    for k in ("push_to_hub", "hub_model_id", "hub_private"):
         d.pop(k)
     d["optim"].pop("num_workers")
     # Recomputing activations or compiling changes speed and memory, not the arithmetic.
@@ -101,8 +107,15 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``."""
-    return build_accelerator(cfg.optim.grad_accum, cfg.compute)
+    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``; the
+    ``report_to`` trackers go to accelerate (checked to be installed first)."""
+    trackers = tracker_names(cfg.report_to)
+    return build_accelerator(
+        cfg.optim.grad_accum,
+        cfg.compute,
+        log_with=trackers or None,
+        project_dir=cfg.output_dir if trackers else None,
+    )
 
 
 def train(
@@ -117,6 +130,11 @@ def train(
     another configuration (only flexpaft's own entries are replaced)."""
     acc = accelerator or make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
+    if cfg.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():  # before training, not after it
+            raise FlexpaftError("push_to_hub needs a hub token: set HF_TOKEN (or `hf auth login`)")
     # Before any data or model is loaded: a bad output_dir must not cost a training run.
     request_hash = config_hash(cfg)
     check_run_dir(cfg.output_dir, request_hash, overwrite)
@@ -128,7 +146,7 @@ def train(
 
     set_seed(cfg.seed)
     started = time.time()
-    task, fmt, examples = cfg.data.load()
+    task, fmt, examples = cfg.data.load("train")
     v = cfg.validation
     if v.enabled:
         from ..tasks.data import split_examples
@@ -142,6 +160,7 @@ def train(
         held_out = eval_templates(v, task, fmt, templates)
         validator = Validator(v, task, fmt, val_examples, held_out, tok, acc, cfg.data.max_length)
 
+    all_examples = examples  # Flexora holds some out for its search: they count as training data
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
     if cfg.method.startswith("flexora"):
@@ -172,7 +191,11 @@ def train(
         "format": fmt.value,
         "examples": len(examples),
         "data_digest": examples_digest(examples),
+        "train_hashes": {"file": f"adapter/{TRAIN_HASHES}", "count": len(all_examples)},
         "templates": template_info,
+        "chat_template": chat_record(
+            cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
+        ),
         "prompt_set_digest": PromptSet(list(templates)).digest(),
         "layers": result["layers"],
         "flexora": search_info,
@@ -183,9 +206,16 @@ def train(
         **result["stats"],
     }
     if acc.is_main_process:
+        write_hashes(out / "adapter" / TRAIN_HASHES, all_examples)
         atomic_write_json(out / "manifest.json", manifest)
         PromptSet(list(templates)).save(out / "train_templates.jsonl")
+        write_model_card(out / "adapter", manifest)
         finish_run_dir(out)
+        if cfg.push_to_hub:
+            from ..hub import push_adapter
+
+            url = push_adapter(out / "adapter", cfg.hub_model_id, cfg.hub_private)
+            log.info("pushed the adapter to %s", url)
     acc.wait_for_everyone()
     return TrainResult(out / "adapter", manifest)
 
@@ -236,9 +266,9 @@ def train_lora(
     total_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, int(o.warmup_ratio * total_steps), total_steps
+    optimizer = make_optimizer(o.optimizer, params, o.lr, o.weight_decay)
+    scheduler = make_scheduler(
+        o.lr_scheduler_type, optimizer, int(o.warmup_ratio * total_steps), total_steps
     )
     fill_deepspeed_batch_size(acc, o.batch_size)
     # The scheduler stays ours: accelerate would step it once per process per optimizer step.
@@ -266,6 +296,7 @@ def train_lora(
             validator.resume(out / VALIDATION_DIR, pos.step)
         log.info("resuming at step %d (epoch %d, batch %d)", pos.step, pos.epoch, pos.batch)
 
+    runlog = RunLog(out, acc, asdict(cfg), pos.step, project="flexpaft")
     model.train()
     bar = tqdm(
         total=total_steps,
@@ -317,6 +348,16 @@ def train_lora(
                     loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
                 )
                 log.info("step %d loss %.4f", pos.step, loss_sum / max(loss_n, 1))
+                runlog.log(
+                    {
+                        "step": pos.step,
+                        "epoch": pos.epoch,
+                        "loss": loss_sum / max(loss_n, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens": pos.tokens + tokens_seen,
+                        "seconds": round(pos.seconds + time.perf_counter() - t0, 3),
+                    }
+                )
                 loss_sum, loss_n = 0.0, 0
             if validator is not None and validator.due(pos.step, total_steps):
                 started_eval = time.perf_counter()
@@ -338,6 +379,7 @@ def train_lora(
         else:
             pos.epoch, pos.batch = pos.epoch + 1, 0
     bar.close()
+    runlog.close()
     elapsed = pos.seconds + time.perf_counter() - t0
     peak, peak_kind = peak_memory(acc.device)
     tokens = pos.tokens + tokens_seen
@@ -357,6 +399,9 @@ def train_lora(
             "format": fmt.value,
             "method": cfg.method,
             "layers": layers_done,
+            "chat_template": chat_record(
+                cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
+            ),
         }
         with atomic_directory(out / "adapter") as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=state)
