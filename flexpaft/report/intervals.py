@@ -70,9 +70,15 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     return float(lo), float(hi)
 
 
-def method_intervals(correct: np.ndarray, rs: Resamples) -> dict[str, list[float]]:
-    """95% intervals of one method's mean, std and worst-template accuracy."""
-    stats = replicate_stats(correct, rs)
+def method_intervals(
+    correct: np.ndarray, rs: Resamples, stats: dict[str, np.ndarray] | None = None
+) -> dict[str, list[float]]:
+    """95% intervals of one method's mean, std and worst-template accuracy.
+
+    ``stats``: ``replicate_stats(correct, rs)`` when the caller already has it (the resampling
+    loop is the expensive part, and a report needs it once per method, not once per use).
+    """
+    stats = stats if stats is not None else replicate_stats(correct, rs)
     return {k: list(percentile_interval(v)) for k, v in stats.items()}
 
 
@@ -87,13 +93,20 @@ def majority_share(gold: np.ndarray, rs: Resamples | None = None) -> float | np.
     return hit[rs.examples].mean(axis=1)
 
 
-def compare(a: np.ndarray, b: np.ndarray, rs: Resamples) -> dict[str, dict[str, float | bool]]:
+def compare(
+    a: np.ndarray,
+    b: np.ndarray,
+    rs: Resamples,
+    stats_a: dict[str, np.ndarray] | None = None,
+    stats_b: dict[str, np.ndarray] | None = None,
+) -> dict[str, dict[str, float | bool]]:
     """Paired differences a - b of mean and worst template, and the ratio of stds a / b.
 
     Each entry holds the point estimate, the interval and ``separated`` (the interval excludes
     the no-difference value: 0 for differences, 1 for the ratio).
     """
-    sa, sb = replicate_stats(a, rs), replicate_stats(b, rs)
+    sa = stats_a if stats_a is not None else replicate_stats(a, rs)
+    sb = stats_b if stats_b is not None else replicate_stats(b, rs)
     acc_a = np.asarray(a, dtype=np.float64).mean(axis=1)
     acc_b = np.asarray(b, dtype=np.float64).mean(axis=1)
     out: dict[str, dict[str, float | bool]] = {}
@@ -112,13 +125,18 @@ def compare(a: np.ndarray, b: np.ndarray, rs: Resamples) -> dict[str, dict[str, 
     return out
 
 
-def versus_majority(correct: np.ndarray, gold: np.ndarray, rs: Resamples) -> dict[str, float]:
+def versus_majority(
+    correct: np.ndarray,
+    gold: np.ndarray,
+    rs: Resamples,
+    stats: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """Mean accuracy minus the majority-label rate of the test examples, with the mean's interval.
 
     The rate is a property of the test set's design (50% for a label-balanced set), so it is held
     fixed: resampling examples would unbalance a balanced set and add the prior's own noise.
     """
-    stats = replicate_stats(correct, rs)
+    stats = stats if stats is not None else replicate_stats(correct, rs)
     prior = majority_share(gold)
     lo, hi = percentile_interval(stats["mean"] - prior)
     point = float(np.asarray(correct, dtype=np.float64).mean() - prior)

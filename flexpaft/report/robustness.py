@@ -301,14 +301,18 @@ def add_intervals(
         gold = None
     report["bootstrap"] = {"replicates": n_boot, "seed": seed, "level": intervals.LEVEL}
     report["majority_rate"] = None if gold is None else intervals.majority_share(gold)
+    # The resampling loop once per method; every interval and comparison reuses it.
+    stats = {name: intervals.replicate_stats(mat, rs) for name, mat in mats.items()}
     for m in report["methods"]:
-        m["intervals"] = intervals.method_intervals(mats[m["name"]], rs)
+        m["intervals"] = intervals.method_intervals(mats[m["name"]], rs, stats[m["name"]])
         m["vs_majority"] = (
-            None if gold is None else intervals.versus_majority(mats[m["name"]], gold, rs)
+            None
+            if gold is None
+            else intervals.versus_majority(mats[m["name"]], gold, rs, stats[m["name"]])
         )
     names = list(mats)
     report["comparisons"] = [
-        {"a": a, "b": b, **intervals.compare(mats[a], mats[b], rs)}
+        {"a": a, "b": b, **intervals.compare(mats[a], mats[b], rs, stats[a], stats[b])}
         for i, b in enumerate(names)
         for a in names[i + 1 :]
     ]
