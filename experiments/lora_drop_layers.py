@@ -2,7 +2,8 @@
 
 Takes an adapter trained on all blocks and the same data settings, runs a few training batches
 through it, and prints the k blocks whose LoRA branch moves the hidden states most (as a Python
-list, for ``--set lora.layers_to_transform=...``).
+list, for ``--set lora.layers_to_transform=...``). ``flexpaft study`` runs the same steps for its
+``lora_drop`` method.
 
     python experiments/lora_drop_layers.py ADAPTER K [--set key=value ...]
 """
@@ -10,17 +11,11 @@ list, for ``--set lora.layers_to_transform=...``).
 from __future__ import annotations
 
 import argparse
-from itertools import islice
-
-from accelerate import Accelerator
 
 from flexpaft.config import load_config
-from flexpaft.evaluate.evaluator import load_adapter
-from flexpaft.flexora.select import lora_drop_ranking
-from flexpaft.models import load_model
+from flexpaft.flexora.baselines import lora_drop_scores
+from flexpaft.flexora.select import select_layers
 from flexpaft.train.config import TrainConfig
-from flexpaft.train.data import make_loader
-from flexpaft.train.templates import training_templates
 
 
 def main() -> None:
@@ -31,14 +26,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=8)
     args = ap.parse_args()
     cfg = load_config(TrainConfig, None, args.set)
-    task, fmt, examples = cfg.data.load()
-    model, tok = load_model(cfg.model.name, cfg.model.dtype)
-    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
-    model = load_adapter(model, args.adapter).eval()
-    loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
-    scores = lora_drop_ranking(model, list(islice(loader, args.batches)))
-    top = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[: args.k])
-    print(top)
+    scores = lora_drop_scores(cfg, args.adapter, args.batches)
+    print(select_layers(scores, "topk", args.k))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ Each step writes its own outputs (``prompts/``, ``train/METHOD-sSEED/``, ``eval/
 ``report/SET/``) and is skipped when they already exist for the same settings, so an interrupted
 study continues where it stopped, and adding a method or a seed reruns only what is new. The
 steps are the ordinary ``flexpaft`` commands, so every run of a study can be reproduced by hand.
+
+Flexora's selection is judged against plain LoRA on other blocks (``BLOCK_BASELINES``): ``random``
+(the flexora run's block count k, drawn at random, ``random_draws`` runs ``random-dD-sS`` per
+seed), ``lora_drop`` (the k blocks whose LoRA output norm is largest after a short LoRA run on
+every block) and ``top_half`` (the upper half of the blocks). They train on the same training
+slice as ``lora`` and differ from it only in ``lora.layers_to_transform``; random and lora_drop
+read k from ``train/flexora-sS``, so flexora is trained first.
 """
 
 from __future__ import annotations
@@ -16,19 +23,38 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .config import add_config_arguments, config_from_args, load_config, opt, section
 from .errors import FlexpaftError
+from .io import atomic_write_json
 from .settings import DataSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
-STUDY_METHODS = ("base", "lora", "topaccuracy", "paft", "flexora", "flexora+paft")
+STUDY_METHODS = (
+    "base",
+    "lora",
+    "topaccuracy",
+    "paft",
+    "flexora",
+    "flexora+paft",
+    "random",
+    "lora_drop",
+    "top_half",
+)
 # Methods that draw templates from the training split of the prompt set.
 _USES_PROMPT_SET = ("topaccuracy", "paft", "flexora+paft")
+# Plain LoRA restricted to blocks chosen without Flexora's search: the baselines of its selection.
+BLOCK_BASELINES = ("random", "lora_drop", "top_half")
+# Baselines that take their block count k from the flexora run of the same seed.
+_NEEDS_FLEXORA = ("random", "lora_drop")
+# The short all-block LoRA run whose output norms rank the blocks for lora_drop.
+LORA_DROP_RANK = "lora_drop-rank"
+LORA_DROP_SCORES = "lora_drop.json"
 
 
 @dataclass
@@ -59,7 +85,10 @@ class StudyPrompts:
 class StudyConfig:
     output_dir: str = opt("runs/study", "Where every step of the study writes.")
     methods: list[str] = opt(
-        ["base", "lora", "topaccuracy", "paft"], f"Methods to compare: {', '.join(STUDY_METHODS)}."
+        ["base", "lora", "topaccuracy", "paft"],
+        f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop and top_half are "
+        "LoRA on the blocks a baseline picks (random and lora_drop: as many as flexora selected "
+        "for the same seed, so they need flexora); they are judged against flexora.",
     )
     seeds: list[int] = opt([0], "Training seeds; each method is trained once per seed.")
     train_examples: int = opt(2000, "Training examples (the first ones of the shuffled data).")
@@ -79,6 +108,19 @@ class StudyConfig:
         "Training settings for every method, as flexpaft train keys (optim.lr: 5e-4, ...).",
     )
     eval: dict[str, Any] = opt({}, "Evaluation settings, as flexpaft eval keys (batch_size: 32).")
+    random_draws: int = opt(
+        3,
+        "random: block selections drawn per seed (distinct while possible), each its own run "
+        "random-dD-sS and its own row random-dD in the reports.",
+    )
+    lora_drop_steps: int = opt(
+        0,
+        "lora_drop: optimizer steps of the short LoRA run on every block that ranks the blocks "
+        "(0 = as many as the flexora search of the same seed took: the same cost).",
+    )
+    lora_drop_batches: int = opt(
+        8, "lora_drop: training batches over which each block's LoRA output norm is averaged."
+    )
     bootstrap: int = opt(2000, "Bootstrap replicates for the reports' 95% intervals.")
     thresholds: list[float] = opt([0.6, 0.7], "Top@t thresholds shown in the reports.")
     model: ModelSettings = section(ModelSettings, "Base model.")
@@ -97,6 +139,10 @@ class StudyConfig:
             raise FlexpaftError("a study needs at least one seed")
         if self.train_examples < 1 or self.test_examples < 1:
             raise FlexpaftError("train_examples and test_examples must be at least 1")
+        if self.random_draws < 1 or self.lora_drop_batches < 1 or self.lora_drop_steps < 0:
+            raise FlexpaftError(
+                "random_draws and lora_drop_batches must be at least 1, lora_drop_steps >= 0"
+            )
         if not 1 <= self.prompts.test < self.prompts.n:
             raise FlexpaftError(
                 f"prompts.test must be between 1 and prompts.n - 1 ({self.prompts.n - 1}), "
@@ -125,6 +171,7 @@ class Study:
         self.progress = progress
         self.prompts_dir = self.out / "prompts"
         self._window: int | None = None
+        self._n_blocks: int | None = None
 
     # -- settings shared by training and evaluation ------------------------------------------
     def _common(self) -> list[str]:
@@ -132,11 +179,16 @@ class Study:
         data = {k: v for k, v in asdict(self.cfg.data).items() if k not in ("limit", "skip")}
         return model + _flat("data.", data)
 
-    def _train_overrides(self, method: str, seed: int) -> list[str]:
+    def run_dir(self, label: str, seed: int) -> Path:
+        """Training output of run ``label`` (a method, ``random-dD`` or ``lora_drop-rank``)."""
+        return self.out / "train" / f"{label}-s{seed}"
+
+    def _train_overrides(self, label: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
+        method = _method_of(label)
         o = self._common() + [
-            f"method={method}",
+            f"method={_train_method(label)}",
             f"seed={seed}",
-            f"output_dir={self.out / 'train' / f'{method}-s{seed}'}",
+            f"output_dir={self.run_dir(label, seed)}",
             "data.skip=0",
             f"data.limit={self.cfg.train_examples}",
             # Balancing happens inside the training slice, so it never reaches the test slice.
@@ -144,7 +196,13 @@ class Study:
         ]
         if method in _USES_PROMPT_SET:
             o.append(f"prompts.prompt_set={self.train_templates()}")
-        return o + _flat("", self.cfg.train)
+        # extra last: a baseline's blocks override any lora.layers_to_transform in `train`.
+        return o + _flat("", self.cfg.train) + list(extra)
+
+    def _train_config(self, label: str, seed: int, extra: Sequence[str] = ()):
+        from .train.config import TrainConfig
+
+        return load_config(TrainConfig, None, self._train_overrides(label, seed, extra))
 
     def train_templates(self) -> Path:
         return (
@@ -188,6 +246,29 @@ class Study:
                 # Builds and validates every training config (keys, values) up front.
                 o = [x for x in self._train_overrides(method, 0) if "prompt_set=" not in x]
                 load_config(TrainConfig, None, o)
+        needs = [m for m in self.cfg.methods if m in _NEEDS_FLEXORA]
+        if needs and "flexora" not in self.cfg.methods:
+            # Trained by an earlier run of this study with the same settings is as good.
+            for seed in self.cfg.seeds:
+                if self._finished(self._train_config("flexora", seed)) is None:
+                    raise FlexpaftError(
+                        f"study method {needs[0]!r} trains on as many blocks as flexora selected "
+                        f"for the same seed: add flexora to methods ({self.run_dir('flexora', seed)} "
+                        "holds no finished flexora run of these settings)"
+                    )
+        if "top_half" in self.cfg.methods:
+            self.n_blocks()  # the model's config is readable and its blocks are found
+        adv = self.prompts_dir / "adversarial.jsonl"
+        if (
+            self.cfg.prompts.adversarial
+            and (self.prompts_dir / "test.jsonl").is_file()
+            and not adv.is_file()
+        ):
+            # Evaluating without it would drop the adversarial columns from every report.
+            raise FlexpaftError(
+                f"prompts.adversarial={self.cfg.prompts.adversarial} but {adv} is missing: run "
+                "the study again to regenerate it, or set prompts.adversarial=0"
+            )
         self._eval_config("unseen", "base", None)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -196,6 +277,7 @@ class Study:
 
         if (self.prompts_dir / "test.jsonl").is_file():
             log.info("prompts: %s exists, kept", self.prompts_dir)
+            self._adversarial_up_to_date()
             return
         p = self.cfg.prompts
         if p.candidates:
@@ -215,6 +297,31 @@ class Study:
         argv += ["--adversarial", str(self.cfg.prompts.adversarial)]
         argv += ["--seed", str(self.cfg.prompts.seed), "--out", str(self.prompts_dir)]
         self._run(main, argv, "prompts generate")
+
+    def _adversarial_up_to_date(self) -> None:
+        """Rewrite adversarial.jsonl when it is missing or not what the settings give.
+
+        The variants are a deterministic function of the unseen test templates, the task's answer
+        format, ``prompts.adversarial`` and ``prompts.seed`` (``make_adversarial``), so a deleted
+        file comes back exactly as generated, and a changed count takes effect without
+        regenerating (and re-splitting) the templates.
+        """
+        from .paft.adversarial import make_adversarial
+        from .prompts import PromptSet
+        from .tasks import load_task
+
+        p = self.cfg.prompts
+        if not p.adversarial:
+            return
+        path = self.prompts_dir / "adversarial.jsonl"
+        task = load_task(self.cfg.data.task)
+        fmt = self.cfg.data.answer_format(task)
+        test = PromptSet.load(self.prompts_dir / "test.jsonl")
+        want = make_adversarial(test, task, fmt, p.adversarial, seed=p.seed)
+        if path.is_file() and PromptSet.load(path).texts == want.texts:
+            return
+        log.warning("prompts: %s %s, rewritten", path, "differs" if path.is_file() else "missing")
+        want.save(path)
 
     def _split_candidates(self, main) -> None:
         """A given pool, validated for the task, split at template level like generated ones."""
@@ -241,25 +348,113 @@ class Study:
         log.info("prompts: %d train, %d unseen test from %s", len(train), len(test), p.candidates)
 
     def train_all(self) -> None:
-        from .train.config import TrainConfig
+        from .flexora.select import top_half_layers
+
+        # flexora before the baselines that take their block count from it.
+        methods = [m for m in self.cfg.methods if m != "base"]
+        methods.sort(key=lambda m: m in _NEEDS_FLEXORA)  # stable: the given order otherwise
+        for method in methods:
+            for seed in self.cfg.seeds:
+                if method == "random":
+                    for d, layers in enumerate(self.random_layers(seed)):
+                        self._train(f"random-d{d}", seed, [_layers_override(layers)])
+                elif method == "lora_drop":
+                    self._train(method, seed, [_layers_override(self.lora_drop_layers(seed))])
+                elif method == "top_half":
+                    layers = top_half_layers(self.n_blocks())
+                    self._train(method, seed, [_layers_override(layers)])
+                else:
+                    self._train(method, seed)
+
+    def _train(self, label: str, seed: int, extra: Sequence[str] = ()):
+        """Train run ``label`` of ``seed`` unless it is done for these settings; its config."""
         from .train.trainer import train
 
-        for method in self.cfg.methods:
-            if method == "base":
-                continue
-            for seed in self.cfg.seeds:
-                cfg = load_config(TrainConfig, None, self._train_overrides(method, seed))
-                manifest = Path(cfg.output_dir) / "manifest.json"
-                if (
-                    _same_config(manifest, asdict(cfg))
-                    and (Path(cfg.output_dir) / "adapter").is_dir()
-                ):
-                    log.info("train %s seed %d: done, kept", method, seed)
-                    continue
-                log.info("train %s seed %d -> %s", method, seed, cfg.output_dir)
-                train(cfg, progress=self.progress)
+        cfg = self._train_config(label, seed, extra)
+        if self._finished(cfg) is not None:
+            log.info("train %s seed %d: done, kept", label, seed)
+            return cfg
+        log.info("train %s seed %d -> %s", label, seed, cfg.output_dir)
+        train(cfg, progress=self.progress)
+        return cfg
+
+    def _finished(self, cfg) -> dict[str, Any] | None:
+        """The manifest of the finished run of ``cfg`` in its output_dir, or None."""
+        from .train.trainer import config_hash
+
+        out = Path(cfg.output_dir)
+        if not (out / "adapter").is_dir():
+            return None
+        try:
+            manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # a damaged file is redone, not trusted
+        if not isinstance(manifest, dict):
+            return None
+        if manifest.get("config") == asdict(cfg):
+            return manifest
+        # A flexora run records the stage-2 config the search built (block list name, gate
+        # ranks), not the one requested; the hash of the request names it.
+        if cfg.method.startswith("flexora") and manifest.get("request_hash") == config_hash(cfg):
+            return manifest
+        return None
+
+    # -- the baselines of Flexora's selection ----------------------------------------------
+    def flexora_search(self, seed: int) -> dict[str, Any]:
+        """The search summary of the finished flexora run of ``seed`` (its layers, n_blocks)."""
+        manifest = self._finished(self._train_config("flexora", seed))
+        if manifest is None or not manifest.get("flexora", {}).get("layers"):
+            raise FlexpaftError(
+                f"{self.run_dir('flexora', seed)} holds no finished flexora run of these "
+                "settings: the random and lora_drop baselines take their block count from it"
+            )
+        return manifest["flexora"]
+
+    def random_layers(self, seed: int) -> list[list[int]]:
+        """``random_draws`` selections of as many blocks as flexora selected for ``seed``."""
+        from .flexora.select import random_selections
+
+        search = self.flexora_search(seed)
+        k, n = len(search["layers"]), int(search["n_blocks"])
+        return random_selections(n, k, self.cfg.random_draws, seed)
+
+    def lora_drop_layers(self, seed: int) -> list[int]:
+        """The k blocks with the largest LoRA output norms after a short all-block LoRA run.
+
+        k and (by default) the run's length in optimizer steps are the flexora search's of the
+        same seed, so both selections cost about the same; the scores are kept in
+        ``train/lora_drop-rank-sS/lora_drop.json`` and reused for the same settings.
+        """
+        from .flexora.baselines import lora_drop_scores
+        from .flexora.select import select_layers
+
+        search = self.flexora_search(seed)
+        steps = self.cfg.lora_drop_steps or max(1, int(search.get("inner_steps") or 0))
+        cfg = self._train(LORA_DROP_RANK, seed, [f"optim.max_steps={steps}"])
+        path = self.run_dir(LORA_DROP_RANK, seed) / LORA_DROP_SCORES
+        key = {"train": asdict(cfg), "batches": self.cfg.lora_drop_batches}
+        if _same_config(path, key):
+            scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
+        else:
+            adapter = Path(cfg.output_dir) / "adapter"
+            scores = lora_drop_scores(cfg, adapter, self.cfg.lora_drop_batches)
+            atomic_write_json(path, {"config": key, "scores": scores})
+        layers = select_layers(scores, "topk", len(search["layers"]))
+        log.info("lora_drop seed %d: blocks %s (scores %s)", seed, layers, scores)
+        return layers
+
+    def n_blocks(self) -> int:
+        """Transformer blocks of the study's model, as the search counts them."""
+        from .flexora.blocks import count_blocks
+
+        if self._n_blocks is None:
+            m = self.cfg.model
+            pattern = self._train_config("top_half", 0).flexora.blocks_pattern
+            self._n_blocks = count_blocks(m.name, pattern, m.trust_remote_code, m.gguf_dtype)
+        return self._n_blocks
 
     def _eval_config(self, set_name: str, method: str, seed: int | None):
+        """Evaluation of run ``method`` (a run label: ``random-d0`` for a random draw)."""
         from .evaluate.run import EvalConfig
 
         run = "base" if seed is None else f"{method}-s{seed}"
@@ -276,9 +471,10 @@ class Study:
             o.append(f"adapter={self.out / 'train' / run / 'adapter'}")
         if set_name == "unseen":
             o.append("reference_template=default")
-            adv = self.prompts_dir / "adversarial.jsonl"
-            if self.cfg.prompts.adversarial and (adv.is_file() or not self.prompts_dir.exists()):
-                o.append(f"adversarial_set={adv}")
+            if self.cfg.prompts.adversarial:
+                # Always, not only when the file exists: check() refuses a missing one rather
+                # than letting the adversarial columns vanish from the reports.
+                o.append(f"adversarial_set={self.prompts_dir / 'adversarial.jsonl'}")
         return load_config(EvalConfig, None, o + _flat("", self.cfg.eval))
 
     def test_window(self) -> int:
@@ -322,11 +518,18 @@ class Study:
                 log.info("eval %s (seed %s) on %s -> %s", method, seed, set_name, cfg.output_dir)
                 run_eval(cfg, progress=self.progress)
 
+    def labels(self) -> list[str]:
+        """Report rows in method order: one per method, one per draw of random."""
+        out = []
+        for m in self.cfg.methods:
+            out += [f"random-d{d}" for d in range(self.cfg.random_draws)] if m == "random" else [m]
+        return out
+
     def _runs(self) -> list[tuple[str, int | None]]:
         return [
-            (m, None) if m == "base" else (m, s)
-            for m in self.cfg.methods
-            for s in ([None] if m == "base" else self.cfg.seeds)
+            (label, None) if label == "base" else (label, s)
+            for label in self.labels()
+            for s in ([None] if label == "base" else self.cfg.seeds)
         ]
 
     def report_all(self) -> dict[str, Path]:
@@ -358,6 +561,24 @@ class Study:
         self.train_all()
         self.eval_all()
         return self.report_all()
+
+
+def _method_of(label: str) -> str:
+    """The study method of a run label: random-d2 -> random, lora_drop-rank -> lora_drop."""
+    if label.startswith("random-d"):
+        return "random"
+    return "lora_drop" if label == LORA_DROP_RANK else label
+
+
+def _train_method(label: str) -> str:
+    """The flexpaft train method of a run: the block baselines (and lora_drop's ranking run) are
+    plain LoRA."""
+    method = _method_of(label)
+    return "lora" if method in BLOCK_BASELINES else method
+
+
+def _layers_override(layers: list[int]) -> str:
+    return f"lora.layers_to_transform={json.dumps(sorted(layers))}"
 
 
 def _same_config(path: Path, cfg: dict[str, Any]) -> bool:

@@ -124,3 +124,32 @@ def modules_by_block(
     if not mapping:
         raise FlexpaftError("the model holds no LoRA modules to gate")
     return mapping
+
+
+def count_blocks(
+    name_or_path: str,
+    blocks_pattern: str = "",
+    trust_remote_code: bool = False,
+    gguf_dtype: str = "bfloat16",
+) -> int:
+    """How many transformer blocks the model ``name_or_path`` has, without loading its weights.
+
+    The model is built from its config on the meta device (no memory, no weights read), so an 8B
+    model is counted as cheaply as a tiny one, and its blocks are found as ``find_blocks`` finds
+    them for the search.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models import resolve_model
+
+    path = resolve_model(name_or_path, gguf_dtype)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise FlexpaftError(
+            f"cannot read model {name_or_path!r}: {str(e).splitlines()[0]}"
+        ) from None
+    return find_blocks(model, blocks_pattern).count

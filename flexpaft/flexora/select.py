@@ -1,4 +1,4 @@
-"""Turning searched alphas into a layer list, plus two baselines (LoRA-drop ranking, random).
+"""Turning searched alphas into a layer list, plus the baselines (LoRA-drop ranking, random, top half).
 
 Rules: ``positive`` keeps alpha_i > 0 (the paper); ``gate`` keeps gate_i > 1, i.e. layers whose
 gate is above the uniform share (alpha_i above the log-mean-exp of alpha, not above 0);
@@ -91,6 +91,36 @@ def random_layers(n_blocks: int, count: int, seed: int = 0) -> list[int]:
         raise FlexpaftError(f"cannot draw {count} of {n_blocks} layers")
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(n_blocks, size=count, replace=False))
+
+
+def random_selections(n_blocks: int, count: int, draws: int, seed: int = 0) -> list[list[int]]:
+    """``draws`` random selections of ``count`` blocks for one seed (the random baseline's draws).
+
+    Draw 0 is ``random_layers(n_blocks, count, seed)``; later draws come from the same generator
+    and repeat no earlier draw while unused combinations remain (so three draws of 2 of 4 blocks
+    are three different pairs). Draw d never depends on how many draws follow it.
+    """
+    if draws < 1:
+        raise FlexpaftError(f"need at least one random draw, not {draws}")
+    if not 1 <= count <= n_blocks:
+        raise FlexpaftError(f"cannot draw {count} of {n_blocks} layers")
+    rng = np.random.default_rng(seed)
+    combinations = math.comb(n_blocks, count)
+    out: list[list[int]] = []
+    while len(out) < draws:
+        pick = sorted(int(i) for i in rng.choice(n_blocks, size=count, replace=False))
+        # Once every combination has been drawn, repeats are all that is left.
+        if pick in out and len(out) < combinations:
+            continue
+        out.append(pick)
+    return out
+
+
+def top_half_layers(n_blocks: int) -> list[int]:
+    """The upper half of the blocks (those nearest the output): the last n_blocks // 2, at least 1."""
+    if n_blocks < 1:
+        raise FlexpaftError("no blocks to take the top half of")
+    return list(range(n_blocks - max(1, n_blocks // 2), n_blocks))
 
 
 @torch.no_grad()

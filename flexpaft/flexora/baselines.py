@@ -1,0 +1,39 @@
+"""LoRA-drop's block scores for a trained all-block adapter, on the batches its training saw.
+
+LoRA-drop (the prior art Flexora is compared against) trains LoRA on every block for a short
+while, runs some training data through it, and keeps the blocks whose LoRA branch moves the
+hidden states most (``select.lora_drop_ranking``). This module feeds that ranking the same
+examples, templates and batches as the training run that produced the adapter.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+from ..errors import FlexpaftError
+from ..train.config import TrainConfig
+from .select import lora_drop_ranking
+
+
+def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) -> list[float]:
+    """LoRA-drop importance per block of ``adapter`` (trained with ``cfg``), over ``batches``
+    training batches drawn as that run drew them (same data slice, templates and seed)."""
+    from accelerate import Accelerator
+
+    from ..evaluate.evaluator import load_adapter
+    from ..tasks.data import split_examples
+    from ..train.data import make_loader
+    from ..train.templates import training_templates
+
+    if batches < 1:
+        raise FlexpaftError(f"LoRA-drop needs at least one batch, not {batches}")
+    task, fmt, examples = cfg.data.load("train")
+    if cfg.validation.enabled:
+        # The trainer holds these out before training; they are not training batches.
+        examples, _ = split_examples(examples, cfg.validation.eval_examples, cfg.seed + 2)
+    model, tok = cfg.model.load()
+    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+    model = load_adapter(model, adapter).eval()
+    loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
+    return lora_drop_ranking(model, list(islice(loader, batches)))
