@@ -299,12 +299,13 @@ class Study:
         self._run(main, argv, "prompts generate")
 
     def _adversarial_up_to_date(self) -> None:
-        """Rewrite adversarial.jsonl when it is missing or not what the settings give.
+        """Regenerate adversarial.jsonl when it is missing; warn when it is not what the settings give.
 
         The variants are a deterministic function of the unseen test templates, the task's answer
         format, ``prompts.adversarial`` and ``prompts.seed`` (``make_adversarial``), so a deleted
-        file comes back exactly as generated, and a changed count takes effect without
-        regenerating (and re-splitting) the templates.
+        file comes back exactly as generated. A file that differs (the count or seed changed after
+        the prompts step) is kept: evaluations already done used it, and they are keyed by its
+        path, not its content.
         """
         from .paft.adversarial import make_adversarial
         from .prompts import PromptSet
@@ -318,10 +319,18 @@ class Study:
         fmt = self.cfg.data.answer_format(task)
         test = PromptSet.load(self.prompts_dir / "test.jsonl")
         want = make_adversarial(test, task, fmt, p.adversarial, seed=p.seed)
-        if path.is_file() and PromptSet.load(path).texts == want.texts:
-            return
-        log.warning("prompts: %s %s, rewritten", path, "differs" if path.is_file() else "missing")
-        want.save(path)
+        if not path.is_file():
+            log.warning("prompts: %s was missing, regenerated", path)
+            want.save(path)
+        elif PromptSet.load(path).texts != want.texts:
+            log.warning(
+                "prompts: %s was made with other settings than prompts.adversarial=%d, seed=%d; "
+                "kept (delete %s and eval/ to redo them)",
+                path,
+                p.adversarial,
+                p.seed,
+                self.prompts_dir,
+            )
 
     def _split_candidates(self, main) -> None:
         """A given pool, validated for the task, split at template level like generated ones."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from itertools import combinations
 
 import pytest
@@ -89,7 +90,7 @@ def test_random_and_lora_drop_need_flexora(tmp_path, tiny_model_dir, capsys):
         assert not (tmp_path / "study" / "train").exists()  # refused before any training
 
 
-def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_model_dir):
+def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_model_dir, caplog):
     from flexpaft.config import load_config
     from flexpaft.study import Study, StudyConfig
 
@@ -110,10 +111,13 @@ def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_mode
     study.generate()
     assert adv.read_text() == original
     study.check()
-    # Two variants per template now: the step takes the new count without re-splitting.
+    # Two variants per template asked for after the prompts step: the file is kept (evaluations
+    # used it) and the mismatch is said.
     study2 = Study(load_config(StudyConfig, path, ["prompts.adversarial=2"]), progress=False)
-    study2.generate()
-    assert len(adv.read_text().splitlines()) > len(original.splitlines())
+    with caplog.at_level(logging.WARNING, logger="flexpaft.study"):
+        study2.generate()
+    assert adv.read_text() == original
+    assert "made with other settings than prompts.adversarial=2" in caplog.text
 
 
 def test_flexora_study_trains_every_baseline_and_reports_them(tmp_path, tiny_model_dir, capsys):
