@@ -266,8 +266,9 @@ class Study:
         ):
             # Evaluating without it would drop the adversarial columns from every report.
             raise FlexpaftError(
-                f"prompts.adversarial={self.cfg.prompts.adversarial} but {adv} is missing: run "
-                "the study again to regenerate it, or set prompts.adversarial=0"
+                f"prompts.adversarial={self.cfg.prompts.adversarial} but {adv} is missing: "
+                "the study's prompts step regenerates it (run the study), or set "
+                "prompts.adversarial=0"
             )
         self._eval_config("unseen", "base", None)
 
