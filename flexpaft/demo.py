@@ -17,6 +17,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,25 +37,51 @@ from .train.trainer import train
 DEFAULT_TASK = "bigbench:entailed_polarity"
 
 
+# The CPU setting fits README command (1) in 15 minutes on 2 cores; a GPU runs the larger one.
+CPU_SIZE = {"train_examples": 100, "test_examples": 200, "test_templates": 8}
+GPU_SIZE = {"train_examples": 1000, "test_examples": 600, "test_templates": 50}
+FULL_SIZE_HELP = (
+    "On a GPU the same command runs the larger setting ("
+    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GPU_SIZE.items())
+    + "). To run that size anywhere, pass it: flexpaft demo --train-examples 1000 "
+    "--test-examples 600 --test-templates 50 --epochs 3; for a whole study with seeds and "
+    "intervals see `flexpaft study --help` and configs/study_*.yaml."
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    gpu = torch.cuda.is_available()
+    size = GPU_SIZE if torch.cuda.is_available() else CPU_SIZE
+    p.epilog = FULL_SIZE_HELP
     p.add_argument("--task", default=DEFAULT_TASK, help="task (default: %(default)s)")
     p.add_argument(
         "--model", default="embedded", help="base model (default: the embedded SmolLM2-135M)"
     )
     p.add_argument("--out", "-o", default="runs/demo", help="output directory")
-    p.add_argument("--train-examples", type=int, default=100, help="training examples")
+    p.add_argument(
+        "--train-examples",
+        type=int,
+        default=size["train_examples"],
+        help="training examples (default here: %(default)s)",
+    )
     p.add_argument(
         "--test-examples",
         type=int,
-        default=0,
-        help="test examples, taken after the training ones (0 = all the rest)",
+        default=size["test_examples"],
+        help="held-out test examples, taken after the training ones (0 = all the rest; "
+        "default here: %(default)s)",
+    )
+    p.add_argument(
+        "--balance-test",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="test on equally many examples of every answer, so the label prior scores chance "
+        "(default: on)",
     )
     p.add_argument(
         "--test-templates",
         type=int,
-        default=50 if gpu else 8,
-        help="held-out templates to evaluate under",
+        default=size["test_templates"],
+        help="held-out templates to evaluate under (default here: %(default)s)",
     )
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -152,21 +179,27 @@ def run(args: argparse.Namespace) -> int:
         )
         runs["paft"] = t.adapter_dir
 
-    test_data = load_config(
-        EvalConfig,
-        None,
-        data + [f"data.skip={args.train_examples}", f"data.limit={args.test_examples}"],
-    ).data
-    _, _, test_examples = test_data.load()
+    test_slice = [f"data.skip={args.train_examples}"]
+    if args.balance_test:
+        from .settings import balanced_window
+
+        probe = load_config(EvalConfig, None, data).data
+        window = balanced_window(probe, args.train_examples, args.test_examples or 10**9)
+        test_slice += [f"data.limit={window}", "data.balance_labels=true"]
+    else:
+        test_slice.append(f"data.limit={args.test_examples}")
+    _, _, test_examples = load_config(EvalConfig, None, data + test_slice).data.load()
     say(
         f"[4/5] evaluating under {len(test_set)} held-out templates x {len(test_examples)} examples"
     )
-    eval_common = data + [
-        f"data.skip={args.train_examples}",
-        f"data.limit={args.test_examples}",
-        f"prompt_set={out / 'templates' / 'test.jsonl'}",
-        "reference_template=default",
-    ]
+    eval_common = (
+        data
+        + test_slice
+        + [
+            f"prompt_set={out / 'templates' / 'test.jsonl'}",
+            "reference_template=default",
+        ]
+    )
     results = {}
     for name, adapter in [("base", None), *runs.items()]:
         slug = name.split()[0]
@@ -187,19 +220,82 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = [(name, load_run(str(path))[1]) for name, path in results.items()]
     report = build_report(loaded, thresholds=(0.6, 0.7))
-    # A model that learned only the label prior scores this on every template; say so beside
-    # the table, so nobody mistakes the prior for the task.
-    golds = [e.gold for e in test_examples]
-    majority = max(golds.count(g) for g in set(golds)) / len(golds)
-    md = render_markdown(report) + (
-        f"\nAlways answering the majority label would score {100 * majority:.1f}% on these "
-        f"{len(golds)} examples.\n"
-    )
+    md = render_markdown(report)
     atomic_write_text(out / "report.md", md)
     png = plot_per_template(report, out / "per_template.png")
     print()
-    print(md)
-    print(
-        f"plot: {png or '-'}\nreport: {out / 'report.md'}\ntotal time: {time.time() - started:.0f} s"
-    )
+    print(console_summary(report))
+    print()
+    print(conclusion(report, out / "report.md", png))
+    print(f"total time: {time.time() - started:.0f} s")
     return 0
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def console_summary(report: dict[str, Any]) -> str:
+    """The interval table and the paired differences, as the terminal shows them."""
+    from .report.report_cmd import (
+        _markdown_table,
+        comparison_table,
+        interval_note,
+        interval_table,
+        summary_table,
+    )
+
+    lines = ["Accuracy (%) across the held-out templates:", *_markdown_table(summary_table(report))]
+    ivt = interval_table(report)
+    if ivt:
+        lines += ["", "With 95% intervals:", *_markdown_table(ivt)]
+        cmp = comparison_table(report)
+        if cmp:
+            lines += ["", *_markdown_table(cmp)]
+        lines += ["", interval_note(report)]
+    return "\n".join(lines)
+
+
+def conclusion(report: dict[str, Any], md: Path, png: Path | None) -> str:
+    """Two or three plain sentences: what the table shows, and where the report and plot are.
+
+    Built from the report's numbers and intervals, so it says "not separated" whenever the
+    run did not separate the methods.
+    """
+    methods = {m["name"]: m for m in report["methods"]}
+    n_t, n_x = len(report["templates"]), report["examples"]
+    tuned = "paft" if "paft" in methods else next(n for n in methods if n != "base")
+    other = "lora (one prompt)" if tuned == "paft" and "lora (one prompt)" in methods else "base"
+    m = methods[tuned]
+    cmp = next(
+        (c for c in report.get("comparisons") or [] if c["a"] == tuned and c["b"] == other),
+        None,
+    )
+    where = f"The full report is {md}" + (f" and the per-template plot {png}." if png else ".")
+    if cmp is None:  # no intervals (mismatched runs): plain numbers only
+        return (
+            f"On {n_t} held-out templates, {tuned} averages {100 * m['mean']:.1f}% against "
+            f"{100 * methods[other]['mean']:.1f}% for {other}. {where}"
+        )
+
+    def verdict(d: dict[str, Any]) -> str:
+        return "separated" if d["separated"] else "not separated"
+
+    d, w = cmp["mean_diff"], cmp["min_diff"]
+    first = (
+        f"On {n_t} templates it never trained on ({n_x} held-out examples each), {tuned} "
+        f"averages {100 * m['mean']:.1f}%, {100 * d['value']:+.1f} points against {other} "
+        f"({_ci(d)}, {verdict(d)})"
+    )
+    vm = m.get("vs_majority")
+    if vm and report.get("majority_rate") is not None:
+        first += (
+            f" and {100 * vm['value']:+.1f} against always answering the most common label, "
+            f"{100 * report['majority_rate']:.1f}% ({_ci(vm)}, {verdict(vm)})"
+        )
+    second = (
+        f"Its worst template scores {100 * m['min']:.1f}% against "
+        f"{100 * methods[other]['min']:.1f}% for {other} ({100 * w['value']:+.1f} points, "
+        f"{_ci(w)}, {verdict(w)})."
+    )
+    return f"{first}. {second} {where}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .chat import CHOICES_HELP
@@ -138,6 +138,28 @@ class DataSettings:
                 f"no examples left in {self.source or task.name} after skip={self.skip}"
             )
         return task, fmt, examples
+
+
+def balanced_window(data: DataSettings, skip: int, n: int) -> int:
+    """Raw examples after the first ``skip`` that hold ``n`` label-balanced test examples.
+
+    The shortest window in which every gold answer occurs ``ceil(n / answers)`` times, so
+    ``balance_labels`` inside it keeps exactly that many of each (the first ones, in data order)
+    and the test slice never reaches back into training.
+    """
+    rest_cfg = replace(data, skip=skip, limit=0, balance_labels=False)
+    _, _, rest = rest_cfg.load()
+    golds = sorted({e.gold for e in rest})
+    need = -(-n // len(golds))  # ceil: per answer
+    counts = dict.fromkeys(golds, 0)
+    for i, ex in enumerate(rest, 1):
+        counts[ex.gold] += 1
+        if min(counts.values()) >= need:
+            return i
+    raise FlexpaftError(
+        f"only {min(counts.values())} examples of the rarest answer after the first {skip}: "
+        f"too few for {n} label-balanced test examples"
+    )
 
 
 def balance_by_gold(examples: list[Example]) -> list[Example]:

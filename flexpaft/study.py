@@ -24,14 +24,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import add_config_arguments, config_from_args, load_config, opt, section
 from .errors import FlexpaftError
 from .io import atomic_write_json
-from .settings import DataSettings, ModelSettings
+from .settings import DataSettings, ModelSettings, balanced_window
 
 log = logging.getLogger(__name__)
 
@@ -497,22 +497,9 @@ class Study:
         if not self.cfg.balance_test:
             return self.cfg.test_examples
         if self._window is None:
-            data = replace(self.cfg.data, skip=self.cfg.train_examples, limit=0)
-            data.balance_labels = False
-            _, _, rest = data.load()
-            golds = sorted({e.gold for e in rest})
-            need = -(-self.cfg.test_examples // len(golds))  # ceil: per answer
-            counts = dict.fromkeys(golds, 0)
-            for i, ex in enumerate(rest, 1):
-                counts[ex.gold] += 1
-                if min(counts.values()) >= need:
-                    self._window = i
-                    break
-            else:
-                raise FlexpaftError(
-                    f"only {min(counts.values())} examples of the rarest answer after the "
-                    f"training slice: too few for {self.cfg.test_examples} balanced test examples"
-                )
+            self._window = balanced_window(
+                self.cfg.data, self.cfg.train_examples, self.cfg.test_examples
+            )
         return self._window
 
     def eval_all(self) -> None:

@@ -54,7 +54,65 @@ def test_demo_runs_the_whole_flow(tmp_path, tiny_model_dir, monkeypatch, capsys)
     for name in ("base", "lora (one prompt)", "paft"):
         assert name in out
     report = (tmp_path / "demo" / "report.md").read_text()
+    # The test slice is label-balanced: 4 of each answer out of the 8 asked for.
     assert "3 unseen test templates, 8 examples" in report
-    assert "Always answering the majority label would score" in report
+    assert "Always answering the most common gold answer scores 50.0%" in report
+    # The closing sentences come from the report's numbers and say whether intervals separate.
+    assert "On 3 templates it never trained on (8 held-out examples each), paft averages" in out
+    assert "against lora (one prompt)" in out
+    assert "separated" in out and "per-template plot" in out
     assert (tmp_path / "demo" / "per_template.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo" / "lora" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_demo_help_says_how_to_run_full_size(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--train-examples 1000 --test-examples 600 --test-templates 50" in out
+
+
+def test_conclusion_reports_separation_from_the_intervals(tmp_path):
+    from flexpaft.demo import conclusion
+
+    def method(name, mean, low):
+        return {
+            "name": name,
+            "mean": mean,
+            "min": low,
+            "vs_majority": {"value": mean - 0.5, "low": 0.02, "high": 0.2, "separated": True},
+        }
+
+    report = {
+        "templates": ["t1", "t2"],
+        "examples": 10,
+        "majority_rate": 0.5,
+        "methods": [
+            method("base", 0.5, 0.4),
+            method("lora (one prompt)", 0.55, 0.3),
+            method("paft", 0.62, 0.58),
+        ],
+        "comparisons": [
+            {
+                "a": "paft",
+                "b": "lora (one prompt)",
+                "mean_diff": {"value": 0.07, "low": 0.01, "high": 0.12, "separated": True},
+                "min_diff": {"value": 0.28, "low": -0.01, "high": 0.4, "separated": False},
+            }
+        ],
+    }
+    text = conclusion(report, tmp_path / "report.md", None)
+    assert (
+        "paft averages 62.0%, +7.0 points against lora (one prompt) ([+1.0, +12.0], separated)"
+        in text
+    )
+    assert (
+        "+12.0 against always answering the most common label, 50.0% ([+2.0, +20.0], separated)"
+        in text
+    )
+    assert (
+        "worst template scores 58.0% against 30.0% for lora (one prompt) (+28.0 points, [-1.0, +40.0], not separated)"
+        in text
+    )
