@@ -127,6 +127,21 @@ def test_custom_task_gets_a_generic_bank():
     assert all(t.problems(task, AnswerFormat.LABEL_WORDS) == [] for t in ps)
     rendered = [t.render(task.normalize({"review": "Great", "label": 0}).fields) for t in ps]
     assert any("Is the {review} positive?" in r for r in rendered)
+    # Its answers are positive/negative, so no cue may ask for yes or no.
+    assert not any("yes or no" in t.text.lower() for t in ps)
+    yes_no = TaskSpec.from_mapping(
+        {
+            "name": "my_yes_no",
+            "description": "Is the review positive?",
+            "fields": ["review"],
+            "required": ["review"],
+            "fixed_options": ["yes", "no"],
+            "label_words": ["yes", "no"],
+            "formats": ["label_words"],
+        }
+    )
+    yes_no_set = generate_offline(yes_no, AnswerFormat.LABEL_WORDS, 200, seed=0)
+    assert any("yes or no" in t.text.lower() for t in yes_no_set)
 
 
 def test_recase_changes_literal_text_only():

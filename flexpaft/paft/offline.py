@@ -132,8 +132,11 @@ def _instruction(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.
     return " ".join(p for p in (phrase, hint, request) if p)
 
 
-def _cue(fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
+def _cue(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
     cues = bank.cues.get(fmt.value) or tuple(load_bank()["cues"][fmt.value])
+    if {w.lower() for w in task.label_words} != {"yes", "no"}:
+        # "Answer (yes or no):" would ask a seven-intent or true/false task for the wrong words.
+        cues = tuple(c for c in cues if "yes or no" not in c.lower()) or cues
     return rng.choice(cues)
 
 
@@ -184,7 +187,7 @@ def compose(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Rando
     # Cues are plain words (no slots), cased like the field labels. Letters and option texts
     # always follow a cue (the answer must read as its continuation); label words may not.
     drop_cue = fmt is AnswerFormat.LABEL_WORDS and rng.random() < _NO_CUE
-    cue = "" if cloze_blank or drop_cue else _label_case(_cue(fmt, bank, rng), style.casing)
+    cue = "" if cloze_blank or drop_cue else _label_case(_cue(task, fmt, bank, rng), style.casing)
     place = "lead" if cloze_blank else rng.choice(_INSTRUCTION_PLACES)
     if place == "none" and fmt is AnswerFormat.GENERATION:
         place = "lead"  # generation must ask for the answer format explicitly
