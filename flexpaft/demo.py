@@ -30,22 +30,23 @@ from .tasks import load_task
 from .train.config import TrainConfig
 from .train.trainer import train
 
-# BIG-bench's entailed_polarity: short yes/no questions about implicative verbs ("Ann managed to
-# open the door. Did Ann open the door?"). The embedded 135M model is below chance on it and its
-# answers flip with the wording; 40 LoRA steps on 100 examples move it within 2 CPU minutes, which
-# is what a demo on 2 cores can afford. Measured candidates are in docs/RESULTS.md.
-DEFAULT_TASK = "bigbench:entailed_polarity"
+# BIG-bench's intent_recognition (SNIPS utterances, 7 intents, 693 examples): the embedded 135M
+# model is near chance on it (1 in 7), and a one-prompt LoRA learns it under its own wording
+# but not under others, which is the gap PAFT closes. Candidates measured before choosing it
+# (entailed_polarity, fever, navigate, multiemo...) are in docs/RESULTS.md.
+DEFAULT_TASK = "bigbench:intent_recognition"
 
 
 # The CPU setting fits README command (1) in 15 minutes on 2 cores; a GPU runs the larger one.
-CPU_SIZE = {"train_examples": 100, "test_examples": 200, "test_templates": 8}
-GPU_SIZE = {"train_examples": 1000, "test_examples": 600, "test_templates": 50}
+CPU_SIZE = {"train_examples": 400, "test_examples": 140, "test_templates": 8}
+# intent_recognition has 693 examples: 400 train, and the rest holds 28 test examples per intent.
+GPU_SIZE = {"train_examples": 400, "test_examples": 196, "test_templates": 50}
 FULL_SIZE_HELP = (
-    "On a GPU the same command runs the larger setting ("
-    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GPU_SIZE.items())
-    + "). To run that size anywhere, pass it: flexpaft demo --train-examples 1000 "
-    "--test-examples 600 --test-templates 50 --epochs 3; for a whole study with seeds and "
-    "intervals see `flexpaft study --help` and configs/study_*.yaml."
+    "On a GPU the same command runs the larger setting: "
+    + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in GPU_SIZE.items())
+    + " (50 unseen templates instead of 8). Pass those flags to run it anywhere; for a larger "
+    "task, more seeds and intervals across them, see `flexpaft study --help` and "
+    "configs/study_*.yaml."
 )
 
 
@@ -83,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=size["test_templates"],
         help="held-out templates to evaluate under (default here: %(default)s)",
     )
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument(
         "--paft",

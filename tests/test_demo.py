@@ -71,7 +71,7 @@ def test_demo_help_says_how_to_run_full_size(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--train-examples 1000 --test-examples 600 --test-templates 50" in out
+    assert "--train-examples 400 --test-examples 196 --test-templates 50" in out
 
 
 def test_conclusion_reports_separation_from_the_intervals(tmp_path):
