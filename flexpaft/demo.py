@@ -94,6 +94,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 arithmetic: training under bf16 autocast (LoRA weights stay fp32) and "
+        "evaluation with bf16 weights. auto: on where the hardware computes bf16 natively (a "
+        "GPU, or a CPU with AVX512-BF16/AMX: about 1.5x faster training and 2x faster "
+        "evaluation there), off elsewhere, where it would be emulated and slower",
+    )
+    p.add_argument(
         "--chat-template",
         default="",
         help="auto, none or a Jinja file, for training and evaluation alike (default: the "
@@ -127,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     say = print
 
-    say(f"[1/5] task {args.task} and model {args.model}")
+    arith = "bf16" if use_bf16(args.bf16) else "fp32"
+    say(f"[1/5] task {args.task} and model {args.model} ({arith} arithmetic)")
     task = load_task(args.task)
     fmt = task.default_format
 
@@ -143,16 +153,27 @@ def run(args: argparse.Namespace) -> int:
     data = [f"data.task={args.task}", f"model.name={args.model}", "data.max_length=256"]
     if args.chat_template:
         data.append(f"model.chat_template={args.chat_template}")
-    train_common = data + [
-        f"data.limit={args.train_examples}",
-        f"optim.lr={args.lr}",
-        f"optim.epochs={args.epochs}",
-        "optim.batch_size=8",
-        "optim.warmup_ratio=0.1",
-        f"seed={args.seed}",
-        "checkpoint_every=20",
-        "log_every=5",
-    ]
+    eval_data = list(data)
+    if use_bf16(args.bf16) and not torch.cuda.is_available():
+        # On a GPU both are the defaults already (bf16 weights); on a CPU say so explicitly.
+        data_train_extra = ["compute.mixed_precision=bf16"]
+        eval_data.append("model.dtype=bfloat16")
+    else:
+        data_train_extra = []
+    train_common = (
+        data
+        + data_train_extra
+        + [
+            f"data.limit={args.train_examples}",
+            f"optim.lr={args.lr}",
+            f"optim.epochs={args.epochs}",
+            "optim.batch_size=8",
+            "optim.warmup_ratio=0.1",
+            f"seed={args.seed}",
+            "checkpoint_every=20",
+            "log_every=5",
+        ]
+    )
     runs = {}
     say(f"[3/5] fine-tuning with one prompt on {args.train_examples} examples")
     # The demo owns its subdirectories: a rerun with other settings replaces its own runs.
@@ -184,12 +205,12 @@ def run(args: argparse.Namespace) -> int:
     if args.balance_test:
         from .settings import balanced_window
 
-        probe = load_config(EvalConfig, None, data).data
+        probe = load_config(EvalConfig, None, eval_data).data
         window = balanced_window(probe, args.train_examples, args.test_examples or 10**9)
         test_slice += [f"data.limit={window}", "data.balance_labels=true"]
     else:
         test_slice.append(f"data.limit={args.test_examples}")
-    _, _, test_examples = load_config(EvalConfig, None, data + test_slice).data.load()
+    _, _, test_examples = load_config(EvalConfig, None, eval_data + test_slice).data.load()
     say(
         f"[4/5] evaluating under {len(test_set)} held-out templates x {len(test_examples)} examples"
     )
@@ -230,6 +251,19 @@ def run(args: argparse.Namespace) -> int:
     print(conclusion(report, out / "report.md", png))
     print(f"total time: {time.time() - started:.0f} s")
     return 0
+
+
+def use_bf16(choice: str) -> bool:
+    """Whether ``--bf16 choice`` means bf16 on this machine."""
+    if choice != "auto":
+        return choice == "on"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        # oneDNN's own test for native bf16 (AVX512-BF16 or AMX); without it bf16 is emulated.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _ci(d: dict[str, Any]) -> str:

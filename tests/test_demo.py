@@ -116,3 +116,15 @@ def test_conclusion_reports_separation_from_the_intervals(tmp_path):
         "worst template scores 58.0% against 30.0% for lora (one prompt) (+28.0 points, [-1.0, +40.0], not separated)"
         in text
     )
+
+
+def test_bf16_choice():
+    from flexpaft.demo import use_bf16
+
+    assert use_bf16("on") is True
+    assert use_bf16("off") is False
+    import torch
+
+    if not torch.cuda.is_available():
+        # auto follows oneDNN's test for native bf16, so an emulating CPU stays on fp32.
+        assert use_bf16("auto") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
