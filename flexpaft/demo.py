@@ -98,10 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bf16",
         choices=("auto", "on", "off"),
         default="auto",
-        help="bf16 arithmetic: training under bf16 autocast (LoRA weights stay fp32) and "
-        "evaluation with bf16 weights. auto: on where the hardware computes bf16 natively (a "
-        "GPU, or a CPU with AVX512-BF16/AMX: about 1.5x faster training and 2x faster "
-        "evaluation there), off elsewhere, where it would be emulated and slower",
+        help="bf16 arithmetic for training: bf16 autocast, LoRA weights stay fp32 (evaluation "
+        "keeps the model's default dtype: fp32 on a CPU). auto: on where the hardware computes "
+        "bf16 natively (a GPU, or a CPU with AVX512-BF16/AMX: about 1.5x faster training "
+        "there), off elsewhere, where it would be emulated and slower",
     )
     p.add_argument(
         "--chat-template",
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     say = print
 
     arith = "bf16" if use_bf16(args.bf16) else "fp32"
-    say(f"[1/5] task {args.task} and model {args.model} ({arith} arithmetic)")
+    say(f"[1/5] task {args.task} and model {args.model} ({arith} training)")
     task = load_task(args.task)
     fmt = task.default_format
 
@@ -154,16 +154,11 @@ def run(args: argparse.Namespace) -> int:
     data = [f"data.task={args.task}", f"model.name={args.model}", "data.max_length=256"]
     if args.chat_template:
         data.append(f"model.chat_template={args.chat_template}")
-    eval_data = list(data)
-    if use_bf16(args.bf16) and not torch.cuda.is_available():
-        # On a GPU both are the defaults already (bf16 weights); on a CPU say so explicitly.
-        data_train_extra = ["compute.mixed_precision=bf16"]
-        eval_data.append("model.dtype=bfloat16")
-    else:
-        data_train_extra = []
+    # On a GPU bf16 is the default already; on a CPU autocast must be asked for.
+    cpu_bf16 = use_bf16(args.bf16) and not torch.cuda.is_available()
     train_common = (
         data
-        + data_train_extra
+        + (["compute.mixed_precision=bf16"] if cpu_bf16 else [])
         + [
             f"data.limit={args.train_examples}",
             f"optim.lr={args.lr}",
@@ -209,12 +204,12 @@ def run(args: argparse.Namespace) -> int:
     if args.balance_test:
         from .settings import balanced_window
 
-        probe = load_config(EvalConfig, None, eval_data).data
+        probe = load_config(EvalConfig, None, data).data
         window = balanced_window(probe, args.train_examples, args.test_examples or 10**9)
         test_slice += [f"data.limit={window}", "data.balance_labels=true"]
     else:
         test_slice.append(f"data.limit={args.test_examples}")
-    _, _, test_examples = load_config(EvalConfig, None, eval_data + test_slice).data.load()
+    _, _, test_examples = load_config(EvalConfig, None, data + test_slice).data.load()
     say(
         f"[4/5] evaluating under {len(test_set)} held-out templates x {len(test_examples)} examples"
     )
