@@ -11,6 +11,7 @@ from typing import ClassVar
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
@@ -73,6 +74,7 @@ class EvalConfig:
     )
 
 
+@releases_memory
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the inputs is found before the model is loaded.

@@ -29,7 +29,7 @@ from .. import __version__
 from ..chat import chat_record, resolve_chat
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
-from ..memory import peak_memory
+from ..memory import peak_memory, release_memory, releases_memory
 from ..modelcard import write_model_card
 from ..models import base_fingerprint
 from ..prompts import PromptSet, Template
@@ -118,6 +118,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
+@releases_memory
 def train(
     cfg: TrainConfig,
     accelerator: Accelerator | None = None,
@@ -176,6 +177,7 @@ def train(
         # with the ranks it chose (flexora.ranks).
         cfg = dataclasses.replace(cfg, lora=outcome.stage2_lora(cfg.lora))
         set_seed(cfg.seed)
+        release_memory()  # the search's freed heap, before stage 2 adds its own peak
 
     out = Path(cfg.output_dir)
     result = train_lora(
