@@ -64,10 +64,9 @@ def _rss_mib() -> float:
 
 def _glibc() -> bool:
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        return sys.platform.startswith("linux") and hasattr(ctypes.CDLL("libc.so.6"), "malloc_trim")
+    except OSError:
         return False
-    return sys.platform.startswith("linux")
 
 
 @pytest.mark.skipif(not _glibc(), reason="malloc_trim is glibc's")
