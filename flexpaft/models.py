@@ -20,6 +20,7 @@ import torch
 
 from .errors import FlexpaftError
 from .io import atomic_directory
+from .memory import releases_memory
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ def dequantize_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
     cache (an 8B model: 16 GB instead of 32). ``load_model`` casts to the run's dtype, so a CPU
     run still computes in fp32. An fp32 cache made by earlier versions (no suffix) serves both.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if dtype not in GGUF_DTYPES:
         raise FlexpaftError(f"model.gguf_dtype must be one of {', '.join(GGUF_DTYPES)}")
     if not gguf.is_file():
@@ -103,6 +102,14 @@ def dequantize_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("dequantizing %s into %s (once, %s)", gguf, target, dtype)
+    _write_dequantized(gguf, target, dtype)
+    return target
+
+
+@releases_memory  # its float model is garbage once saved: 0.5 GB the first training would keep
+def _write_dequantized(gguf: Path, target: Path, dtype: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -120,7 +127,6 @@ def dequantize_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "flexpaft_source.json").write_text(json.dumps({"gguf": str(gguf)}))
-    return target
 
 
 def resolve_model(name_or_path: str, gguf_dtype: str = "bfloat16") -> str:
