@@ -281,9 +281,9 @@ def dequantize_apart(model: str) -> None:
     """
     import multiprocessing
 
-    from .models import EMBEDDED_ALIASES
+    from .models import is_gguf
 
-    if model not in EMBEDDED_ALIASES and not model.lower().endswith(".gguf"):
+    if not is_gguf(model):
         return
     child = multiprocessing.get_context("spawn").Process(target=_dequantize_child, args=(model,))
     child.start()

@@ -129,13 +129,18 @@ def _write_dequantized(gguf: Path, target: Path, dtype: str) -> None:
         (tmp / "flexpaft_source.json").write_text(json.dumps({"gguf": str(gguf)}))
 
 
+def is_gguf(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a GGUF model (the embedded one or a .gguf file), which
+    :func:`resolve_model` dequantizes once into the cache."""
+    return name_or_path in EMBEDDED_ALIASES or Path(name_or_path).suffix.lower() == ".gguf"
+
+
 def resolve_model(name_or_path: str, gguf_dtype: str = "bfloat16") -> str:
     """A local float checkpoint directory or hub id for ``name_or_path``."""
-    if name_or_path in EMBEDDED_ALIASES:
-        return str(dequantize_gguf(embedded_gguf(), gguf_dtype))
+    if is_gguf(name_or_path):
+        gguf = embedded_gguf() if name_or_path in EMBEDDED_ALIASES else Path(name_or_path)
+        return str(dequantize_gguf(gguf, gguf_dtype))
     p = Path(name_or_path)
-    if p.suffix.lower() == ".gguf":
-        return str(dequantize_gguf(p, gguf_dtype))
     if p.exists() and not (p / "config.json").is_file():
         raise FlexpaftError(f"{p} is not a model directory (no config.json)")
     if not p.exists() and _looks_local(name_or_path):
