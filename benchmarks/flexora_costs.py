@@ -108,15 +108,21 @@ def instrument(device: torch.device, peaks: dict[str, Any]) -> None:
 
 
 def shape_loader(device: torch.device) -> None:
-    """Let ``train`` load a random-init shape (the trainer only knows real checkpoints)."""
-    real = trainer_mod.load_model
+    """Let ``train`` load a random-init shape (the trainer only knows real checkpoints).
 
-    def load_model(name: str, dtype: str, dev: Any, trust: bool = False) -> Any:
+    The trainer loads through ``flexpaft.models.load_model``, imported at call time by
+    train/compute.py's ``load_for_training``, so replacing the module attribute reaches it.
+    """
+    import flexpaft.models as models_mod
+
+    real = models_mod.load_model
+
+    def load_model(name: str, dtype: str = "auto", dev: Any = None, *a: Any, **k: Any) -> Any:
         if name in SHAPES:
-            return load_bench_model(name, torch.device(dev), dtype)
-        return real(name, dtype, dev, trust)
+            return load_bench_model(name, torch.device(dev or device), dtype)
+        return real(name, dtype, dev, *a, **k)
 
-    trainer_mod.load_model = load_model
+    models_mod.load_model = load_model
 
 
 def flexora_config(args: Any, out: Path, **flexora: Any) -> TrainConfig:
@@ -137,7 +143,9 @@ def flexora_config(args: Any, out: Path, **flexora: Any) -> TrainConfig:
         ),
         lora=LoraSettings(),
         optim=OptimSettings(batch_size=args.batch, epochs=args.epochs, num_workers=-1),
-        flexora=FlexoraSettings(val_examples=args.val_examples, **flexora),
+        flexora=FlexoraSettings(
+            val_examples=args.val_examples, **{"micro_batch": args.micro_batch, **flexora}
+        ),
     )
 
 
@@ -428,6 +436,12 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=3.0, help="part 1: stage-2 epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=0,
+        help="part 1: flexora.micro_batch, rows per forward in the search (0 = auto, half a batch)",
+    )
     p.add_argument("--mem-steps", type=int, default=4, help="part 1: steps of the memory probe")
     p.add_argument("--test", type=int, default=200, help="part 1: test examples (after --limit)")
     p.add_argument(

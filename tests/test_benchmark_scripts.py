@@ -1,0 +1,48 @@
+"""The Flexora cost benchmark still runs against the trainer it instruments.
+
+benchmarks/ are not timed tests, but flexora_costs.py patches the trainer's model loading and
+wraps its phases; a refactor of the trainer broke it once unnoticed (it looked for a
+``load_model`` the trainer no longer had). This runs its part 1 on a tiny random-init shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import needs_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_shared
+def test_flexora_costs_part_one_runs_on_a_tiny_shape(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "costs.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "flexora_costs.py"),
+        "--model=llama-tiny",
+        "--parts=1",
+        "--limit=20",
+        "--val-examples=8",
+        "--mem-steps=1",
+        "--compare=never",
+        "--epochs=1",
+        "--max-length=64",
+        f"--out={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    row = result["search_vs_training"]
+    # 12 training examples in batches of 4: stage 2 is one epoch of 3 steps.
+    assert row["train_examples"] == 12 and row["stage2_steps"] == 3
+    assert row["search_cpu_s"] > 0 and row["stage2_cpu_s"] > 0 and row["n_blocks"] == 6
+    memory = result["memory"]
+    assert memory["search_added_mib"] > 0 and memory["stage2_added_mib"] > 0
