@@ -46,6 +46,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "flexora.search_examples": (0, None, False),
     "flexora.alpha_lr": (0, None, True),
     "flexora.val_batches": (1, None, False),
+    "flexora.micro_batch": (0, None, False),
     "flexora.unroll": (0, None, False),
     "flexora.k": (0, None, False),
     "flexora.fraction": (0, 1, True),

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..train.data import answer_loss
+from .chunks import weighted_chunks
 from .gates import LayerGates
 
 Batch = dict[str, torch.Tensor]
@@ -32,10 +33,12 @@ def alpha_gradient(
     gates: LayerGates,
     batches: Sequence[Batch],
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = answer_loss,
+    rows: int = 0,
 ) -> tuple[torch.Tensor, float]:
     """Gradient of the summed validation loss w.r.t. alpha, LoRA weights held constant.
 
-    One batch at a time (memory of one batch); ``autograd.grad`` leaves every ``.grad`` alone.
+    One batch at a time, each in chunks of ``rows`` rows (0: whole) weighted by answer tokens
+    (chunks.py), so memory is that of one chunk; ``autograd.grad`` leaves every ``.grad`` alone.
     The model's parameters are switched to ``requires_grad=False`` meanwhile: their gradients are
     never taken, and a forward that would need them saves what those gradients use (each LoRA
     module's input and ``A x``), on top of what alpha's backward needs.
@@ -44,12 +47,13 @@ def alpha_gradient(
     total = 0.0
     with frozen(model):
         for batch in batches:
-            loss = loss_fn(model, batch)
-            (g,) = torch.autograd.grad(loss, [gates.alpha], allow_unused=True)
-            if g is not None:
-                grad += g
-            total += float(loss.detach())
-            del loss  # the next batch's graph is built only after this one is gone
+            for chunk, weight in weighted_chunks(batch, rows):
+                loss = loss_fn(model, chunk) * weight
+                (g,) = torch.autograd.grad(loss, [gates.alpha], allow_unused=True)
+                if g is not None:
+                    grad += g
+                total += float(loss.detach())
+                del loss  # the next chunk's graph is built only after this one is gone
     return grad, total
 
 

@@ -88,7 +88,8 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
         d.pop(k)
     for k in ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
-    for k in ("selection", "k", "fraction", "search_budget", "ranks"):
+    # micro_batch only sets how many rows share a forward: the steps are the same.
+    for k in ("selection", "k", "fraction", "search_budget", "ranks", "micro_batch"):
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]

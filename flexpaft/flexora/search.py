@@ -17,6 +17,7 @@ rank keeps the same alpha. Outputs: alpha.jsonl, alpha.png (plots.py), selection
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -44,6 +46,7 @@ from ..train.lora import add_lora
 from .blocks import find_blocks, modules_by_block
 from .budget import StableSelection, search_length
 from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
+from .chunks import chunked_loss_backward, search_rows
 from .gates import GateHooks, LayerGates
 from .hypergrad import (  # noqa: F401  (the math's names stay importable from here)
     Batch,
@@ -101,6 +104,12 @@ class LayerSearch:
                 "flash_attention_2 cannot: use compute.attn_implementation=sdpa"
             )
         check_search_backend(accelerator)
+        # Rows per forward in the first-order steps (chunks.py).
+        self.rows = search_rows(
+            cfg.optim.batch_size,
+            f.micro_batch,
+            accelerator.distributed_type == DistributedType.DEEPSPEED,
+        )
         if f.ranks not in RANK_RULES:
             raise FlexpaftError(
                 f"flexora.ranks must be one of {', '.join(RANK_RULES)}, got {f.ranks!r}"
@@ -174,17 +183,23 @@ class LayerSearch:
         with self.gates.detached():
             for batch in micro_batches:
                 with acc.accumulate(self.wrapped):
-                    loss = answer_loss(self.wrapped, batch)
-                    acc.backward(loss)
+                    loss = chunked_loss_backward(
+                        batch, self.rows, lambda b: answer_loss(self.wrapped, b), self._backward
+                    )
                     if acc.sync_gradients and o.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.params, o.max_grad_norm)
                     self.optimizer.step()
                     if acc.sync_gradients:
                         self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+                losses.append(loss)
         self.inner_steps += 1
         return sum(losses) / len(losses)
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        # Gradients are synchronised across ranks once per micro-batch, after its last chunk.
+        with contextlib.nullcontext() if last else self.acc.no_sync(self.wrapped):
+            self.acc.backward(loss)
 
     def _micro_batches(self) -> list[Batch]:
         return [next(self.train) for _ in range(self.cfg.optim.grad_accum)]
@@ -213,7 +228,11 @@ class LayerSearch:
             scaler = getattr(self.acc, "scaler", None)
             scale = float(scaler.get_scale()) if scaler is not None else 1.0
             grad, val_loss = alpha_gradient(
-                model, self.gates, self._val_batches(), lambda m, b: answer_loss(m, b) * scale
+                model,
+                self.gates,
+                self._val_batches(),
+                lambda m, b: answer_loss(m, b) * scale,
+                rows=self.rows,
             )
             grad, val_loss = grad / scale, val_loss / scale
             model.train()

@@ -125,6 +125,13 @@ class FlexoraSettings:
     )
     alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
     val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")
+    micro_batch: int = opt(
+        0,
+        "Rows per forward/backward in the search's first-order steps (0 = auto: half of "
+        "optim.batch_size, rounded up). The search adapts every block, so a full micro-batch "
+        "there holds activations that stage 2 skips; chunk losses are weighted by answer tokens, "
+        "so every step is still the full micro-batch's. Set optim.batch_size to disable.",
+    )
     unroll: int = opt(
         0,
         "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",

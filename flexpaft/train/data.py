@@ -83,6 +83,14 @@ class PadCollator:
         }
 
 
+def answer_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label columns ``answer_loss`` scores: the last ``answer_len`` (left padding puts every
+    answer there); -100 marks positions that are not scored."""
+    # A label in the very first position has no prediction; at most L - 1 targets exist.
+    answer_len = min(int((labels != -100).sum(dim=1).max()), labels.shape[1] - 1)
+    return labels[:, labels.shape[1] - answer_len :]
+
+
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over answer tokens, with the LM head applied only where it is needed.
 
@@ -92,8 +100,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     and most of its activation memory. The value equals the usual shifted-label loss.
     """
     labels = batch["labels"]
-    # A label in the very first position has no prediction; at most L - 1 targets exist.
-    answer_len = min(int((labels != -100).sum(dim=1).max()), labels.shape[1] - 1)
+    target = answer_targets(labels)
+    answer_len = target.shape[1]
     keep = answer_len + 1
     logits = model(
         input_ids=batch["input_ids"],
@@ -102,7 +110,6 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
         logits_to_keep=keep,
     ).logits
     pred = logits[:, :-1].float()
-    target = labels[:, -answer_len:]
     return torch.nn.functional.cross_entropy(
         pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100
     )
