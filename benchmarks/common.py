@@ -79,6 +79,12 @@ def base_parser(description: str, repeats: int) -> argparse.ArgumentParser:
         help="embedded (SmolLM2-135M, real weights) or a random-init shape: " + ", ".join(SHAPES),
     )
     p.add_argument("--dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--tokenizer",
+        default="",
+        help="tokenizer directory for the random-init shapes (default: the embedded model's, "
+        "which needs its GGUF; a saved copy lets a machine without the GGUF run them)",
+    )
     p.add_argument("--repeats", type=int, default=repeats, help="timed repetitions per variant")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions per variant first")
     p.add_argument("--threads", type=int, default=1, help="torch/OMP/MKL threads (CPU)")
@@ -135,9 +141,11 @@ def resolve_device(name: str) -> Any:
     return dev
 
 
-def load_bench_model(name: str, device: Any, dtype: str = "auto") -> tuple[Any, Any]:
+def load_bench_model(
+    name: str, device: Any, dtype: str = "auto", tokenizer: str = ""
+) -> tuple[Any, Any]:
     """(model, tokenizer). Random-init shapes borrow the embedded model's tokenizer for task text
-    (its ids fit any of the vocabularies above)."""
+    (its ids fit any of the vocabularies above), or the one saved in ``tokenizer``."""
     import torch
 
     from flexpaft.models import load_model, load_tokenizer, parse_dtype, resolve_model
@@ -146,7 +154,7 @@ def load_bench_model(name: str, device: Any, dtype: str = "auto") -> tuple[Any, 
         return load_model(name, dtype, device)
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    tok = load_tokenizer(resolve_model("embedded"))
+    tok = load_tokenizer(tokenizer or resolve_model("embedded"))
     cfg = LlamaConfig(**SHAPES[name], pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     # Built directly on the target device: initialising 8B parameters on a CPU takes minutes.
@@ -203,6 +211,9 @@ class PeakMemory:
     bytes: int | None = None
     kind: str = ""
     _base: int = 0
+    # CUDA: bytes allocated at entry (the loaded model), so ``bytes - entry_bytes`` is what the
+    # region added, comparable across regions that start from different models.
+    entry_bytes: int = 0
 
     def __enter__(self) -> PeakMemory:
         import torch
@@ -211,6 +222,7 @@ class PeakMemory:
             release_free_memory()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.entry_bytes = int(torch.cuda.memory_allocated(self.device))
             self.kind = "cuda_max_allocated"
         else:
             try:

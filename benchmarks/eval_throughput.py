@@ -330,7 +330,7 @@ def main() -> None:
     }
     for model_name in models:
         with stage(f"loading {model_name}"):
-            model, tok = load_bench_model(model_name, device, args.dtype)
+            model, tok = load_bench_model(model_name, device, args.dtype, args.tokenizer)
         model.eval()
         args.model = model_name
         if args.max_batch_tokens == "auto":

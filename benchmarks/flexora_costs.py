@@ -70,6 +70,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import flexpaft.flexora.search as search_mod  # noqa: E402
 import flexpaft.train.trainer as trainer_mod  # noqa: E402
 from flexpaft.settings import DataSettings, ModelSettings  # noqa: E402
+from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
 from flexpaft.train.config import (  # noqa: E402
     FlexoraSettings,
     LoraSettings,
@@ -94,6 +95,7 @@ def instrument(device: torch.device, peaks: dict[str, Any]) -> None:
         with PeakMemory(device) as mem:
             out = search_fn(*a, **k)
         peaks["search"], peaks["search_cpu_s"] = mem.bytes, time.process_time() - t
+        peaks["search_entry"] = mem.entry_bytes
         return out
 
     def train_lora(*a: Any, **k: Any) -> Any:
@@ -101,13 +103,14 @@ def instrument(device: torch.device, peaks: dict[str, Any]) -> None:
         with PeakMemory(device) as mem:
             out = stage2_fn(*a, **k)
         peaks["stage2"], peaks["stage2_cpu_s"] = mem.bytes, time.process_time() - t
+        peaks["stage2_entry"] = mem.entry_bytes
         return out
 
     search_mod.search_layers = search_layers
     trainer_mod.train_lora = train_lora
 
 
-def shape_loader(device: torch.device) -> None:
+def shape_loader(device: torch.device, tokenizer: str = "") -> None:
     """Let ``train`` load a random-init shape (the trainer only knows real checkpoints).
 
     The trainer loads through ``flexpaft.models.load_model``, imported at call time by
@@ -119,7 +122,7 @@ def shape_loader(device: torch.device) -> None:
 
     def load_model(name: str, dtype: str = "auto", dev: Any = None, *a: Any, **k: Any) -> Any:
         if name in SHAPES:
-            return load_bench_model(name, torch.device(dev or device), dtype)
+            return load_bench_model(name, torch.device(dev or device), dtype, tokenizer)
         return real(name, dtype, dev, *a, **k)
 
     models_mod.load_model = load_model
@@ -177,6 +180,12 @@ def flexora_run(args: Any, device: torch.device, name: str, **flexora: Any) -> d
     if device.type == "cuda":
         row["search_peak_mib"] = round(peaks["search"] / 2**20, 1)
         row["stage2_peak_mib"] = round(peaks["stage2"] / 2**20, 1)
+        # Above what was allocated at entry (the loaded weights): what each phase itself holds.
+        added = {k: peaks[k] - peaks[f"{k}_entry"] for k in ("search", "stage2")}
+        row["search_added_mib"] = round(added["search"] / 2**20, 1)
+        row["stage2_added_mib"] = round(added["stage2"] / 2**20, 1)
+        row["search_over_stage2_memory"] = round(peaks["search"] / peaks["stage2"], 3)
+        row["search_over_stage2_added"] = round(added["search"] / max(1, added["stage2"]), 3)
     return row
 
 
@@ -280,7 +289,7 @@ def memory_probe(args: Any, device: torch.device, layers: list[int]) -> dict[str
     # One step of each on another copy of the model first: one-time costs of the process (first
     # backward, kernel caches, imports such as matplotlib's for alpha.png) are paid there, not by
     # whichever phase is measured first. Stage 2 leaves LoRA in its model, hence the copies.
-    warm, wtok = load_bench_model(args.model, device, args.dtype)
+    warm, wtok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     one = dataclasses.replace(cfg, flexora=dataclasses.replace(cfg.flexora, search_steps=1))
     search(warm, wtok, one)
     stage2(
@@ -289,9 +298,9 @@ def memory_probe(args: Any, device: torch.device, layers: list[int]) -> dict[str
         dataclasses.replace(stage2_cfg, optim=dataclasses.replace(cfg.optim, max_steps=1)),
     )
     del warm
-    model, tok = load_bench_model(args.model, device, args.dtype)
+    model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     search_peak, base = peak_malloc_bytes(lambda: search(model, tok, cfg))
-    model, tok = load_bench_model(args.model, device, args.dtype)
+    model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     stage2_peak, stage2_base = peak_malloc_bytes(lambda: stage2(model, tok, stage2_cfg))
     return {
         "steps": n,
@@ -334,7 +343,7 @@ def compare_accuracy(args: Any, device: torch.device, runs: list[dict[str, Any]]
     correct = {}
     out: dict[str, Any] = {"test_examples": len(test)}
     for run in runs:
-        model, tok = load_bench_model(args.model, device, args.dtype)
+        model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
         model = load_adapter(model, run["adapter"])
         res = evaluate_templates(
             model, tok, task, fmt, [default_template(task, fmt)], test, progress=False
@@ -362,7 +371,7 @@ def compare_accuracy(args: Any, device: torch.device, runs: list[dict[str, Any]]
 
 
 def layer_speedup(args: Any, device: torch.device) -> list[dict[str, Any]]:
-    model, _ = load_bench_model(args.model, device, args.dtype)
+    model, _ = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     n = model.config.num_hidden_layers
     sets = {
         f"all {n} blocks": list(range(n)),
@@ -391,6 +400,7 @@ def layer_speedup(args: Any, device: torch.device) -> list[dict[str, Any]]:
     counter = {"i": 0}
 
     def step(name: str) -> Any:
+        @attention_without_cudnn()  # as the trainer runs (compute.py)
         def run() -> dict[str, Any]:
             # set_adapter makes only this adapter trainable: autograd then needs no gradient
             # below its lowest block.
@@ -450,11 +460,18 @@ def main() -> None:
         help="part 1: stage 2 + test accuracy of the full-length search's selection too: "
         "auto (when it differs from the defaults'), always, never",
     )
+    p.add_argument(
+        "--full-search",
+        default="yes",
+        choices=("yes", "no"),
+        help="part 1: also run the paper's one-pass search and compare selections (no: on "
+        "random-init shapes a selection means nothing, and at 8B the pass costs minutes)",
+    )
     p.add_argument("--seq-len", type=int, default=128, help="part 2: random tokens per sequence")
     p.add_argument("--parts", default="12")
     args = p.parse_args()
     device = resolve_device(args.device)
-    shape_loader(device)
+    shape_loader(device, args.tokenizer)
     results: dict[str, Any] = {
         "command": command_line(),
         "machine": machine(device, THREADS),
@@ -470,18 +487,22 @@ def main() -> None:
     if "1" in args.parts:
         with stage(f"part 1: flexora train on {args.task}, search at the defaults"):
             default = flexora_run(args, device, "defaults")
-        with stage("part 1: search of one full pass, no early stop (search only)"):
-            full_cfg = flexora_config(
-                args,
-                Path(tempfile.mkdtemp()),
-                search_examples=args.limit - args.val_examples,
-                stable_steps=0,
-            )
-            full = full_search(args, device, full_cfg)
         results["search_vs_training"] = default
-        results["full_search"] = full
-        same = full["layers"] == default["layers"]
-        if args.compare == "always" or (args.compare == "auto" and not same):
+        same = True
+        if args.full_search == "yes":
+            with stage("part 1: search of one full pass, no early stop (search only)"):
+                full_cfg = flexora_config(
+                    args,
+                    Path(tempfile.mkdtemp()),
+                    search_examples=args.limit - args.val_examples,
+                    stable_steps=0,
+                )
+                full = full_search(args, device, full_cfg)
+            results["full_search"] = full
+            same = full["layers"] == default["layers"]
+        if "full_search" in results and (
+            args.compare == "always" or (args.compare == "auto" and not same)
+        ):
             with stage("part 1: flexora train with the full-length search"):
                 full_run = flexora_run(
                     args,
@@ -523,7 +544,7 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
     from flexpaft.train.templates import training_templates
 
     task, fmt, examples = cfg.data.load()
-    model, tok = load_bench_model(args.model, device, args.dtype)
+    model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     acc = Accelerator(cpu=device.type == "cpu")
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
     outcome = search_mod.search_layers(cfg, model, tok, task, fmt, examples, templates, acc, False)
@@ -538,19 +559,25 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
 
 
 def print_part1(args: Any, results: dict[str, Any]) -> None:
-    d, full = results["search_vs_training"], results["full_search"]
+    d = results["search_vs_training"]
     print(f"### Search vs stage-2 training ({args.task} {args.format}, {args.epochs} epochs)\n")
     keys = ["train_examples", "search_steps", "search_s", "stage2_steps", "stage2_s"]
     keys += ["search_over_stage2", "search_cpu_s", "stage2_cpu_s", "search_over_stage2_cpu"]
     heads = ["train ex.", "search steps", "search s", "stage-2 steps", "stage-2 s"]
     heads += ["search / stage 2", "search CPU s", "stage-2 CPU s", "search / stage 2 (CPU s)"]
     if "search_peak_mib" in d:
-        keys += ["search_peak_mib", "stage2_peak_mib"]
-        heads += ["search peak MiB", "stage-2 peak MiB"]
+        keys += ["search_peak_mib", "stage2_peak_mib", "search_over_stage2_memory"]
+        keys += ["search_added_mib", "stage2_added_mib", "search_over_stage2_added"]
+        heads += ["search peak MiB", "stage-2 peak MiB", "search / stage 2 peak"]
+        heads += ["search adds MiB", "stage 2 adds MiB", "search / stage 2 added"]
     print(markdown_table(heads, [[d[k] for k in keys]]))
     n = d["n_blocks"]
-    agree = n - len(set(d["layers"]) ^ set(full["layers"]))
     print(f"\nSelected at the defaults ({len(d['layers'])}/{n}): {d['layers']}")
+    if "full_search" not in results:
+        print()
+        return
+    full = results["full_search"]
+    agree = n - len(set(d["layers"]) ^ set(full["layers"]))
     print(
         f"Selected by one full pass ({full['steps']} steps, {full['search_s']} s, "
         f"{len(full['layers'])}/{n}): {full['layers']}"

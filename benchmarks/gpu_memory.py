@@ -62,7 +62,11 @@ from common import (  # noqa: E402
 
 from flexpaft.errors import FlexpaftError  # noqa: E402
 from flexpaft.settings import ModelSettings  # noqa: E402
-from flexpaft.train.compute import ComputeSettings, load_for_training  # noqa: E402
+from flexpaft.train.compute import (  # noqa: E402
+    ComputeSettings,
+    attention_without_cudnn,
+    load_for_training,
+)
 from flexpaft.train.config import LoraSettings  # noqa: E402
 from flexpaft.train.data import answer_loss  # noqa: E402
 from flexpaft.train.distributed import build_accelerator  # noqa: E402
@@ -180,6 +184,7 @@ def flexpaft_step_fn(
     wrapped, opt = acc.prepare(model, opt)
     wrapped.train()
 
+    @attention_without_cudnn()  # as the trainer runs (compute.py)
     def step() -> float:
         loss = answer_loss(wrapped, batch)
         acc.backward(loss)

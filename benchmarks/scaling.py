@@ -51,6 +51,7 @@ from common import (  # noqa: E402
 from flexpaft.evaluate.evaluator import evaluate_templates  # noqa: E402
 from flexpaft.paft.offline import generate_offline  # noqa: E402
 from flexpaft.tasks import get_task, load_examples  # noqa: E402
+from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
 from flexpaft.train.config import LoraSettings  # noqa: E402
 from flexpaft.train.data import PadCollator, answer_loss  # noqa: E402
 from flexpaft.train.lora import add_lora  # noqa: E402
@@ -69,6 +70,7 @@ def train_step(model: Any, B: int, L: int, device: torch.device) -> Callable[[],
     items = [{"input_ids": r.tolist(), "labels": [-100] + r[1:].tolist()} for r in x]
     batch = {k: v.to(device) for k, v in PadCollator(0)(items).items()}
 
+    @attention_without_cudnn()  # as the trainer runs (compute.py)
     def run() -> dict[str, Any]:
         loss = answer_loss(model, batch)
         loss.backward()
@@ -99,8 +101,8 @@ def main() -> None:
     md = [f"Machine: {machine_line(results['machine'])}", ""]
 
     with stage("loading models"):
-        big, tok = load_bench_model(args.model, device, args.dtype)
-        small, _ = load_bench_model(args.small_model, device, args.dtype)
+        big, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
+        small, _ = load_bench_model(args.small_model, device, args.dtype, args.tokenizer)
     sizes = {args.model: n_params(big), args.small_model: n_params(small)}
     big_l = add_lora(big, LoraSettings())
     small_l = add_lora(small, LoraSettings())

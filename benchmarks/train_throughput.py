@@ -31,6 +31,7 @@ from common import early_threads  # noqa: E402
 
 THREADS = early_threads()
 
+import contextlib  # noqa: E402
 import random  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
@@ -58,6 +59,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from flexpaft.paft.offline import generate_offline  # noqa: E402
 from flexpaft.render import encode_for_training, render  # noqa: E402
 from flexpaft.tasks import get_task, load_examples  # noqa: E402
+from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
 from flexpaft.train.config import LoraSettings  # noqa: E402
 from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss  # noqa: E402
 from flexpaft.train.lora import add_lora  # noqa: E402
@@ -103,11 +105,14 @@ class Stepper:
     def __call__(self, batch: Batch | None = None) -> dict[str, Any]:
         batch = next(self.batches) if batch is None else batch
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self.flexpaft:
-            loss = answer_loss(self.model, batch)
-        else:
-            loss = self.model(**batch).loss
-        loss.backward()
+        # flexpaft's trainer keeps cuDNN attention out of training (compute.py); the plain loop
+        # runs what SDPA picks.
+        with attention_without_cudnn() if self.flexpaft else contextlib.nullcontext():
+            if self.flexpaft:
+                loss = answer_loss(self.model, batch)
+            else:
+                loss = self.model(**batch).loss
+            loss.backward()
         if self.flexpaft:
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)  # the trainer's default max_grad_norm
         self.opt.step()
@@ -188,7 +193,7 @@ def main() -> None:
     device = resolve_device(args.device)
 
     with stage(f"loading {args.model}"):
-        model, tok = load_bench_model(args.model, device, args.dtype)
+        model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
     base_n = n_params(model)
     model = add_lora(model, LoraSettings())  # r=8 on q_proj/v_proj, as in GPU.md
     model.train()

@@ -241,11 +241,12 @@ class Study:
             if not Path(self.cfg.prompts.train_set).is_file():
                 raise FlexpaftError(f"prompts.train_set: no such file {self.cfg.prompts.train_set}")
             load_valid_set(self.cfg.prompts.train_set, task, fmt)
+        n_train = min(self.cfg.train_examples, len(examples))
         for method in self.cfg.methods:
             if method != "base":
                 # Builds and validates every training config (keys, values) up front.
                 o = [x for x in self._train_overrides(method, 0) if "prompt_set=" not in x]
-                load_config(TrainConfig, None, o)
+                load_config(TrainConfig, None, o).check_held_out(n_train)
         needs = [m for m in self.cfg.methods if m in _NEEDS_FLEXORA]
         if needs and "flexora" not in self.cfg.methods:
             # Trained by an earlier run of this study with the same settings is as good.

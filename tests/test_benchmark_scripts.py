@@ -46,3 +46,39 @@ def test_flexora_costs_part_one_runs_on_a_tiny_shape(tmp_path):
     assert row["search_cpu_s"] > 0 and row["stage2_cpu_s"] > 0 and row["n_blocks"] == 6
     memory = result["memory"]
     assert memory["search_added_mib"] > 0 and memory["stage2_added_mib"] > 0
+
+
+@needs_shared
+def test_flexora_costs_runs_a_shape_with_a_saved_tokenizer_and_no_full_pass(tmp_path):
+    """The GPU setting: a random-init shape whose tokenizer is a saved copy (a machine without
+    the embedded GGUF), and no one-pass search (a random model's selection means nothing)."""
+    pytest.importorskip("matplotlib")
+    from flexpaft.models import load_tokenizer, resolve_model
+
+    tok_dir = tmp_path / "tok"
+    load_tokenizer(resolve_model("embedded")).save_pretrained(tok_dir)
+    out = tmp_path / "costs.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "flexora_costs.py"),
+        "--model=llama-tiny",
+        f"--tokenizer={tok_dir}",
+        "--parts=1",
+        "--full-search=no",
+        "--limit=20",
+        "--val-examples=8",
+        "--mem-steps=1",
+        "--compare=always",  # without the full pass there is nothing to compare: skipped
+        "--epochs=1",
+        "--max-length=64",
+        f"--out={out}",
+    ]
+    # No package may load the embedded model: the saved tokenizer is all it gets.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env["FLEXPAFT_CACHE"] = str(tmp_path / "empty-cache")
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "full_search" not in result and "accuracy" not in result
+    assert result["search_vs_training"]["stage2_steps"] == 3
+    assert not (tmp_path / "empty-cache" / "models").exists()  # nothing was dequantized

@@ -90,6 +90,21 @@ def test_random_and_lora_drop_need_flexora(tmp_path, tiny_model_dir, capsys):
         assert not (tmp_path / "study" / "train").exists()  # refused before any training
 
 
+def test_a_flexora_held_out_set_as_large_as_the_training_slice_is_refused_first(
+    tmp_path, tiny_model_dir, capsys
+):
+    # 16 training examples, 16 held out for the search: caught before lora (listed first) trains.
+    path = _study_yaml(tmp_path, tiny_model_dir, methods=["lora", "flexora"])
+    argv = ["-q", "study", "--config", str(path), "--set", "train.flexora.val_examples=16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(
+        "flexora.val_examples=16 would hold out 16 of the 16 training examples, leaving none to "
+        "train on: lower it or train on more examples"
+    )
+    assert not (tmp_path / "study" / "train").exists()
+
+
 def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_model_dir, caplog):
     from flexpaft.config import load_config
     from flexpaft.study import Study, StudyConfig

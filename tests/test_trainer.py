@@ -281,3 +281,91 @@ def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(
 
     ckpt = load_file(str(tmp_path / "r" / "checkpoint" / "adapter.safetensors"))
     assert all(torch.isfinite(t).all() for t in ckpt.values())
+
+
+def test_training_never_runs_cudnn_attention_and_restores_the_flag(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """cuDNN's SDPA backward gives NaN gradients on left-padded batches (pytorch#196678): off for
+    every training forward and backward, the Flexora search's included; back on afterwards."""
+    import flexpaft.flexora.search as search_mod
+    import flexpaft.train.trainer as trainer_mod
+
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
+    seen = {"forward": [], "backward": []}
+
+    def recording(real):
+        def loss_fn(model, batch):
+            seen["forward"].append(torch.backends.cuda.cudnn_sdp_enabled())
+            loss = real(model, batch)
+            if loss.requires_grad:
+                loss.register_hook(
+                    lambda g: seen["backward"].append(torch.backends.cuda.cudnn_sdp_enabled())
+                )
+            return loss
+
+        return loss_fn
+
+    monkeypatch.setattr(trainer_mod, "answer_loss", recording(trainer_mod.answer_loss))
+    monkeypatch.setattr(search_mod, "answer_loss", recording(search_mod.answer_loss))
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    extra = ["method=flexora", "optim.max_steps=2", "flexora.val_examples=4"]
+    train(_cfg(tiny_model_dir, data, tmp_path / "r", *extra, "flexora.search_steps=2"), False)
+    # 2 search steps x (inner + alpha) and 2 stage-2 steps.
+    assert len(seen["forward"]) >= 6 and len(seen["backward"]) >= 4
+    assert not any(seen["forward"]) and not any(seen["backward"])
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_attention_without_cudnn_nests_and_restores_after_an_error():
+    from flexpaft.train.compute import attention_without_cudnn
+
+    scope = attention_without_cudnn()
+    with pytest.raises(RuntimeError):
+        with scope:
+            with scope:
+                assert not torch.backends.cuda.cudnn_sdp_enabled()
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+            raise RuntimeError("boom")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+
+
+@pytest.mark.parametrize(
+    "extra, n, message",
+    [
+        (
+            ["method=flexora", "flexora.val_examples=16"],
+            16,
+            "flexora.val_examples=16 would hold out 16 of the 16",
+        ),
+        (
+            [
+                "method=flexora",
+                "flexora.val_examples=6",
+                "validation.eval_every=5",
+                "validation.eval_examples=10",
+            ],
+            16,
+            "validation.eval_examples=10 + flexora.val_examples=6 would hold out 16 of the 16",
+        ),
+        (["validation.eval_every=5", "validation.eval_examples=20"], 8, "of the 8 training"),
+    ],
+)
+def test_held_out_sets_that_leave_nothing_to_train_on_are_refused(
+    tmp_path, tiny_model_dir, extra, n, message
+):
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(n))
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "r", *extra)
+    with pytest.raises(FlexpaftError, match="leaving none to train on") as e:
+        cfg.check_held_out(n)
+    assert message in str(e.value)
+    # train() says so before the model is loaded: nothing is written but the run directory.
+    with pytest.raises(FlexpaftError, match="leaving none to train on"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "r" / "adapter").exists()
+
+
+def test_held_out_sets_with_something_left_pass():
+    TrainConfig(method="flexora").check_held_out(201)  # the default 200 held out
+    TrainConfig(method="lora").check_held_out(1)  # lora holds nothing out

@@ -243,3 +243,35 @@ def checkpointing_paused(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m in paused:
             m.gradient_checkpointing = True
+
+
+class attention_without_cudnn(contextlib.ContextDecorator):
+    """PyTorch's SDPA may pick any attention kernel but cuDNN's, inside (or for a decorated call).
+
+    cuDNN's attention is SDPA's default on H100/H200 since torch 2.11, and its backward returns
+    NaN query gradients when a mask is passed, the sequence length is 64 mod 128 and some row's
+    logsumexp is very negative (pytorch/pytorch#196678): a left-padding row that sees no token is
+    such a row. flexpaft left-pads every training batch to a multiple of 8, so lengths 64, 192, ...
+    come up, and the first H200 runs diverged there (docs/RESULTS.md). The forward is right, so
+    evaluation needs no guard; training does, backward and checkpointed recomputation included,
+    hence a scope around the whole run rather than around each forward. Elsewhere the flag is
+    ignored (CPUs, other GPUs, torch without the kernel).
+    """
+
+    def __init__(self) -> None:
+        self._scopes: list[Any] = []  # one per entry: a decorated call may nest in another
+
+    def __enter__(self) -> attention_without_cudnn:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        allowed = [b for n, b in SDPBackend.__members__.items() if n not in _NOT_ALLOWED]
+        scope = sdpa_kernel(allowed)
+        scope.__enter__()
+        self._scopes.append(scope)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._scopes.pop().__exit__(*exc)
+
+
+_NOT_ALLOWED = ("ERROR", "CUDNN_ATTENTION")

@@ -218,3 +218,22 @@ class TrainConfig:
             raise FlexpaftError(
                 f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"
             )
+
+    def check_held_out(self, n_examples: int) -> None:
+        """Refuse, before the model loads, held-out sets that leave nothing to train on.
+
+        Validation during training holds out ``validation.eval_examples`` first, then Flexora's
+        search ``flexora.val_examples`` of the rest (trainer.py, search.py).
+        """
+        parts = []
+        if self.validation.enabled:
+            parts.append(("validation.eval_examples", self.validation.eval_examples))
+        if self.method.startswith("flexora"):
+            parts.append(("flexora.val_examples", self.flexora.val_examples))
+        held = sum(n for _, n in parts)
+        if parts and held >= n_examples:
+            named = " + ".join(f"{k}={n}" for k, n in parts)
+            raise FlexpaftError(
+                f"{named} would hold out {held} of the {n_examples} training examples, leaving "
+                "none to train on: lower it or train on more examples"
+            )

@@ -43,7 +43,12 @@ from .checkpoint import (
     saved_rng_states,
     set_rng_states,
 )
-from .compute import check_compute, compute_summary, load_for_training
+from .compute import (
+    attention_without_cudnn,
+    check_compute,
+    compute_summary,
+    load_for_training,
+)
 from .config import TrainConfig
 from .data import answer_loss, make_loader
 from .distributed import (
@@ -119,6 +124,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 @releases_memory
+@attention_without_cudnn()
 def train(
     cfg: TrainConfig,
     accelerator: Accelerator | None = None,
@@ -148,6 +154,7 @@ def train(
     set_seed(cfg.seed)
     started = time.time()
     task, fmt, examples = cfg.data.load("train")
+    cfg.check_held_out(len(examples))
     v = cfg.validation
     if v.enabled:
         from ..tasks.data import split_examples
