@@ -488,7 +488,7 @@ def main() -> None:
         with stage(f"part 1: flexora train on {args.task}, search at the defaults"):
             default = flexora_run(args, device, "defaults")
         results["search_vs_training"] = default
-        same = True
+        full = None
         if args.full_search == "yes":
             with stage("part 1: search of one full pass, no early stop (search only)"):
                 full_cfg = flexora_config(
@@ -499,10 +499,8 @@ def main() -> None:
                 )
                 full = full_search(args, device, full_cfg)
             results["full_search"] = full
-            same = full["layers"] == default["layers"]
-        if "full_search" in results and (
-            args.compare == "always" or (args.compare == "auto" and not same)
-        ):
+        differ = full is not None and full["layers"] != default["layers"]
+        if full is not None and (args.compare == "always" or (args.compare == "auto" and differ)):
             with stage("part 1: flexora train with the full-length search"):
                 full_run = flexora_run(
                     args,

@@ -222,5 +222,6 @@ def test_validation_settings_are_checked(tmp_path, tiny_model_dir):
         load_config(TrainConfig, None, ["validation.metric=f1"])
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(8))
     cfg = _cfg(tiny_model_dir, data, tmp_path / "r", "validation.eval_every=1")
-    with pytest.raises(FlexpaftError, match="cannot hold out 8 of 8"):
+    # Refused after the data is read, before the model loads (TrainConfig.check_held_out).
+    with pytest.raises(FlexpaftError, match="eval_examples=8 would hold out 8 of the 8 training"):
         train(cfg, progress=False)

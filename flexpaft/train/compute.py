@@ -258,13 +258,15 @@ class attention_without_cudnn(contextlib.ContextDecorator):
     ignored (CPUs, other GPUs, torch without the kernel).
     """
 
+    _NOT_ALLOWED = ("ERROR", "CUDNN_ATTENTION")
+
     def __init__(self) -> None:
         self._scopes: list[Any] = []  # one per entry: a decorated call may nest in another
 
     def __enter__(self) -> attention_without_cudnn:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        allowed = [b for n, b in SDPBackend.__members__.items() if n not in _NOT_ALLOWED]
+        allowed = [b for n, b in SDPBackend.__members__.items() if n not in self._NOT_ALLOWED]
         scope = sdpa_kernel(allowed)
         scope.__enter__()
         self._scopes.append(scope)
@@ -272,6 +274,3 @@ class attention_without_cudnn(contextlib.ContextDecorator):
 
     def __exit__(self, *exc: Any) -> None:
         self._scopes.pop().__exit__(*exc)
-
-
-_NOT_ALLOWED = ("ERROR", "CUDNN_ATTENTION")
