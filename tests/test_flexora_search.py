@@ -347,30 +347,51 @@ def test_stage2_adapter_holds_only_selected_layers_and_loads_with_plain_peft(tmp
     assert names and all(".layers.0." in n or ".layers.2." in n for n in names)
 
 
-def test_search_command_writes_selection_and_prints_layers(tmp_path, tiny_model_dir, capsys):
+def _search_argv(tmp_path, tiny_model_dir) -> list[str]:
     from conftest import write_jsonl
 
+    data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(16))
+    return [
+        "--quiet",
+        "search",
+        "-o",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        f"data.source={data}",
+        *("--set optim.num_workers=0 --set optim.batch_size=4 --set data.max_length=48".split()),
+        *("--set flexora.val_examples=4 --set flexora.search_steps=2".split()),
+    ]
+
+
+def test_search_command_writes_selection_and_prints_layers(tmp_path, tiny_model_dir, capsys):
     from flexpaft.cli import main
 
-    data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(16))
-    rc = main(
-        [
-            "--quiet",
-            "search",
-            "-o",
-            str(tmp_path / "run"),
-            "--set",
-            f"model.name={tiny_model_dir}",
-            "--set",
-            f"data.source={data}",
-            *(
-                "--set optim.num_workers=0 --set optim.batch_size=4 --set data.max_length=48".split()
-            ),
-            *("--set flexora.val_examples=4 --set flexora.search_steps=2".split()),
-        ]
-    )
+    rc = main(_search_argv(tmp_path, tiny_model_dir))
     assert rc == 0
     printed = capsys.readouterr().out
     sel = json.loads((tmp_path / "run" / "flexora" / "selection.json").read_text())
     assert f"selected layers (positive, {len(sel['layers'])} of 4)" in printed
     assert (tmp_path / "run" / "flexora" / "alpha.png").is_file()
+
+
+def test_search_command_never_runs_cudnn_attention(tmp_path, tiny_model_dir, monkeypatch):
+    """``flexpaft search`` calls search_layers without train(): it keeps cuDNN attention out of
+    its forwards and backwards too (compute.attention_without_cudnn)."""
+    import flexpaft.flexora.search as search_mod
+    from flexpaft.cli import main
+
+    seen = []
+    real = search_mod.answer_loss
+
+    def loss_fn(model, batch):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        loss = real(model, batch)
+        loss.register_hook(lambda g: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+        return loss
+
+    monkeypatch.setattr(search_mod, "answer_loss", loss_fn)
+    assert main(_search_argv(tmp_path, tiny_model_dir)) == 0
+    assert len(seen) >= 4 and not any(seen)  # 2 steps x (inner + alpha), forward and backward
+    assert torch.backends.cuda.cudnn_sdp_enabled()

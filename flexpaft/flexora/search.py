@@ -38,7 +38,7 @@ from ..memory import peak_memory
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from ..train.compute import checkpointing_paused
+from ..train.compute import attention_without_cudnn, checkpointing_paused
 from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
@@ -435,6 +435,7 @@ class LayerSearch:
         self.model.unload()
 
 
+@attention_without_cudnn()  # its backward gives NaN gradients on our batches (compute.py)
 def search_layers(
     cfg: TrainConfig,
     model: nn.Module,

@@ -254,8 +254,9 @@ class attention_without_cudnn(contextlib.ContextDecorator):
     such a row. flexpaft left-pads every training batch to a multiple of 8, so lengths 64, 192, ...
     come up, and the first H200 runs diverged there (docs/RESULTS.md). The forward is right, so
     evaluation needs no guard; training does, backward and checkpointed recomputation included,
-    hence a scope around the whole run rather than around each forward. Elsewhere the flag is
-    ignored (CPUs, other GPUs, torch without the kernel).
+    hence a scope around each training loop (``train_lora``, ``search_layers``) rather than
+    around each forward. Elsewhere the flag is ignored (CPUs, other GPUs, torch without the
+    kernel).
     """
 
     _NOT_ALLOWED = ("ERROR", "CUDNN_ATTENTION")

@@ -124,7 +124,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 @releases_memory
-@attention_without_cudnn()
 def train(
     cfg: TrainConfig,
     accelerator: Accelerator | None = None,
@@ -244,6 +243,7 @@ def started(loader: Any) -> Iterator[Any]:
     return itertools.chain([first], it)
 
 
+@attention_without_cudnn()  # its backward gives NaN gradients on our batches (compute.py)
 def train_lora(
     cfg: TrainConfig,
     acc: Accelerator,
