@@ -114,3 +114,20 @@ def boolq_rows(n: int = 24) -> list[dict]:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def recording_cudnn_flag(real_loss, seen: dict[str, list[bool]]):
+    """``real_loss`` that records, in ``seen["forward"]`` and ``seen["backward"]``, whether SDPA's
+    cuDNN kernel was allowed during each forward and each backward through the loss."""
+    import torch
+
+    def loss_fn(model, batch):
+        seen["forward"].append(torch.backends.cuda.cudnn_sdp_enabled())
+        loss = real_loss(model, batch)
+        if loss.requires_grad:
+            loss.register_hook(
+                lambda g: seen["backward"].append(torch.backends.cuda.cudnn_sdp_enabled())
+            )
+        return loss
+
+    return loss_fn

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import boolq_rows, build_model, build_tokenizer
+from conftest import boolq_rows, build_model, build_tokenizer, recording_cudnn_flag
 from safetensors.torch import load_file
 
 from flexpaft.config import load_config
@@ -382,16 +382,11 @@ def test_search_command_never_runs_cudnn_attention(tmp_path, tiny_model_dir, mon
     import flexpaft.flexora.search as search_mod
     from flexpaft.cli import main
 
-    seen = []
+    seen = {"forward": [], "backward": []}
     real = search_mod.answer_loss
-
-    def loss_fn(model, batch):
-        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
-        loss = real(model, batch)
-        loss.register_hook(lambda g: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
-        return loss
-
-    monkeypatch.setattr(search_mod, "answer_loss", loss_fn)
+    monkeypatch.setattr(search_mod, "answer_loss", recording_cudnn_flag(real, seen))
     assert main(_search_argv(tmp_path, tiny_model_dir)) == 0
-    assert len(seen) >= 4 and not any(seen)  # 2 steps x (inner + alpha), forward and backward
+    # 2 steps x (inner + alpha), forward and backward.
+    assert len(seen["forward"]) >= 4 and len(seen["backward"]) >= 4
+    assert not any(seen["forward"]) and not any(seen["backward"])
     assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import boolq_rows, write_jsonl
+from conftest import boolq_rows, recording_cudnn_flag, write_jsonl
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -293,21 +293,8 @@ def test_training_never_runs_cudnn_attention_and_restores_the_flag(
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
     seen = {"forward": [], "backward": []}
-
-    def recording(real):
-        def loss_fn(model, batch):
-            seen["forward"].append(torch.backends.cuda.cudnn_sdp_enabled())
-            loss = real(model, batch)
-            if loss.requires_grad:
-                loss.register_hook(
-                    lambda g: seen["backward"].append(torch.backends.cuda.cudnn_sdp_enabled())
-                )
-            return loss
-
-        return loss_fn
-
-    monkeypatch.setattr(trainer_mod, "answer_loss", recording(trainer_mod.answer_loss))
-    monkeypatch.setattr(search_mod, "answer_loss", recording(search_mod.answer_loss))
+    for mod in (trainer_mod, search_mod):
+        monkeypatch.setattr(mod, "answer_loss", recording_cudnn_flag(mod.answer_loss, seen))
     assert torch.backends.cuda.cudnn_sdp_enabled()
     extra = ["method=flexora", "optim.max_steps=2", "flexora.val_examples=4"]
     train(_cfg(tiny_model_dir, data, tmp_path / "r", *extra, "flexora.search_steps=2"), False)
