@@ -10,7 +10,12 @@ from conftest import build_tokenizer
 from test_flexora_search import config, run_search
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.budget import StableSelection, outer_step_cost, search_length
+from flexpaft.flexora.budget import (
+    StableSelection,
+    outer_step_cost,
+    passes_per_micro_batch,
+    search_length,
+)
 from flexpaft.train import data as data_mod
 from flexpaft.train.config import FlexoraSettings, OptimSettings
 
@@ -20,9 +25,9 @@ def tok():
     return build_tokenizer()
 
 
-def length(steps_per_epoch=40, global_batch=8, optim=None, **flexora):
+def length(steps_per_epoch=40, global_batch=8, optim=None, passes=1, **flexora):
     return search_length(
-        FlexoraSettings(**flexora), optim or OptimSettings(), steps_per_epoch, global_batch
+        FlexoraSettings(**flexora), optim or OptimSettings(), steps_per_epoch, global_batch, passes
     )
 
 
@@ -35,23 +40,64 @@ def test_explicit_steps_and_examples_win_over_the_auto_budget():
 
 def test_auto_budget_is_a_share_of_stage_two_compute():
     # Stage 2: 3 epochs x 40 steps = 120 micro-batches; an outer step is 1 training + 1
-    # validation micro-batch; 0.15 x 120 / 2 = 9.
+    # validation micro-batch; 0.1 x 120 / 2 = 6.
     assert outer_step_cost(FlexoraSettings(), 1) == 2
-    assert length() == 9
-    # grad_accum 2, val_batches 2: 3 x 20 x 2 = 120 micro-batches, 4 per outer step: 4.5 -> 4.
-    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2) == 4
-    # max_steps replaces the epochs: 0.15 x 50 / 2 = 3.75 -> 3.
-    assert length(optim=OptimSettings(max_steps=50)) == 3
-    # Unrolled: 2 inner steps x 3 + 1 validation = 7 per outer step; 18 / 7 -> 2.
+    assert length() == 6
+    # grad_accum 2, val_batches 2: 3 x 20 x 2 = 120 micro-batches, 4 per outer step: 3.
+    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2) == 3
+    # max_steps replaces the epochs: 0.1 x 50 / 2 = 2.5 -> 2.
+    assert length(optim=OptimSettings(max_steps=50)) == 2
+    # Unrolled: 2 inner steps x 3 + 1 validation = 7 per outer step; 12 / 7 -> 1.
     assert outer_step_cost(FlexoraSettings(unroll=2), 1) == 7
-    assert length(unroll=2) == 2
+    assert length(unroll=2) == 1
     assert length(search_budget=0.5) == 30
 
 
 def test_auto_budget_stops_at_one_pass_and_takes_at_least_one_step():
-    # 30 epochs x 10 steps: 0.15 x 300 / 2 = 22 outer steps, but one pass is 10.
+    # 30 epochs x 10 steps: 0.1 x 300 / 2 = 15 outer steps, but one pass is 10.
     assert length(10, optim=OptimSettings(epochs=30)) == 10
     assert length(1, optim=OptimSettings(epochs=1)) == 1
+
+
+@pytest.mark.parametrize(
+    "unit, device, rows, expected",
+    [
+        ("rows", "cuda", 4, 1),  # a micro-batch is one unit however it is split
+        ("pass", "cpu", 4, 2),  # every chunk is a pass: 8 rows as 2 chunks of 4
+        ("pass", "cpu", 3, 3),  # 8 rows as chunks of 3, 3, 2
+        ("pass", "cuda", 0, 1),  # not split: one pass
+        ("pass", "cuda", 8, 1),
+        ("auto", "cpu", 4, 1),  # time follows rows on a CPU
+        ("auto", "cuda", 4, 2),  # a GPU pays a whole pass per chunk
+        ("auto", "mps", 4, 2),
+    ],
+)
+def test_a_micro_batch_costs_one_unit_per_row_chunk_where_passes_are_the_unit(
+    unit, device, rows, expected
+):
+    f = FlexoraSettings(budget_unit=unit)
+    assert passes_per_micro_batch(f, 8, rows, device) == expected
+
+
+def test_counting_passes_shortens_the_auto_budget_but_not_explicit_lengths():
+    # Two chunks per micro-batch: an outer step is (1 + 1) x 2 = 4 units; 0.1 x 120 / 4 = 3.
+    assert outer_step_cost(FlexoraSettings(), 1, passes=2) == 4
+    assert length(passes=2) == 3
+    assert length(passes=2, search_steps=7) == 7
+    assert length(passes=2, search_examples=100) == 13
+    # The unrolled hypergradient runs whole micro-batches: chunks do not enter its cost.
+    assert outer_step_cost(FlexoraSettings(unroll=2), 1, passes=2) == 7
+
+
+def test_an_unknown_budget_unit_is_refused_with_the_choices(capsys):
+    with pytest.raises(ValueError, match="budget_unit 'time' is not one of auto, rows, pass"):
+        FlexoraSettings(budget_unit="time")
+    # From the command line: one line and exit 2, before any data or model is read.
+    from flexpaft.cli import main
+
+    assert main(["-q", "search", "--set", "flexora.budget_unit=time"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "flexora.budget_unit 'time' is not one of" in err
 
 
 @pytest.mark.parametrize(
@@ -103,6 +149,16 @@ def test_default_length_comes_from_the_budget(tmp_path, tok):
     # outer step is 1 + 2 validation micro-batches: 0.5 x 12 / 3 = 2.
     search, outcome = run_search(config(tmp_path, "flexora.search_budget=0.5"), tok)
     assert search.total == 2 and outcome.steps == 2 and not outcome.stopped_early
+
+
+def test_the_search_counts_its_row_chunks_when_told_to(tmp_path, tok):
+    # The same run counting passes: batches of 4 run as 2 chunks of 2 rows (micro_batch auto),
+    # so an outer step is (1 + 2) x 2 = 6 units: 0.5 x 12 / 6 = 1. On a CPU, auto counts rows.
+    cfg = config(tmp_path, "flexora.search_budget=0.5", "flexora.budget_unit=pass")
+    search, outcome = run_search(cfg, tok)
+    assert search.rows == 2 and search.total == 1 and outcome.steps == 1
+    auto, _ = run_search(config(tmp_path / "auto", "flexora.search_budget=0.5"), tok)
+    assert auto.total == 2
 
 
 def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):

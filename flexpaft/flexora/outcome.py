@@ -88,8 +88,9 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
         d.pop(k)
     for k in ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
-    # micro_batch only sets how many rows share a forward: the steps are the same.
-    for k in ("selection", "k", "fraction", "search_budget", "ranks", "micro_batch"):
+    # micro_batch only sets how many rows share a forward: the steps are the same. The budget
+    # (and its unit) sets only the length, which is in.
+    for k in ("selection", "k", "fraction", "search_budget", "budget_unit", "ranks", "micro_batch"):
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]

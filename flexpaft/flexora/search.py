@@ -44,7 +44,7 @@ from ..train.data import answer_loss, make_loader
 from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
 from ..train.lora import add_lora
 from .blocks import find_blocks, modules_by_block
-from .budget import StableSelection, search_length
+from .budget import StableSelection, passes_per_micro_batch, search_length
 from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
 from .chunks import chunked_loss_backward, search_rows
 from .gates import GateHooks, LayerGates
@@ -149,7 +149,8 @@ class LayerSearch:
         self.unroll = f.unroll
         steps_per_epoch = max(1, len(self.train_sampler.batches(0)) // o.grad_accum)
         global_batch = o.batch_size * o.grad_accum * accelerator.num_processes
-        self.total = search_length(f, o, steps_per_epoch, global_batch)
+        passes = passes_per_micro_batch(f, o.batch_size, self.rows, accelerator.device.type)
+        self.total = search_length(f, o, steps_per_epoch, global_batch, passes)
         self.inner_total = self.total * max(1, self.unroll)
         self.stability = StableSelection(f.selection, f.k, f.fraction, f.stable_steps)
         if f.stable_steps and self.total <= f.stable_steps:

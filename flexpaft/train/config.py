@@ -106,6 +106,9 @@ class OptimSettings:
             )
 
 
+BUDGET_UNITS = ("auto", "rows", "pass")
+
+
 @dataclass
 class FlexoraSettings:
     val_examples: int = opt(
@@ -114,9 +117,17 @@ class FlexoraSettings:
     search_steps: int = opt(0, "Search length in outer steps (0 = search_examples or auto).")
     search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
     search_budget: float = opt(
-        0.15,
+        0.1,
         "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
-        "compute (forward+backward micro-batches), at most one pass over the training split.",
+        "compute (forward+backward passes, counted as budget_unit says), at most one pass over "
+        "the training split.",
+    )
+    budget_unit: str = opt(
+        "auto",
+        "What search_budget counts: rows (a micro-batch is one unit however many row chunks it "
+        "runs as: right where time follows rows, as on a CPU), pass (every forward+backward "
+        "call is one unit: right where a pass costs the same for 2 rows as for 8, as on a GPU "
+        "at LoRA batch sizes), auto (pass on an accelerator, rows on a CPU).",
     )
     stable_steps: int = opt(
         10,
@@ -148,6 +159,12 @@ class FlexoraSettings:
     blocks_pattern: str = opt(
         "", "Regex for block module names with one group capturing the index (auto if '')."
     )
+
+    def __post_init__(self) -> None:
+        if self.budget_unit not in BUDGET_UNITS:
+            raise ValueError(
+                f"flexora.budget_unit {self.budget_unit!r} is not one of {', '.join(BUDGET_UNITS)}"
+            )
 
 
 # TrainingArguments (and PEFT LoraConfig) names accepted for the keys they mean, in YAML and --set.
