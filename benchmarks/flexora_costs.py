@@ -467,6 +467,15 @@ def main() -> None:
         help="part 1: also run the paper's one-pass search and compare selections (no: on "
         "random-init shapes a selection means nothing, and at 8B the pass costs minutes)",
     )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="part 1: also run the search alone under these flexora settings (repeatable; e.g. "
+        "the defaults before 2026-12-04: budget_unit=rows,search_budget=0.15); its seconds are "
+        "set against the defaults run's stage 2",
+    )
     p.add_argument("--seq-len", type=int, default=128, help="part 2: random tokens per sequence")
     p.add_argument("--parts", default="12")
     args = p.parse_args()
@@ -499,6 +508,14 @@ def main() -> None:
                 )
                 full = full_search(args, device, full_cfg)
             results["full_search"] = full
+        for spec in args.also:
+            settings = parse_settings(spec)
+            with stage(f"part 1: search alone with {spec}"):
+                cfg = flexora_config(args, Path(tempfile.mkdtemp()), **settings)
+                row = full_search(args, device, cfg)
+            row["settings"] = spec
+            row["search_over_stage2"] = round(row["search_s"] / default["stage2_s"], 3)
+            results.setdefault("also", []).append(row)
         differ = full is not None and full["layers"] != default["layers"]
         if full is not None and (args.compare == "always" or (args.compare == "auto" and differ)):
             with stage("part 1: flexora train with the full-length search"):
@@ -549,11 +566,26 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
     log = Path(cfg.output_dir) / "flexora" / "alpha.jsonl"
     return {
         "steps": outcome.steps,
+        "budget_steps": outcome.budget_steps,
+        "stopped_early": outcome.stopped_early,
         "search_s": round(outcome.seconds, 1),
         "layers": outcome.layers,
         "alpha_log": str(log),
         "selection_history": sign_history(str(log)),
     }
+
+
+def parse_settings(spec: str) -> dict[str, Any]:
+    """'budget_unit=rows,search_budget=0.15' -> {'budget_unit': 'rows', 'search_budget': 0.15}."""
+    import yaml
+
+    out = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in {f.name for f in dataclasses.fields(FlexoraSettings)}:
+            raise SystemExit(f"--also: {item!r} is not KEY=VALUE with KEY a flexora setting")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def print_part1(args: Any, results: dict[str, Any]) -> None:
@@ -571,6 +603,13 @@ def print_part1(args: Any, results: dict[str, Any]) -> None:
     print(markdown_table(heads, [[d[k] for k in keys]]))
     n = d["n_blocks"]
     print(f"\nSelected at the defaults ({len(d['layers'])}/{n}): {d['layers']}")
+    for row in results.get("also", []):
+        print(
+            f"Search alone with {row['settings']}: {row['steps']} of {row['budget_steps']} steps"
+            + (" (stopped: stable)" if row["stopped_early"] else "")
+            + f", {row['search_s']} s = {row['search_over_stage2']} of the stage 2 above; "
+            f"selected {len(row['layers'])}/{n}: {row['layers']}"
+        )
     if "full_search" not in results:
         print()
         return

@@ -71,6 +71,7 @@ def test_flexora_costs_runs_a_shape_with_a_saved_tokenizer_and_no_full_pass(tmp_
         "--compare=always",  # without the full pass there is nothing to compare: skipped
         "--epochs=1",
         "--max-length=64",
+        "--also=budget_unit=rows,search_budget=0.5",
         f"--out={out}",
     ]
     # No package may load the embedded model: the saved tokenizer is all it gets.
@@ -81,4 +82,9 @@ def test_flexora_costs_runs_a_shape_with_a_saved_tokenizer_and_no_full_pass(tmp_
     result = json.loads(out.read_text())
     assert "full_search" not in result and "accuracy" not in result
     assert result["search_vs_training"]["stage2_steps"] == 3
+    # --also: the search alone under other settings, set against the same stage 2.
+    (also,) = result["also"]
+    assert also["settings"] == "budget_unit=rows,search_budget=0.5" and also["steps"] >= 1
+    stage2_s = result["search_vs_training"]["stage2_s"]
+    assert also["search_over_stage2"] == round(also["search_s"] / stage2_s, 3)
     assert not (tmp_path / "empty-cache" / "models").exists()  # nothing was dequantized
