@@ -576,16 +576,18 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
 
 
 def parse_settings(spec: str) -> dict[str, Any]:
-    """'budget_unit=rows,search_budget=0.15' -> {'budget_unit': 'rows', 'search_budget': 0.15}."""
-    import yaml
+    """'budget_unit=rows,search_budget=0.15' -> flexora keyword arguments, parsed and checked as
+    ``--set flexora.KEY=VALUE`` would be (unknown keys, types and choices refused)."""
+    from flexpaft.config import from_dict, parse_override
+    from flexpaft.errors import FlexpaftError
 
-    out = {}
-    for item in filter(None, spec.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in {f.name for f in dataclasses.fields(FlexoraSettings)}:
-            raise SystemExit(f"--also: {item!r} is not KEY=VALUE with KEY a flexora setting")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        pairs = (parse_override(item) for item in filter(None, spec.split(",")))
+        given = {".".join(key): value for key, value in pairs}
+        checked = from_dict(FlexoraSettings, given, "flexora")
+    except FlexpaftError as e:
+        raise SystemExit(f"--also {spec!r}: {e}") from None
+    return {key: getattr(checked, key) for key in given}
 
 
 def print_part1(args: Any, results: dict[str, Any]) -> None:
