@@ -86,6 +86,10 @@ def export_lm_eval(
         )
     out = Path(out)
     base = f"{prefix}_{task.name.replace(':', '_')}"
+    if not source and task.packaged_data:
+        from .tasks.data import packaged_path
+
+        source = str(packaged_path(task, split or task.hf_split))
     if source:
         dataset = [
             "dataset_path: json",

@@ -57,7 +57,7 @@ def check_disjoint(adapter_dir: str | Path, examples: list[Example], allow: bool
 def check_training_split(task: TaskSpec, source: str, split: str, allow: bool) -> None:
     """Refuse to train on the split that evaluation scores (lm-eval's and ``flexpaft eval``'s
     default), where a trained adapter would be scored on its own training examples."""
-    if source or not task.hf_path or allow:
+    if source or not (task.hf_path or task.packaged_data) or allow:
         return
     if split and split == task.hf_split:
         raise FlexpaftError(

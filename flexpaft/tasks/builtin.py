@@ -17,6 +17,15 @@ LET, WORDS, CLOZE, GEN = (
     AnswerFormat.GENERATION,
 )
 MC = (LET, CLOZE, GEN)
+SNIPS_INTENTS = (
+    "AddToPlaylist",
+    "BookRestaurant",
+    "GetWeather",
+    "PlayMusic",
+    "RateBook",
+    "SearchCreativeWork",
+    "SearchScreeningEvent",
+)
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     t.name: t
@@ -180,6 +189,40 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
                 ),
             ]
         ],
+        # SNIPS 2017 intents (CC0): the demo's task, shipped with the package (flexpaft/data/
+        # README.md), so it needs no hub and no archive. Each label word is one token of
+        # SmolLM2's vocabulary, so scoring is one forward pass per prompt (evaluate/scoring.py).
+        TaskSpec(
+            name="snips",
+            description="Name the intent of a voice-assistant request: add a song to a playlist, "
+            "book a restaurant, get the weather, play music, rate a book, search for a creative "
+            "work (book, film, album, show), or search for movie screenings.",
+            fields=("text",),
+            required=("text",),
+            fixed_options=SNIPS_INTENTS,
+            label_words=(
+                "playlist",
+                "restaurant",
+                "weather",
+                "music",
+                "rating",
+                "search",
+                "movies",
+            ),
+            gold="intent",
+            gold_kind="text",
+            formats=(WORDS, LET, CLOZE, GEN),
+            default_format=WORDS,
+            templates={
+                "label_words": "Request: {text}\nIntent:",
+                "letter": "Request: {text}\n{options}\nIntent:",
+                "option_text": "Request: {text}\nIntent:",
+                "generation": "Request: {text}\nIntent ({label_words}):",
+            },
+            hf_split="test",
+            hf_train_split="train",
+            packaged_data={"train": "snips_train.jsonl", "test": "snips_test.jsonl"},
+        ),
         TaskSpec(
             name="copa",
             description="Choose the more plausible cause or effect of a premise.",

@@ -128,13 +128,17 @@ def load_examples(
         from .bigbench import bigbench_records_path
 
         records = read_records(str(bigbench_records_path(task.name)))
+    elif task.packaged_data:
+        records = read_records(str(packaged_path(task, split or task.hf_split)))
     elif task.hf_path:
         records = read_records(
             task.hf_path, split or task.hf_split, config_name or task.hf_name or None, revision
         )
     else:
         raise FlexpaftError(f"task {task.name} has no default dataset: give a data source")
-    where = source or (task.name if task.name.startswith("bigbench:") else task.hf_path)
+    where = source or (
+        task.name if task.name.startswith("bigbench:") or task.packaged_data else task.hf_path
+    )
     examples = []
     for i, r in enumerate(records):
         try:
@@ -149,6 +153,21 @@ def load_examples(
     if limit is not None and limit > 0:
         examples = examples[:limit]
     return examples
+
+
+def packaged_path(task: TaskSpec, split: str) -> Path:
+    """The file of ``split`` among the data shipped with the package for ``task``."""
+    from importlib import resources
+
+    if split not in task.packaged_data:
+        raise FlexpaftError(
+            f"task {task.name} ships the splits {', '.join(sorted(task.packaged_data))}, "
+            f"not {split!r}: set data.split to one of them, or data.source to your own file"
+        )
+    path = Path(str(resources.files("flexpaft").joinpath("data", task.packaged_data[split])))
+    if not path.is_file():
+        raise FlexpaftError(f"the packaged data file {path} is missing: reinstall flexpaft")
+    return path
 
 
 def split_examples(

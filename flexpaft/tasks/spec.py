@@ -133,6 +133,13 @@ class TaskSpec:
     hf_train_split: str = field(
         default="train", metadata={"help": "Training split (never the evaluation split)."}
     )
+    packaged_data: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Data shipped inside the flexpaft package, by split name (train/test): file "
+            "names under flexpaft/data/, read when no data.source is given (built-in tasks only)."
+        },
+    )
 
     # ---- slots ---------------------------------------------------------------------------
     @property
