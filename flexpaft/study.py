@@ -12,7 +12,9 @@ steps are the ordinary ``flexpaft`` commands, so every run of a study can be rep
 Flexora's selection is judged against plain LoRA on other blocks (``BLOCK_BASELINES``): ``random``
 (the flexora run's block count k, drawn at random, ``random_draws`` runs ``random-dD-sS`` per
 seed), ``lora_drop`` (the k blocks whose LoRA output norm is largest after a short LoRA run on
-every block) and ``top_half`` (the upper half of the blocks). They train on the same training
+every block), ``grad_probe`` (the k blocks whose LoRA gradient norm is largest at the start, over
+a few training batches: the cheapest of the published layer selectors), ``top_half`` and
+``bottom_half`` (the upper and lower half of the blocks). They train on the same training
 slice as ``lora`` and differ from it only in ``lora.layers_to_transform``; random and lora_drop
 read k from ``train/flexora-sS``, so flexora is trained first.
 """
@@ -45,13 +47,17 @@ STUDY_METHODS = (
     "random",
     "lora_drop",
     "top_half",
+    "bottom_half",
+    "grad_probe",
 )
 # Methods that draw templates from the training split of the prompt set.
 _USES_PROMPT_SET = ("topaccuracy", "paft", "flexora+paft")
 # Plain LoRA restricted to blocks chosen without Flexora's search: the baselines of its selection.
-BLOCK_BASELINES = ("random", "lora_drop", "top_half")
+BLOCK_BASELINES = ("random", "lora_drop", "top_half", "bottom_half", "grad_probe")
 # Baselines that take their block count k from the flexora run of the same seed.
-_NEEDS_FLEXORA = ("random", "lora_drop")
+_NEEDS_FLEXORA = ("random", "lora_drop", "grad_probe")
+# The per-block gradient norms at LoRA's start that rank the blocks for grad_probe.
+GRAD_PROBE_SCORES = "grad_probe.json"
 # The short all-block LoRA run whose output norms rank the blocks for lora_drop.
 LORA_DROP_RANK = "lora_drop-rank"
 LORA_DROP_SCORES = "lora_drop.json"
@@ -86,9 +92,10 @@ class StudyConfig:
     output_dir: str = opt("runs/study", "Where every step of the study writes.")
     methods: list[str] = opt(
         ["base", "lora", "topaccuracy", "paft"],
-        f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop and top_half are "
-        "LoRA on the blocks a baseline picks (random and lora_drop: as many as flexora selected "
-        "for the same seed, so they need flexora); they are judged against flexora.",
+        f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop, grad_probe, "
+        "top_half and bottom_half are LoRA on the blocks a baseline picks (random, lora_drop and "
+        "grad_probe: as many as flexora selected for the same seed, so they need flexora); they "
+        "are judged against flexora.",
     )
     seeds: list[int] = opt([0], "Training seeds; each method is trained once per seed.")
     train_examples: int = opt(2000, "Training examples (the first ones of the shuffled data).")
@@ -121,6 +128,9 @@ class StudyConfig:
     lora_drop_batches: int = opt(
         8, "lora_drop: training batches over which each block's LoRA output norm is averaged."
     )
+    grad_probe_batches: int = opt(
+        8, "grad_probe: training batches over which each block's LoRA gradient norm is averaged."
+    )
     bootstrap: int = opt(2000, "Bootstrap replicates for the reports' 95% intervals.")
     thresholds: list[float] = opt([0.6, 0.7], "Top@t thresholds shown in the reports.")
     model: ModelSettings = section(ModelSettings, "Base model.")
@@ -139,7 +149,12 @@ class StudyConfig:
             raise FlexpaftError("a study needs at least one seed")
         if self.train_examples < 1 or self.test_examples < 1:
             raise FlexpaftError("train_examples and test_examples must be at least 1")
-        if self.random_draws < 1 or self.lora_drop_batches < 1 or self.lora_drop_steps < 0:
+        if (
+            self.random_draws < 1
+            or self.lora_drop_batches < 1
+            or self.grad_probe_batches < 1
+            or self.lora_drop_steps < 0
+        ):
             raise FlexpaftError(
                 "random_draws and lora_drop_batches must be at least 1, lora_drop_steps >= 0"
             )
@@ -227,7 +242,15 @@ class Study:
 
         task, fmt, examples = self.cfg.data.load()
         need = self.cfg.train_examples + 1
-        if len(examples) < need:
+        if self.test_skip() == 0:
+            # Its own test split: the training slice must fit the training split.
+            _, _, train_rows = self.cfg.data.load("train")
+            if len(train_rows) < self.cfg.train_examples:
+                raise FlexpaftError(
+                    f"{len(train_rows)} training examples in {task.name}: fewer than "
+                    f"train_examples={self.cfg.train_examples}"
+                )
+        elif len(examples) < need:
             raise FlexpaftError(
                 f"{len(examples)} examples in {self.cfg.data.source or task.name}: need more than "
                 f"train_examples={self.cfg.train_examples} to leave a test slice"
@@ -257,7 +280,7 @@ class Study:
                         f"for the same seed: add flexora to methods ({self.run_dir('flexora', seed)} "
                         "holds no finished flexora run of these settings)"
                     )
-        if "top_half" in self.cfg.methods:
+        if {"top_half", "bottom_half"} & set(self.cfg.methods):
             self.n_blocks()  # the model's config is readable and its blocks are found
         adv = self.prompts_dir / "adversarial.jsonl"
         if (
@@ -359,7 +382,7 @@ class Study:
         log.info("prompts: %d train, %d unseen test from %s", len(train), len(test), p.candidates)
 
     def train_all(self) -> None:
-        from .flexora.select import top_half_layers
+        from .flexora.select import bottom_half_layers, top_half_layers
 
         # flexora before the baselines that take their block count from it.
         methods = [m for m in self.cfg.methods if m != "base"]
@@ -371,9 +394,11 @@ class Study:
                         self._train(f"random-d{d}", seed, [_layers_override(layers)])
                 elif method == "lora_drop":
                     self._train(method, seed, [_layers_override(self.lora_drop_layers(seed))])
-                elif method == "top_half":
-                    layers = top_half_layers(self.n_blocks())
-                    self._train(method, seed, [_layers_override(layers)])
+                elif method == "grad_probe":
+                    self._train(method, seed, [_layers_override(self.grad_probe_layers(seed))])
+                elif method in ("top_half", "bottom_half"):
+                    half = top_half_layers if method == "top_half" else bottom_half_layers
+                    self._train(method, seed, [_layers_override(half(self.n_blocks()))])
                 else:
                     self._train(method, seed)
 
@@ -454,13 +479,36 @@ class Study:
         log.info("lora_drop seed %d: blocks %s (scores %s)", seed, layers, scores)
         return layers
 
+    def grad_probe_layers(self, seed: int) -> list[int]:
+        """The k blocks (k: the flexora run's) with the largest LoRA gradient norm at the start.
+
+        Scored on ``grad_probe_batches`` training batches of the lora run's own settings, with
+        no optimizer step; the scores are kept in ``train/grad_probe-rank-sS/grad_probe.json``.
+        """
+        from .flexora.baselines import gradient_probe_scores
+        from .flexora.select import select_layers
+
+        search = self.flexora_search(seed)
+        cfg = self._train_config("grad_probe", seed)
+        # Beside the run, not in it: the run directory is for the trainer alone.
+        path = self.run_dir("grad_probe-rank", seed) / GRAD_PROBE_SCORES
+        key = {"train": asdict(cfg), "batches": self.cfg.grad_probe_batches}
+        if _same_config(path, key):
+            scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
+        else:
+            scores = gradient_probe_scores(cfg, self.cfg.grad_probe_batches)
+            atomic_write_json(path, {"config": key, "scores": scores})
+        layers = select_layers(scores, "topk", len(search["layers"]))
+        log.info("grad_probe seed %d: blocks %s (scores %s)", seed, layers, scores)
+        return layers
+
     def n_blocks(self) -> int:
         """Transformer blocks of the study's model, as the search counts them."""
         from .flexora.blocks import count_blocks
 
         if self._n_blocks is None:
             m = self.cfg.model
-            pattern = self._train_config("top_half", 0).flexora.blocks_pattern
+            pattern = self._train_config("lora", 0).flexora.blocks_pattern
             self._n_blocks = count_blocks(m.name, pattern, m.trust_remote_code, m.gguf_dtype)
         return self._n_blocks
 
@@ -470,7 +518,7 @@ class Study:
 
         run = "base" if seed is None else f"{method}-s{seed}"
         o = self._common() + [
-            f"data.skip={self.cfg.train_examples}",
+            f"data.skip={self.test_skip()}",
             f"data.limit={self.test_window()}",
             f"data.balance_labels={str(self.cfg.balance_test).lower()}",
             f"prompt_set={self.test_sets()[set_name]}",
@@ -488,6 +536,16 @@ class Study:
                 o.append(f"adversarial_set={self.prompts_dir / 'adversarial.jsonl'}")
         return load_config(EvalConfig, None, o + _flat("", self.cfg.eval))
 
+    def test_skip(self) -> int:
+        """Examples skipped before the test slice: none where the task ships its own test split
+        (the packaged snips: training reads its train file, evaluation its test file), else the
+        training slice, so the test examples come after it in the one shuffled file."""
+        from .tasks import load_task
+
+        d = self.cfg.data
+        separate = not d.source and not d.split and load_task(d.task).packaged_data
+        return 0 if separate else self.cfg.train_examples
+
     def test_window(self) -> int:
         """Raw examples after the training slice that hold the test set.
 
@@ -498,9 +556,7 @@ class Study:
         if not self.cfg.balance_test:
             return self.cfg.test_examples
         if self._window is None:
-            self._window = balanced_window(
-                self.cfg.data, self.cfg.train_examples, self.cfg.test_examples
-            )
+            self._window = balanced_window(self.cfg.data, self.test_skip(), self.cfg.test_examples)
         return self._window
 
     def eval_all(self) -> None:

@@ -162,14 +162,20 @@ def test_the_search_counts_its_row_chunks_when_told_to(tmp_path, tok):
 
 
 def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
+    from flexpaft.train import options as options_mod
+
     rendered: list[str] = []
-    real = data_mod.RenderedDataset.__getitem__
 
-    def counting(self, key):
-        rendered.append(self.examples[key[0]].uid)
-        return real(self, key)
+    def counting(real):
+        def getitem(self, key):
+            rendered.append(self.examples[key[0]].uid)
+            return real(self, key)
 
-    monkeypatch.setattr(data_mod.RenderedDataset, "__getitem__", counting)
+        return getitem
+
+    # Validation items come from the options dataset (flexora.val_loss=options by default).
+    for cls in (data_mod.RenderedDataset, options_mod.OptionsDataset):
+        monkeypatch.setattr(cls, "__getitem__", counting(cls.__getitem__))
     search, outcome = run_search(config(tmp_path, "flexora.search_steps=6"), tok)
     val = {e.uid for e in search.val_examples}
     # 6 steps x 2 validation batches of 4 = 48 rows served; one pass (6 examples, padded to 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import FlexpaftError
 from ..train.config import TrainConfig
+from .blocks import find_blocks
 from .select import lora_drop_ranking
 
 
@@ -37,3 +38,29 @@ def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) ->
     model = load_adapter(model, adapter).eval()
     loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
     return lora_drop_ranking(model, list(islice(loader, batches)))
+
+
+def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
+    """Per-block LoRA gradient norms at the start of a run of ``cfg`` (``gradient_probe_ranking``),
+    over its first ``batches`` training batches, with LoRA on every block and no step taken."""
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    from ..tasks.data import split_examples
+    from ..train.data import answer_loss, make_loader
+    from ..train.lora import add_lora
+    from ..train.templates import training_templates
+    from .select import gradient_probe_ranking
+
+    if batches < 1:
+        raise FlexpaftError(f"the gradient probe needs at least one batch, not {batches}")
+    task, fmt, examples = cfg.data.load("train")
+    if cfg.validation.enabled:
+        examples, _ = split_examples(examples, cfg.validation.eval_examples, cfg.seed + 2)
+    model, tok = cfg.model.load()
+    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+    layout = find_blocks(model)
+    model = add_lora(model, dataclasses.replace(cfg.lora, layers_to_transform=None))
+    loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
+    return gradient_probe_ranking(model, list(islice(loader, batches)), answer_loss, layout)

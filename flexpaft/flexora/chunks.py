@@ -16,6 +16,7 @@ import torch
 
 from ..errors import FlexpaftError
 from ..train.data import answer_targets
+from ..train.options import is_options_batch, option_chunks
 
 Batch = dict[str, torch.Tensor]
 
@@ -60,7 +61,11 @@ def split_rows(batch: Batch, rows: int, multiple: int = 8) -> list[Batch]:
 
 
 def weighted_chunks(batch: Batch, rows: int) -> Iterator[tuple[Batch, float]]:
-    """Each chunk with its share of the batch's answer tokens (chunks without any are skipped)."""
+    """Each chunk with its share of the batch's answer tokens (chunks without any are skipped);
+    an options batch (train/options.py) is chunked by whole examples instead."""
+    if is_options_batch(batch):
+        yield from option_chunks(batch, rows)
+        return
     chunks = split_rows(batch, rows)
     if len(chunks) == 1:
         yield batch, 1.0

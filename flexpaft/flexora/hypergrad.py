@@ -166,6 +166,7 @@ def model_hypergradient(
     alpha: torch.Tensor,
     steps: Sequence[Sequence[Batch]],
     val: Sequence[Batch],
+    val_loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = answer_loss,
 ) -> tuple[torch.Tensor, float]:
     """The K-step unrolled gradient of alpha from ``model``'s current LoRA weights.
 
@@ -200,7 +201,7 @@ def model_hypergradient(
         return answer_loss(_WithParams(model, params), batch)
 
     def val_loss(params: Params) -> torch.Tensor:
-        return sum(answer_loss(_WithParams(model, params), b) for b in val)
+        return sum(val_loss_fn(_WithParams(model, params), b) for b in val)
 
     model.train()
     return unrolled_hypergradient(train_loss, val_loss, named, alpha, steps, update)

@@ -86,7 +86,9 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
     # method stays: flexora and flexora+paft draw templates differently.
     for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
-    for k in ("epochs", "max_steps", "num_workers"):
+    # Under schedule=stage2 the inner learning rates follow stage 2's length, so it stays in.
+    stage2 = d["flexora"].get("schedule") == "stage2"
+    for k in ("num_workers",) if stage2 else ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
     # micro_batch only sets how many rows share a forward: the steps are the same. The budget
     # (and its unit) sets only the length, which is in.

@@ -21,6 +21,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +45,7 @@ from ..train.config import TrainConfig
 from ..train.data import answer_loss, make_loader
 from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
 from ..train.lora import add_lora
+from ..train.options import options_loss
 from .blocks import find_blocks, modules_by_block
 from .budget import StableSelection, passes_per_micro_batch, search_length
 from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
@@ -65,7 +68,7 @@ from .outcome import (
     write_selection,
 )
 from .plots import plot_alpha
-from .select import RANK_RULES, gate_ranks, select_layers
+from .select import RANK_RULES, gate_ranks, overlap, select_layers
 from .stream import BatchStream, FixedBatches
 
 log = logging.getLogger(__name__)
@@ -135,12 +138,30 @@ class LayerSearch:
             )
 
         o = cfg.optim
+        self.train_templates, self.val_templates = validation_templates(f, templates, cfg.seed)
+        self.val_loss_kind = f.resolved_val_loss(fmt)
+        self.val_loss_fn = options_loss if self.val_loss_kind == "options" else answer_loss
         train_loader, self.train_sampler = make_loader(
-            cfg, task, fmt, self.train_examples, templates, tokenizer, cfg.seed, accelerator
+            cfg,
+            task,
+            fmt,
+            self.train_examples,
+            self.train_templates,
+            tokenizer,
+            cfg.seed,
+            accelerator,
         )
         # A different seed: validation batches are not drawn in lockstep with training batches.
         val_loader, val_sampler = make_loader(
-            cfg, task, fmt, self.val_examples, templates, tokenizer, cfg.seed + 1, accelerator
+            cfg,
+            task,
+            fmt,
+            self.val_examples,
+            self.val_templates,
+            tokenizer,
+            cfg.seed + 1,
+            accelerator,
+            options=self.val_loss_kind == "options",
         )
         self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)
         # Rendered and tokenized once, reused every pass.
@@ -152,6 +173,9 @@ class LayerSearch:
         passes = passes_per_micro_batch(f, o.batch_size, self.rows, accelerator.device.type)
         self.total = search_length(f, o, steps_per_epoch, global_batch, passes)
         self.inner_total = self.total * max(1, self.unroll)
+        # Outer steps in which only LoRA learns: alpha's first gradients, at a LoRA that has
+        # not learned anything yet, would otherwise decide a short search's selection.
+        self.alpha_wait = int(f.alpha_warmup * self.total)
         self.stability = StableSelection(f.selection, f.k, f.fraction, f.stable_steps)
         if f.stable_steps and self.total <= f.stable_steps:
             log.warning(
@@ -164,8 +188,13 @@ class LayerSearch:
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        # search: the schedule squeezed into the search; stage2: the first inner_total steps of
+        # the schedule stage 2 will run, so LoRA learns in the search as it will there.
+        horizon = self.inner_total
+        if f.schedule == "stage2":
+            horizon = max(self.inner_total, o.max_steps or math.ceil(o.epochs * steps_per_epoch))
         self.scheduler = get_cosine_schedule_with_warmup(
-            optimizer, int(o.warmup_ratio * self.inner_total), self.inner_total
+            optimizer, int(o.warmup_ratio * horizon), horizon
         )
         self.alpha_optimizer = torch.optim.Adam([self.gates.alpha], lr=f.alpha_lr)
         fill_deepspeed_batch_size(accelerator, o.batch_size)
@@ -211,13 +240,23 @@ class LayerSearch:
     def outer_step(self) -> dict[str, Any]:
         """One alpha update (after one inner step, or K committed inner steps when unrolling)."""
         model = self.acc.unwrap_model(self.wrapped)
-        if self.unroll:
+        if self.step < self.alpha_wait:
+            # alpha waits: the inner step(s) alone, and no validation pass.
+            n = max(1, self.unroll)
+            train_loss = sum(self.inner_step(self._micro_batches()) for _ in range(n)) / n
+            grad, val_loss = None, None
+        elif self.unroll:
             steps = [self._micro_batches() for _ in range(self.unroll)]
             val = self._val_batches()
-            model = self.acc.unwrap_model(self.wrapped)
             with checkpointing_paused(model):
                 grad, val_loss = model_hypergradient(
-                    model, self.optimizer, self.scheduler, self.gates.alpha, steps, val
+                    model,
+                    self.optimizer,
+                    self.scheduler,
+                    self.gates.alpha,
+                    steps,
+                    val,
+                    self.val_loss_fn,
                 )
             train_loss = sum(self.inner_step(s) for s in steps) / len(steps)
         else:
@@ -232,24 +271,31 @@ class LayerSearch:
                 model,
                 self.gates,
                 self._val_batches(),
-                lambda m, b: answer_loss(m, b) * scale,
+                lambda m, b: self.val_loss_fn(m, b) * scale,
                 rows=self.rows,
             )
             grad, val_loss = grad / scale, val_loss / scale
             model.train()
-        if self.acc.num_processes > 1:
-            grad = self.acc.reduce(grad, reduction="mean")
-        # An overflowed fp16 step is skipped, as GradScaler skips the LoRA step (same on all ranks).
-        if bool(torch.isfinite(grad).all()):
-            self.gates.alpha.grad = grad
-            self.alpha_optimizer.step()
-        self.alpha_optimizer.zero_grad(set_to_none=True)
+        if grad is not None:
+            if self.acc.num_processes > 1:
+                grad = self.acc.reduce(grad, reduction="mean")
+            # An overflowed fp16 step is skipped, as GradScaler skips the LoRA step (same on
+            # all ranks).
+            if bool(torch.isfinite(grad).all()):
+                self.gates.alpha.grad = grad
+                self.alpha_optimizer.step()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
         self.step += 1
         alpha = self.gates.alpha.detach().cpu().tolist()
-        self.stopped_early = self.stability.update(alpha)
+        # The early stop only counts once alpha moves.
+        if grad is not None:
+            self.stopped_early = self.stability.update(alpha)
+        f = self.cfg.flexora
         return {
             "step": self.step,
             "alpha": alpha,
+            "alpha_moved": grad is not None,
+            "selected": select_layers(alpha, f.selection, f.k, f.fraction, quiet=True),
             "unchanged": self.stability.unchanged,
             "gates": self.gates.values().detach().cpu().tolist(),
             "train_loss": train_loss,
@@ -342,13 +388,15 @@ class LayerSearch:
                     with open(log_path, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(record) + "\n")
                 if self.cfg.log_every and self.step % self.cfg.log_every == 0:
+                    val = record["val_loss"]
+                    val_text = "-" if val is None else f"{val:.4f}"  # None: alpha waited
                     log.info(
-                        "search step %d train %.4f val %.4f",
+                        "search step %d train %.4f val %s",
                         self.step,
                         record["train_loss"],
-                        record["val_loss"],
+                        val_text,
                     )
-                    bar.set_postfix(val=f"{record['val_loss']:.4f}")
+                    bar.set_postfix(val=val_text)
                 end = self.step == self.total or self.stopped_early
                 if every and (self.step % every == 0 or end):
                     self.seconds += time.perf_counter() - t0
@@ -411,7 +459,13 @@ class LayerSearch:
         )
         if self.acc.is_main_process:
             write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)
-            plot_alpha(self._read_log(), self.out / ALPHA_PLOT)
+            rows = self._read_log()
+            # How settled the selection was: its overlap at every step with the final one.
+            for row in rows:
+                if "selected" in row:
+                    row["overlap_final"] = round(overlap(row["selected"], layers), 4)
+            atomic_write_text(self.out / ALPHA_LOG, "".join(json.dumps(r) + "\n" for r in rows))
+            plot_alpha(rows, self.out / ALPHA_PLOT)
         self.acc.wait_for_everyone()
         self.release()
         log.info("flexora selected %d of %d blocks: %s", len(layers), self.layout.count, layers)
@@ -434,6 +488,36 @@ class LayerSearch:
             if isinstance(held, list):
                 held[:] = [x for x in held if x is not obj]
         self.model.unload()
+
+
+def validation_templates(
+    f: Any, templates: list[Template], seed: int
+) -> tuple[list[Template], list[Template]]:
+    """(templates the inner loop trains on, templates the validation batches are rendered under).
+
+    ``heldout`` keeps a seeded share of the prompt set away from the inner loop, so alpha is
+    tuned for wordings the LoRA it gates never trained on: the search aims at what the
+    evaluation under unseen templates measures.
+    """
+    mode = f.val_templates
+    if mode == "auto":
+        mode = "heldout" if len(templates) >= 4 else "train"
+    if mode == "train":
+        return templates, templates
+    if len(templates) < 2:
+        raise FlexpaftError(
+            "flexora.val_templates=heldout needs a prompt set of at least 2 templates "
+            f"(this run has {len(templates)}): use flexora+paft with a prompt set, or "
+            "flexora.val_templates=train"
+        )
+    order = list(range(len(templates)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(templates) - 1, max(1, round(f.val_template_fraction * len(templates))))
+    held = set(order[:n_val])
+    return (
+        [t for i, t in enumerate(templates) if i not in held],
+        [t for i, t in enumerate(templates) if i in held],
+    )
 
 
 @attention_without_cudnn()  # its backward gives NaN gradients on our batches (compute.py)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,14 @@ def _ranking(alpha: Sequence[float]) -> list[int]:
 
 
 def select_layers(
-    alpha: Sequence[float], rule: str = "positive", k: int = 0, fraction: float = 0.5
+    alpha: Sequence[float],
+    rule: str = "positive",
+    k: int = 0,
+    fraction: float = 0.5,
+    quiet: bool = False,
 ) -> list[int]:
-    """Sorted block indices chosen from ``alpha`` by ``rule``; never empty."""
+    """Sorted block indices chosen from ``alpha`` by ``rule``; never empty (``quiet``: the
+    fallback to the best block is not warned about, for a selection logged mid-search)."""
     alpha = [float(a) for a in alpha]
     n = len(alpha)
     if n == 0:
@@ -54,6 +59,8 @@ def select_layers(
         chosen = _ranking(alpha)[: math.ceil(fraction * n)]
     else:
         raise FlexpaftError(f"unknown selection rule {rule!r} (choose from {', '.join(RULES)})")
+    if not chosen and quiet:
+        return [_ranking(alpha)[0]]
     if not chosen:
         best = _ranking(alpha)[0]
         msg = f"selection rule {rule!r} kept no layer; falling back to the best layer {best}"
@@ -123,6 +130,50 @@ def top_half_layers(n_blocks: int) -> list[int]:
     return list(range(n_blocks - max(1, n_blocks // 2), n_blocks))
 
 
+def bottom_half_layers(n_blocks: int) -> list[int]:
+    """The lower half of the blocks (those nearest the input): the first n_blocks // 2, at least 1."""
+    if n_blocks < 1:
+        raise FlexpaftError("no blocks to take the bottom half of")
+    return list(range(max(1, n_blocks // 2)))
+
+
+def gradient_probe_ranking(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    layout: BlockLayout | None = None,
+) -> list[float]:
+    """Per block, the norm of the training loss's gradient on its LoRA weights, at LoRA's start.
+
+    The gradient-probe layer selectors: a block whose fresh LoRA gets a large gradient is one
+    where a step of LoRA would lower the loss most. At LoRA's initialisation B = 0, so only B
+    gets a gradient (dL/dB = dL/dh (A x)^T); the norm is over every adapted module of the
+    block, averaged over ``batches``. Nothing is updated.
+    """
+    layout = layout or find_blocks(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    block_of = {}
+    for n, _ in params:
+        i = layout.index_of(n)
+        if i is not None:
+            block_of[n] = i
+    totals = np.zeros(layout.count)
+    count = 0
+    model.eval()  # no dropout: the probe is deterministic
+    for batch in batches:
+        named = [(n, p) for n, p in params if n in block_of]
+        grads = torch.autograd.grad(loss_fn(model, batch), [p for _, p in named], allow_unused=True)
+        sq = np.zeros(layout.count)
+        for (n, _), g in zip(named, grads):
+            if g is not None:
+                sq[block_of[n]] += float(g.float().pow(2).sum())
+        totals += np.sqrt(sq)
+        count += 1
+    if not count:
+        raise FlexpaftError("the gradient probe got no batches")
+    return (totals / count).tolist()
+
+
 @torch.no_grad()
 def lora_drop_ranking(
     model: nn.Module,
@@ -183,3 +234,9 @@ def lora_drop_ranking(
     if n == 0:
         raise FlexpaftError("lora_drop_ranking needs at least one batch")
     return (totals / n).tolist()
+
+
+def overlap(a: Iterable[int], b: Iterable[int]) -> float:
+    """Jaccard overlap of two block selections: 1 the same blocks, 0 none in common."""
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0

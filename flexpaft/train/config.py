@@ -8,6 +8,7 @@ from typing import ClassVar
 from ..config import opt, section
 from ..errors import FlexpaftError
 from ..settings import DataSettings, ModelSettings
+from ..tasks.spec import AnswerFormat
 from .compute import ComputeSettings
 from .optim import OPTIMIZERS, SCHEDULERS
 from .tracking import REPORT_TO_HELP
@@ -107,6 +108,9 @@ class OptimSettings:
 
 
 BUDGET_UNITS = ("auto", "rows", "pass")
+VAL_LOSSES = ("auto", "options", "full")
+VAL_TEMPLATES = ("auto", "train", "heldout")
+SEARCH_SCHEDULES = ("search", "stage2")
 
 
 @dataclass
@@ -159,12 +163,62 @@ class FlexoraSettings:
     blocks_pattern: str = opt(
         "", "Regex for block module names with one group capturing the index (auto if '')."
     )
+    val_loss: str = opt(
+        "auto",
+        "The loss alpha minimises on the validation batches: options (cross-entropy over the "
+        "task's answer options, ranked by summed log-probability as the evaluator ranks them: "
+        "the loss accuracy reads), full (cross-entropy of the gold answer over the whole "
+        "vocabulary, the paper's), auto (options wherever the answer format scores options: "
+        "label_words, letter, option_text; full for generation).",
+    )
+    val_templates: str = opt(
+        "auto",
+        "Templates the validation batches are rendered under: train (the training templates), "
+        "heldout (a slice of the prompt set, val_template_fraction of it, that the search's "
+        "inner loop never trains on, so alpha is tuned for unseen wordings), auto (heldout when "
+        "the prompt set has at least 4 templates, as under flexora+paft; train otherwise).",
+    )
+    val_template_fraction: float = opt(
+        0.25, "Share of the prompt set held out for validation under val_templates=heldout."
+    )
+    alpha_warmup: float = opt(
+        0.0,
+        "Share of the search's outer steps during which only the LoRA weights learn and alpha "
+        "waits (its gradient at an untrained LoRA says little about where LoRA helps).",
+    )
+    schedule: str = opt(
+        "search",
+        "Inner learning-rate schedule of the search: search (the optim schedule squeezed into "
+        "the search's length) or stage2 (the first steps of the schedule stage 2 runs: the same "
+        "warm-up and learning rates a LoRA sees there).",
+    )
 
     def __post_init__(self) -> None:
         if self.budget_unit not in BUDGET_UNITS:
             raise ValueError(
                 f"flexora.budget_unit {self.budget_unit!r} is not one of {', '.join(BUDGET_UNITS)}"
             )
+        for key, choices in (
+            ("val_loss", VAL_LOSSES),
+            ("val_templates", VAL_TEMPLATES),
+            ("schedule", SEARCH_SCHEDULES),
+        ):
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"flexora.{key} {getattr(self, key)!r} is not one of {', '.join(choices)}"
+                )
+        if not 0 < self.val_template_fraction < 1:
+            raise ValueError(
+                f"flexora.val_template_fraction must be in (0, 1), got {self.val_template_fraction}"
+            )
+        if not 0 <= self.alpha_warmup < 1:
+            raise ValueError(f"flexora.alpha_warmup must be in [0, 1), got {self.alpha_warmup}")
+
+    def resolved_val_loss(self, fmt: AnswerFormat) -> str:
+        """``val_loss`` with auto decided for answer format ``fmt``."""
+        if self.val_loss != "auto":
+            return self.val_loss
+        return "full" if fmt is AnswerFormat.GENERATION else "options"
 
 
 # TrainingArguments (and PEFT LoraConfig) names accepted for the keys they mean, in YAML and --set.

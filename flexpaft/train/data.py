@@ -124,6 +124,7 @@ def make_loader(
     tokenizer: Any,
     seed: int,
     acc: Any,
+    options: bool = False,
 ) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
     """The training pipeline: templates drawn per example, length grouping, rank shards.
 
@@ -134,7 +135,14 @@ def make_loader(
     from torch.utils.data import DataLoader
 
     o = cfg.optim
-    dataset = RenderedDataset(
+    # options=True: items carry every option's answer, for the loss over options (options.py).
+    if options:
+        from .options import OptionsCollator, OptionsDataset
+
+        dataset_cls, collator_cls = OptionsDataset, OptionsCollator
+    else:
+        dataset_cls, collator_cls = RenderedDataset, PadCollator
+    dataset = dataset_cls(
         task,
         examples,
         templates,
@@ -163,7 +171,7 @@ def make_loader(
         dataset,
         batch_sampler=sampler.stream(),
         # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
-        collate_fn=PadCollator(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
+        collate_fn=collator_cls(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
         num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         prefetch_factor=4 if workers else None,

@@ -1,0 +1,179 @@
+"""Cross-entropy over a task's answer options: the loss that accuracy reads.
+
+The evaluator ranks the options of an example by the summed log-probability of each option's
+answer tokens after the prompt (evaluate/scoring.py). ``options_loss`` is the cross-entropy of
+that ranking against the gold option, differentiable: a model lowers it only by moving
+probability *between* the options, where the usual full-vocabulary loss on the gold answer is
+also lowered by moving probability onto the option words from the rest of the vocabulary
+(on a label-word task most of it: docs/RESULTS.md). Flexora's search tunes alpha on it
+(``flexora.val_loss=options``).
+
+Batches come in two layouts, chosen per batch by ``OptionsCollator``:
+
+* every answer one token (letters, one-token label words): the prompts alone, one row each, with
+  ``option_ids`` (B, K): one forward pass per example, the logits of the last position gathered;
+* otherwise one row per (example, option), prompt + answer, with ``row_example``/``row_option``
+  saying where each row's summed score goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..render import encode_answer, encode_prompt, render
+from .data import RenderedDataset, answer_targets
+
+Batch = dict[str, torch.Tensor]
+PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
+@dataclass
+class OptionsDataset(RenderedDataset):
+    """Like ``RenderedDataset``, but an item holds the prompt and every option's answer tokens."""
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, object]:
+        ex_idx, tpl_idx = key
+        rendered = render(
+            self.task, self.templates[tpl_idx], self.examples[ex_idx], self.fmt, self.chat
+        )
+        answers = [encode_answer(self.tokenizer, a) for a in rendered.answers]
+        longest = max(len(a) for a in answers)
+        room = max(1, self.max_length - longest)
+        prompt = encode_prompt(self.tokenizer, rendered.prompt)
+        # Cut from the left, as encode_for_training cuts a training sequence.
+        return {"prompt": prompt[-room:], "answers": answers, "gold": rendered.gold}
+
+
+class OptionsCollator:
+    """Left-pads an options batch in the layout its answers allow (see the module doc)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1) -> None:
+        self.pad_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, items: list[dict[str, object]]) -> Batch:
+        gold = torch.tensor([it["gold"] for it in items], dtype=torch.long)
+        k = max(len(it["answers"]) for it in items)
+        if all(len(a) == 1 for it in items for a in it["answers"]):
+            batch = self._pad([it["prompt"] for it in items], [[] for _ in items])
+            option_ids = torch.zeros((len(items), k), dtype=torch.long)
+            mask = torch.zeros((len(items), k), dtype=torch.bool)
+            for i, it in enumerate(items):
+                for j, a in enumerate(it["answers"]):
+                    option_ids[i, j], mask[i, j] = a[0], True
+            return {**batch, "option_ids": option_ids, "option_mask": mask, "gold": gold}
+        seqs, answers, row_example, row_option = [], [], [], []
+        for i, it in enumerate(items):
+            for j, a in enumerate(it["answers"]):
+                seqs.append(it["prompt"])
+                answers.append(a)
+                row_example.append(i)
+                row_option.append(j)
+        batch = self._pad(seqs, answers)
+        return {
+            **batch,
+            "row_example": torch.tensor(row_example, dtype=torch.long),
+            "row_option": torch.tensor(row_option, dtype=torch.long),
+            "n_options": torch.full((len(items),), k, dtype=torch.long),
+            "gold": gold,
+        }
+
+    def _pad(self, prompts: list[list[int]], answers: list[list[int]]) -> Batch:
+        rows = [p + a for p, a in zip(prompts, answers)]
+        longest = max(len(r) for r in rows)
+        if self.multiple > 1:
+            longest = -(-longest // self.multiple) * self.multiple
+        n = len(rows)
+        ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, longest), -100, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        for i, (r, a) in enumerate(zip(rows, answers)):
+            ids[i, longest - len(r) :] = torch.tensor(r)
+            if a:
+                labels[i, longest - len(a) :] = torch.tensor(a)
+            mask[i, longest - len(r) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+        }
+
+
+def is_options_batch(batch: Batch) -> bool:
+    return "gold" in batch
+
+
+def option_scores(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, K) summed log-probabilities of each option's answer; -inf where an example has fewer."""
+    if "option_ids" in batch:
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=1,
+        ).logits[:, -1]
+        logp = torch.log_softmax(_at_least_float32(logits), dim=-1)
+        scores = logp.gather(1, batch["option_ids"])
+        return scores.masked_fill(~batch["option_mask"], float("-inf"))
+    target = answer_targets(batch["labels"])
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=target.shape[1] + 1,
+    ).logits[:, :-1]
+    logp = torch.log_softmax(_at_least_float32(logits), dim=-1)
+    real = target != -100
+    token = logp.gather(2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    row = (token * real).sum(dim=1)
+    b, k = batch["gold"].shape[0], int(batch["n_options"].max())
+    scores = torch.full((b, k), float("-inf"), dtype=row.dtype, device=row.device)
+    return scores.index_put((batch["row_example"], batch["row_option"]), row)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 logits are too coarse for a log-softmax; float64 (finite-difference tests) stays.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def options_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy of the option ranking against the gold option."""
+    return torch.nn.functional.cross_entropy(option_scores(model, batch), batch["gold"])
+
+
+def option_chunks(batch: Batch, rows: int) -> Iterator[tuple[Batch, float]]:
+    """The batch as chunks of at most ``rows`` examples, each with its share of the examples.
+
+    An example's option rows stay in one chunk, so every chunk's loss is a mean over whole
+    examples and the weighted sum is the batch's loss.
+    """
+    n = batch["gold"].shape[0]
+    if rows <= 0 or rows >= n:
+        yield batch, 1.0
+        return
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        if "option_ids" in batch:
+            part = {k: v[start:stop] for k, v in batch.items()}
+        else:
+            keep = (batch["row_example"] >= start) & (batch["row_example"] < stop)
+            part = {k: v[keep] for k, v in batch.items() if k in PROMPT_KEYS}
+            part["row_example"] = batch["row_example"][keep] - start
+            part["row_option"] = batch["row_option"][keep]
+            part["n_options"] = batch["n_options"][start:stop]
+            part["gold"] = batch["gold"][start:stop]
+        yield _drop_padding(part), (stop - start) / n
+
+
+def _drop_padding(part: Batch) -> Batch:
+    """Columns that are padding in every row of the chunk removed (batches are left-padded)."""
+    real = part["attention_mask"].bool().any(dim=0)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else 0
+    return (
+        {k: (v[:, first:] if k in PROMPT_KEYS else v) for k, v in part.items()} if first else part
+    )
