@@ -16,6 +16,7 @@ class ModelSettings:
     name: str = opt(
         "embedded",
         "Base model: hub id, local directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct).",
+        path=True,
     )
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
     trust_remote_code: bool = opt(
@@ -39,10 +40,11 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    task: str = opt("boolq", "Built-in task name, bigbench:<task>, or a task YAML file.")
+    task: str = opt("boolq", "Built-in task name, bigbench:<task>, or a task YAML file.", path=True)
     source: str = opt(
         "",
         "Data: local jsonl/json/csv/parquet file or hub dataset id ('' = the task's hub dataset).",
+        path=True,
     )
     split: str = opt(
         "",

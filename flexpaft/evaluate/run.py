@@ -41,14 +41,17 @@ class EvalConfig:
     }
 
     adapter: str = opt(
-        "", "PEFT adapter directory to apply to the base model ('' = base model only)."
+        "", "PEFT adapter directory to apply to the base model ('' = base model only).", path=True
     )
     prompt_set: str = opt(
         "",
         "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
+        path=True,
     )
     adversarial_set: str = opt(
-        "", "Also evaluate under these perturbed templates (for the consistency metric)."
+        "",
+        "Also evaluate under these perturbed templates (for the consistency metric).",
+        path=True,
     )
     reference_template: str = opt(
         "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
@@ -64,7 +67,7 @@ class EvalConfig:
         False, "Continuation scoring: mean instead of summed log-probability."
     )
     thresholds: list[float] = opt([0.8, 0.85, 0.9], "Top@t: share of templates with accuracy >= t.")
-    output_dir: str = opt("runs/eval", "Where results.json and results.md go.")
+    output_dir: str = opt("runs/eval", "Where results.json and results.md go.", path=True)
     name: str = opt(
         "", "Label of this evaluation in reports (default: adapter directory or 'base')."
     )

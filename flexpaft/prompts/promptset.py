@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..io import atomic_output, atomic_write_text
 from ..optional import require
 from ..tasks.spec import AnswerFormat, TaskSpec
+from ..yaml_input import load_yaml
 from .template import Template
 
 FORMATS = ("jsonl", "yaml", "txt", "csv", "xlsx")
@@ -91,7 +92,7 @@ class PromptSet:
         for n, t in enumerate(texts, 1):
             if t is not None and not isinstance(t, str):
                 raise FlexpaftError(
-                    f"{path}: entry {n} is not a template ({t!r:.40}; expected text, or an object "
+                    f"{path}: entry {n} is not a template ({short_repr(t, 40)}; expected text, or an object "
                     f"with a {' / '.join(_TEXT_KEYS)} key)"
                 )
         texts = [_fix_newlines(t) for t in texts if isinstance(t, str) and t.strip()]
@@ -177,7 +178,7 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 def _read_yaml(path: Path) -> list[str]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path.read_text(encoding="utf-8"), path)
     if isinstance(data, dict):
         if "templates" not in data:
             raise FlexpaftError(f"{path}: expected a list of templates (or a 'templates:' list)")

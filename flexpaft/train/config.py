@@ -22,7 +22,9 @@ class PromptSettings:
         "", "Single-prompt methods: the template text (default: the task's own template)."
     )
     prompt_set: str = opt(
-        "", "Template file (jsonl/yaml/txt/csv/xlsx): PAFT draws from it; topaccuracy ranks it."
+        "",
+        "Template file (jsonl/yaml/txt/csv/xlsx): PAFT draws from it; topaccuracy ranks it.",
+        path=True,
     )
     mode: str = opt(
         "example",
@@ -198,7 +200,9 @@ class TrainConfig:
     __aliases__: ClassVar[dict[str, str]] = TRAINING_ARGUMENTS_ALIASES
 
     method: str = opt("lora", f"Training method: {', '.join(METHODS)}.")
-    output_dir: str = opt("runs/train", "Where the adapter, manifest and checkpoints go.")
+    output_dir: str = opt(
+        "runs/train", "Where the adapter, manifest and checkpoints go.", path=True
+    )
     seed: int = opt(0, "Seed for data order, template draws and LoRA initialisation.")
     checkpoint_every: int = opt(
         50, "Save a resumable checkpoint every N optimizer steps (0 = never)."
