@@ -10,12 +10,14 @@ from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
+from ..errors import short_repr
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..splits import check_disjoint
+from ..stored import check_template_result, damaged, read_json_object, read_jsonl_objects
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .distributed import evaluate_sharded, process_state
@@ -176,10 +178,20 @@ def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
     info_file = Path(adapter) / ADAPTER_INFO
     if not info_file.is_file():
         return False
-    trained = json.loads(info_file.read_text(encoding="utf-8")).get("chat_template")
+    remedy = "restore the adapter from its training run"
+    trained = read_json_object(info_file, remedy).get("chat_template")
     if not trained:
         # Adapters from before chat templates existed were trained on raw prompts.
         trained = {"setting": "none", "applied": False, "digest": ""}
+    if not (
+        isinstance(trained, dict)
+        and isinstance(trained.get("setting"), str)
+        and isinstance(trained.get("applied"), bool)
+        and isinstance(trained.get("digest"), str)
+    ):
+        raise damaged(
+            info_file, f"chat_template is {short_repr(trained, 60)}, not flexpaft's record", remedy
+        )
     if (trained["applied"], trained["digest"]) == (chat_info["applied"], chat_info["digest"]):
         return False
     log.warning(
@@ -216,13 +228,14 @@ class PartialResults:
         self.path, self.key = path, key
         self.results: dict[str, TemplateResult] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+            remedy = "delete it to evaluate every template again"
+            for n, row in read_jsonl_objects(path, remedy):
+                if row.get("key") != key:
                     continue
-                if row.get("key") == key:
-                    self.results[row["result"]["id"]] = TemplateResult(**row["result"])
+                problem = check_template_result(row.get("result"))
+                if problem:
+                    raise damaged(path, f"line {n}: {problem}", remedy)
+                self.results[row["result"]["id"]] = TemplateResult(**row["result"])
 
     def add(self, result: TemplateResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

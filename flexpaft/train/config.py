@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..config import opt, section
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..settings import DataSettings, ModelSettings
 from .compute import ComputeSettings
 from .optim import OPTIMIZERS, SCHEDULERS
@@ -109,6 +109,10 @@ class OptimSettings:
 
 
 BUDGET_UNITS = ("auto", "rows", "pass")
+# flexora/select.py's RULES and RANK_RULES, repeated so the config check needs no torch import
+# (tests/test_bad_inputs2.py keeps them equal).
+SELECTION_RULES = ("positive", "gate", "topk", "fraction")
+RANK_RULES = ("uniform", "gate")
 
 
 @dataclass
@@ -167,6 +171,18 @@ class FlexoraSettings:
             raise ValueError(
                 f"flexora.budget_unit {self.budget_unit!r} is not one of {', '.join(BUDGET_UNITS)}"
             )
+        # Checked here, before the model loads and the search runs, not when the search ends.
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(
+                f"flexora.selection {short_repr(self.selection)} is not one of "
+                f"{', '.join(SELECTION_RULES)}"
+            )
+        if self.ranks not in RANK_RULES:
+            raise ValueError(
+                f"flexora.ranks {short_repr(self.ranks)} is not one of {', '.join(RANK_RULES)}"
+            )
+        if self.selection == "topk" and self.k < 1:
+            raise ValueError(f"flexora.k must be at least 1 for the topk rule, got {self.k}")
 
 
 # TrainingArguments (and PEFT LoraConfig) names accepted for the keys they mean, in YAML and --set.

@@ -299,6 +299,12 @@ def train_lora(
                 f"{ckpt_dir} holds a checkpoint of a different configuration: use another "
                 "output_dir, or --set resume=false to start over"
             )
+        if existing.step > total_steps:
+            # The same configuration cannot have saved past its own last step.
+            raise FlexpaftError(
+                f"checkpoint {ckpt_dir} is damaged (trainer_state.json: step {existing.step} is "
+                f"past this run's {total_steps} steps): --set resume=false to start over"
+            )
         pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         resume_rng = saved_rng_states(ckpt_dir)
         if validator is not None:
