@@ -130,6 +130,11 @@ class DataSettings:
         if self.limit:
             examples = examples[: self.limit]
         if self.balance_labels:
+            from .data_checks import check_one_label
+
+            check_one_label(
+                examples, f"{self.source or task.name} (skip={self.skip}, limit={self.limit})"
+            )
             # Within the slice, so a balanced training slice never reaches into the test slice.
             examples = balance_by_gold(examples)
         if self.max_field_chars:

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
+from ..data_checks import warn_long_prompts
 from ..errors import short_repr
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..memory import releases_memory
@@ -112,6 +113,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     chat_info = chat_record(cfg.model.chat_template, chat)
     if cfg.adapter:
         warn_chat_mismatch(cfg.adapter, chat_info)
+    if state is None or state.is_main_process:
+        checked = [*templates, *adversarial, *([ref] if ref is not None else [])]
+        warn_long_prompts(
+            task, fmt, examples, checked, tok, cfg.max_length, "max_length", chat, with_answer=False
+        )
 
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
