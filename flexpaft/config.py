@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import FlexpaftError, short_repr
-from .yaml_input import load_yaml
+from .yaml_input import YamlRefused, load_yaml
 
 T = TypeVar("T")
 
@@ -219,7 +219,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (["a", "b"], YAML-parsed value; the text itself if it is not YAML)."""
     keys, raw = _split_override(text)
     try:
-        value = load_yaml(raw, "--set") if raw.strip() else ""
+        value = load_yaml(raw, f"--set {'.'.join(keys)}") if raw.strip() else ""
+    except YamlRefused:
+        raise
     except FlexpaftError:
         value = raw
     return keys, value

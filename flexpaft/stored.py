@@ -97,3 +97,31 @@ def check_template_result(d: Any) -> str | None:
         if d.get(k) is not None and not _is_number(d[k]):
             return f"{k} is {short_repr(d[k], 40)}, not a number"
     return None
+
+
+ADAPTER_INFO = "flexpaft_adapter.json"
+
+
+def read_adapter_info(adapter: str | Path) -> dict[str, Any] | None:
+    """The ``flexpaft_adapter.json`` of a trained adapter (None for a plain PEFT adapter), with
+    the fields evaluation relies on checked: ``base_fingerprint`` (which base model) and
+    ``chat_template`` (which prompt format the adapter learned)."""
+    path = Path(adapter) / ADAPTER_INFO
+    if not path.is_file():
+        return None
+    remedy = "restore the adapter from its training run"
+    info = read_json_object(path, remedy)
+    fp = info.get("base_fingerprint")
+    if fp is not None and not isinstance(fp, dict):
+        raise damaged(path, f"base_fingerprint is {short_repr(fp, 40)}, not an object", remedy)
+    chat = info.get("chat_template")
+    if chat and not (
+        isinstance(chat, dict)
+        and isinstance(chat.get("setting"), str)
+        and isinstance(chat.get("applied"), bool)
+        and isinstance(chat.get("digest"), str)
+    ):
+        raise damaged(
+            path, f"chat_template is {short_repr(chat, 60)}, not flexpaft's record", remedy
+        )
+    return info

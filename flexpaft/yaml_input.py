@@ -29,6 +29,11 @@ class _TooBig(yaml.YAMLError):
     pass
 
 
+class YamlRefused(FlexpaftError):
+    """Well-formed YAML refused for its size (an alias bomb), not a syntax error: a caller that
+    falls back to the raw text on malformed YAML must not fall back on this."""
+
+
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
     """(nodes, scalar characters) of ``root`` with every alias expanded, counted on the shared
     graph (each distinct node once, memoised), so a bomb is measured without being expanded.
@@ -111,9 +116,9 @@ def load_yaml(text: str, source: object) -> Any:
     try:
         return yaml.load(text, Loader=BoundedLoader)
     except _TooBig as e:
-        raise FlexpaftError(f"YAML in {source} refused: {e}") from None
+        raise YamlRefused(f"YAML in {source} refused: {e}") from None
     except RecursionError:  # nesting deeper than the parser's own recursion allows
-        raise FlexpaftError(f"YAML in {source} refused: it is nested too deeply") from None
+        raise YamlRefused(f"YAML in {source} refused: it is nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -11,14 +11,13 @@ from typing import ClassVar
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..data_checks import warn_long_prompts
-from ..errors import short_repr
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..splits import check_disjoint
-from ..stored import check_template_result, damaged, read_json_object, read_jsonl_objects
+from ..stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .distributed import evaluate_sharded, process_state
@@ -181,23 +180,13 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
 def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
     """Warn (and return True) when ``adapter`` was trained under another chat template choice:
     its answers were learned after a different prompt format than the one scored now."""
-    info_file = Path(adapter) / ADAPTER_INFO
-    if not info_file.is_file():
+    info = read_adapter_info(adapter)
+    if info is None:
         return False
-    remedy = "restore the adapter from its training run"
-    trained = read_json_object(info_file, remedy).get("chat_template")
+    trained = info.get("chat_template")
     if not trained:
         # Adapters from before chat templates existed were trained on raw prompts.
         trained = {"setting": "none", "applied": False, "digest": ""}
-    if not (
-        isinstance(trained, dict)
-        and isinstance(trained.get("setting"), str)
-        and isinstance(trained.get("applied"), bool)
-        and isinstance(trained.get("digest"), str)
-    ):
-        raise damaged(
-            info_file, f"chat_template is {short_repr(trained, 60)}, not flexpaft's record", remedy
-        )
     if (trained["applied"], trained["digest"]) == (chat_info["applied"], chat_info["digest"]):
         return False
     log.warning(
