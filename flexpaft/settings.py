@@ -79,7 +79,7 @@ class DataSettings:
     max_length: int = opt(
         1024, "Maximum tokens per training sequence (the prompt is cut from the left)."
     )
-    answer_eos: str = opt(
+    answer_eos: str | bool = opt(
         "auto",
         "Training: append EOS after the answer? auto = only in the generation format, where the "
         "model must learn to stop; scored formats never look past the answer, and an EOS target "
