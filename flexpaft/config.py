@@ -7,27 +7,31 @@ turns that into the CLI's ``--help`` listing so the docs cannot drift from the c
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import os
+import re
 import types
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
-from .errors import FlexpaftError
+from .errors import FlexpaftError, short_repr
+from .yaml_input import YamlRefused, load_yaml
 
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text (lists/dicts get a default_factory)."""
+def opt(default: Any, help: str, path: bool = False, **kw: Any) -> Any:
+    """A dataclass field with help text (lists/dicts get a default_factory). ``path=True``
+    marks a file or directory: ``~`` and ``$VARS`` in it are expanded and control characters
+    refused (``expand_path``)."""
+    meta = {"help": help, **({"path": True} if path else {})}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(
-            default_factory=lambda: type(value)(value), metadata={"help": help}, **kw
-        )
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
 
 
 def section(cls: type, help: str) -> Any:
@@ -60,36 +64,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except FlexpaftError as e:
                 errors.append(str(e))
-        raise FlexpaftError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise FlexpaftError(errors[0] if errors else f"{where}: invalid value {short_repr(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise FlexpaftError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise FlexpaftError(
+                f"{where}: {short_repr(value)} is not one of {', '.join(map(repr, args))}"
+            )
         return value
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise FlexpaftError(f"{where}: expected a mapping, got {value!r}")
+            raise FlexpaftError(f"{where}: expected a mapping, got {short_repr(value)}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if isinstance(value, str):
             # "a,b,c" on the command line means a list
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise FlexpaftError(f"{where}: expected a list, got {value!r}")
+            raise FlexpaftError(f"{where}: expected a list, got {short_repr(value)}")
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise FlexpaftError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise FlexpaftError(f"{where}: expected a mapping, got {short_repr(value)}")
+        # Values are checked like any field's: a NaN in lora.alpha_pattern is refused here,
+        # not blamed on the learning rate when the loss turns NaN.
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise FlexpaftError(f"{where}: expected true/false, got {value!r}")
+        raise FlexpaftError(f"{where}: expected true/false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise FlexpaftError(f"{where}: expected an integer, got {value!r}")
+            raise FlexpaftError(f"{where}: expected an integer, got {short_repr(value)}")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -99,16 +108,70 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FlexpaftError(f"{where}: expected a number, got {value!r}")
+            raise FlexpaftError(f"{where}: expected a number, got {short_repr(value)}")
         if not math.isfinite(value):
             # NaN passes every "< 0" check and poisons the run; no setting means infinity.
-            raise FlexpaftError(f"{where}: expected a finite number, got {value!r}")
+            raise FlexpaftError(f"{where}: expected a finite number, got {short_repr(value)}")
         return float(value)
     if tp is str:
-        if isinstance(value, (dict, list)):
-            raise FlexpaftError(f"{where}: expected a string, got {value!r}")
-        return str(value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if value is None or isinstance(value, (bool, int, float, datetime.date)):
+            # YAML turned the user's text into another type (yes -> True, 0755 -> 493, a
+            # date, null); str() of it would be a different name, so ask for quotes instead.
+            raise FlexpaftError(
+                f"{where}: expected text, got {short_repr(value)} (YAML reads yes/no/on/off, "
+                "numbers, dates and null as other types): quote the value, e.g. '0755'"
+            )
+        raise FlexpaftError(f"{where}: expected a string, got {short_repr(value)}")
     return value
+
+
+def _is_text_type(tp: Any) -> bool:
+    """A str field (or a union of str and None): its --set value is taken as typed."""
+    if tp is str or tp is Path:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(a is str or a is Path for a in args)
+    return False
+
+
+_VAR = re.compile(r"\$(?:(\w+)|\{([^}]*)\})")
+
+
+def expand_path(text: str, where: str) -> str:
+    """``~`` and ``$VAR``/``${VAR}`` expanded as a shell would; what a shell would silently turn
+    into something else (an unset or empty variable, an unknown ``~user``) and control
+    characters (a newline, tab or NUL in a file name) are refused in one line."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc":
+            raise FlexpaftError(
+                f"{where}: a path cannot contain the control character {ch!r} "
+                f"(position {i + 1} of {short_repr(text)})"
+            )
+
+    def var(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if not name or not re.fullmatch(r"\w+", name):
+            raise FlexpaftError(f"{where}: {m.group(0)!r} is not a variable name")
+        value = os.environ.get(name)
+        if not value:
+            # The shell would make "$RUN_DIR/x" "/x"; a directory literally named "$RUN_DIR"
+            # is not what anyone meant either.
+            state = "empty" if value == "" else "not set"
+            raise FlexpaftError(f"{where}: ${name} is {state} in the environment")
+        return value
+
+    out = os.path.expanduser(_VAR.sub(var, text) if "$" in text else text)
+    if out.startswith("~"):
+        raise FlexpaftError(
+            f"{where}: cannot expand {out.split('/')[0]!r} (no such user or no HOME); "
+            "write ./~... for a directory named that way"
+        )
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -121,9 +184,17 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise FlexpaftError(
             f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})"
         )
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        key = f"{where}.{name}" if where else name
+        value = _coerce(value, hints[name], key)
+        if meta[name].get("path") and value:
+            if isinstance(value, str):
+                value = expand_path(value, key)
+            elif isinstance(value, dict):
+                value = {k: expand_path(v, f"{key}.{k}") for k, v in value.items()}
+        kwargs[name] = value
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
@@ -134,34 +205,56 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], YAML-parsed value)."""
+def _split_override(text: str) -> tuple[list[str], str]:
     if "=" not in text:
-        raise FlexpaftError(f"--set expects key=value, got {text!r}")
+        raise FlexpaftError(f"--set expects key=value, got {short_repr(text)}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise FlexpaftError(f"--set expects key=value, got {text!r}")
+        raise FlexpaftError(f"--set expects key=value, got {short_repr(text)}")
+    return key.split("."), raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], YAML-parsed value; the text itself if it is not YAML)."""
+    keys, raw = _split_override(text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {'.'.join(keys)}") if raw.strip() else ""
+    except YamlRefused:
+        raise
+    except FlexpaftError:
         value = raw
-    return key.split("."), value
+    return keys, value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+def _text_override(raw: str) -> str:
+    """The value of ``--set key=raw`` for a text field: the text as typed (``exp #3``, ``yes``,
+    ``0755``, a newline), unless it is one quoted YAML string, which is unquoted."""
+    s = raw.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        try:
+            value = load_yaml(s, "--set")
+        except FlexpaftError:
+            return raw
+        if isinstance(value, str):
+            return value
+    return raw
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+def _target_type(cls: type, keys: list[str]) -> Any:
+    """The type hint of the field ``keys`` names in ``cls`` (None if there is none)."""
+    tp: Any = cls
+    for k in keys:
+        if _is_dataclass_type(tp):
+            hints = _field_types(tp)
+            if k not in hints:
+                return None
+            tp = hints[k]
+        elif typing.get_origin(tp) is dict and len(typing.get_args(tp)) == 2:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return tp
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -174,13 +267,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise FlexpaftError(f"config {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise FlexpaftError(f"cannot read config {path}: {e.strerror or e}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise FlexpaftError(f"malformed YAML in {path}{at}: {problem}") from None
+    data = load_yaml(text, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -242,6 +329,9 @@ def load_config(
     for text in overrides or []:
         keys, value = parse_override(text)
         keys = _alias_keys(cls, keys, value)
+        if _is_text_type(_target_type(cls, keys)):
+            # Paths, names and templates are strings: never YAML-coerced (-o yes is "yes/").
+            value = _text_override(_split_override(text)[1])
         node = data
         for k in keys[:-1]:
             nxt = node.setdefault(k, {})

@@ -16,6 +16,7 @@ class ModelSettings:
     name: str = opt(
         "embedded",
         "Base model: hub id, local directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct).",
+        path=True,
     )
     dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
     trust_remote_code: bool = opt(
@@ -39,10 +40,11 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    task: str = opt("boolq", "Built-in task name, bigbench:<task>, or a task YAML file.")
+    task: str = opt("boolq", "Built-in task name, bigbench:<task>, or a task YAML file.", path=True)
     source: str = opt(
         "",
         "Data: local jsonl/json/csv/parquet file or hub dataset id ('' = the task's hub dataset).",
+        path=True,
     )
     split: str = opt(
         "",
@@ -77,7 +79,7 @@ class DataSettings:
     max_length: int = opt(
         1024, "Maximum tokens per training sequence (the prompt is cut from the left)."
     )
-    answer_eos: str = opt(
+    answer_eos: str | bool = opt(
         "auto",
         "Training: append EOS after the answer? auto = only in the generation format, where the "
         "model must learn to stop; scored formats never look past the answer, and an EOS target "
@@ -128,6 +130,11 @@ class DataSettings:
         if self.limit:
             examples = examples[: self.limit]
         if self.balance_labels:
+            from .data_checks import check_one_label
+
+            check_one_label(
+                examples, f"{self.source or task.name} (skip={self.skip}, limit={self.limit})"
+            )
             # Within the slice, so a balanced training slice never reaches into the test slice.
             examples = balance_by_gold(examples)
         if self.max_field_chars:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import FlexpaftError
+from .errors import FlexpaftError, short_repr
 from .io import atomic_write_text
+from .stored import damaged
 from .tasks.spec import Example, TaskSpec
 
 TRAIN_HASHES = "train_hashes.txt"
+_HASH = re.compile(r"[0-9a-f]{16}")
 
 
 def example_hash(example: Example) -> str:
@@ -36,7 +39,24 @@ def read_hashes(path: str | Path) -> set[str]:
     p = Path(path)
     if not p.is_file():
         return set()
-    return {line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()}
+    # Checked, not trusted: a damaged file would otherwise turn the overlap check off quietly
+    # (no hash matches) or end in a UnicodeDecodeError traceback.
+    remedy = (
+        "restore it from the training run, or delete it (which turns the overlap check off "
+        "for this adapter)"
+    )
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise damaged(p, f"not text (byte {e.start})", remedy) from None
+    hashes = set()
+    for n, line in enumerate(lines, 1):
+        h = line.strip()
+        if h and not _HASH.fullmatch(h):
+            raise damaged(p, f"line {n} is not a 16-digit hex hash ({short_repr(h, 40)})", remedy)
+        if h:
+            hashes.add(h)
+    return hashes
 
 
 def check_disjoint(adapter_dir: str | Path, examples: list[Example], allow: bool) -> int:

@@ -75,21 +75,24 @@ class StudyPrompts:
         "",
         "Candidate templates file to split instead of generating (e.g. the PAFT paper's prompts "
         "in ../shared/prompts/paft/): `test` of them become the unseen test set.",
+        path=True,
     )
     train_set: str = opt(
         "",
         "Training templates file to use instead of the generated training split (e.g. the "
         "paper's prompts in ../shared/prompts/paft/); the generated test split stays unseen.",
+        path=True,
     )
     extra_test_sets: dict[str, str] = opt(
         {},
         "More unseen test sets, NAME: template file (e.g. templates written by other people).",
+        path=True,
     )
 
 
 @dataclass
 class StudyConfig:
-    output_dir: str = opt("runs/study", "Where every step of the study writes.")
+    output_dir: str = opt("runs/study", "Where every step of the study writes.", path=True)
     methods: list[str] = opt(
         ["base", "lora", "topaccuracy", "paft"],
         f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop, grad_probe, "

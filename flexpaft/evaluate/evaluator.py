@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -211,17 +210,12 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
     """Wrap ``model`` with a saved PEFT adapter; refuse one trained on another base model."""
     from peft import PeftModel
 
+    from ..stored import read_adapter_info
     from ..validate import check_adapter_dir
 
     path = check_adapter_dir(adapter_dir)
-    info_file = path / "flexpaft_adapter.json"
-    if info_file.is_file():
-        try:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FlexpaftError(f"adapter {path}: {info_file.name} is unreadable ({e})") from None
-        if not isinstance(info, dict):
-            raise FlexpaftError(f"adapter {path}: {info_file.name} is not a JSON object")
+    info = read_adapter_info(path)
+    if info is not None:
         want, have = info.get("base_fingerprint"), base_fingerprint(model.config)
         if want and want != have:
             diff = [k for k in want if want[k] != have.get(k)]

@@ -10,12 +10,14 @@ from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
+from ..data_checks import warn_long_prompts
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..settings import DataSettings, ModelSettings
 from ..splits import check_disjoint
+from ..stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
 from .distributed import evaluate_sharded, process_state
@@ -41,14 +43,17 @@ class EvalConfig:
     }
 
     adapter: str = opt(
-        "", "PEFT adapter directory to apply to the base model ('' = base model only)."
+        "", "PEFT adapter directory to apply to the base model ('' = base model only).", path=True
     )
     prompt_set: str = opt(
         "",
         "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
+        path=True,
     )
     adversarial_set: str = opt(
-        "", "Also evaluate under these perturbed templates (for the consistency metric)."
+        "",
+        "Also evaluate under these perturbed templates (for the consistency metric).",
+        path=True,
     )
     reference_template: str = opt(
         "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
@@ -64,7 +69,7 @@ class EvalConfig:
         False, "Continuation scoring: mean instead of summed log-probability."
     )
     thresholds: list[float] = opt([0.8, 0.85, 0.9], "Top@t: share of templates with accuracy >= t.")
-    output_dir: str = opt("runs/eval", "Where results.json and results.md go.")
+    output_dir: str = opt("runs/eval", "Where results.json and results.md go.", path=True)
     name: str = opt(
         "", "Label of this evaluation in reports (default: adapter directory or 'base')."
     )
@@ -107,6 +112,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     chat_info = chat_record(cfg.model.chat_template, chat)
     if cfg.adapter:
         warn_chat_mismatch(cfg.adapter, chat_info)
+    if state is None or state.is_main_process:
+        checked = [*templates, *adversarial, *([ref] if ref is not None else [])]
+        warn_long_prompts(
+            task, fmt, examples, checked, tok, cfg.max_length, "max_length", chat, with_answer=False
+        )
 
     partial = PartialResults(out / "partial.jsonl", _resume_key(cfg, examples))
 
@@ -170,10 +180,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
 def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
     """Warn (and return True) when ``adapter`` was trained under another chat template choice:
     its answers were learned after a different prompt format than the one scored now."""
-    info_file = Path(adapter) / ADAPTER_INFO
-    if not info_file.is_file():
+    info = read_adapter_info(adapter)
+    if info is None:
         return False
-    trained = json.loads(info_file.read_text(encoding="utf-8")).get("chat_template")
+    trained = info.get("chat_template")
     if not trained:
         # Adapters from before chat templates existed were trained on raw prompts.
         trained = {"setting": "none", "applied": False, "digest": ""}
@@ -213,13 +223,14 @@ class PartialResults:
         self.path, self.key = path, key
         self.results: dict[str, TemplateResult] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+            remedy = "delete it to evaluate every template again"
+            for n, row in read_jsonl_objects(path, remedy):
+                if row.get("key") != key:
                     continue
-                if row.get("key") == key:
-                    self.results[row["result"]["id"]] = TemplateResult(**row["result"])
+                problem = check_template_result(row.get("result"))
+                if problem:
+                    raise damaged(path, f"line {n}: {problem}", remedy)
+                self.results[row["result"]["id"]] = TemplateResult(**row["result"])
 
     def add(self, result: TemplateResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

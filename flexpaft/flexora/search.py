@@ -123,6 +123,12 @@ class LayerSearch:
 
         # Found on the bare model so names read as PEFT's layers_to_transform sees them.
         self.layout = find_blocks(model, f.blocks_pattern)
+        if f.selection == "topk" and f.k > self.layout.count:
+            # Known once the model's blocks are, but before the search spends its steps.
+            raise FlexpaftError(
+                f"flexora.k must be between 1 and {self.layout.count} for the topk rule "
+                f"(the model has {self.layout.count} blocks), got {f.k}"
+            )
         # LoRA on every block, whatever stage 2 will use.
         self.model = add_lora(model, dataclasses.replace(cfg.lora, layers_to_transform=None))
         self.gates = LayerGates(self.layout.count, accelerator.device)

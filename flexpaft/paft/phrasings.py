@@ -12,9 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from ..tasks.spec import AnswerFormat, TaskSpec
+from ..yaml_input import load_yaml
 
 # Which instruction list stands in when a format has none of its own.
 _INSTRUCTION_FALLBACK = {
@@ -58,7 +57,7 @@ class TaskBank:
 def load_bank() -> dict[str, Any]:
     """The parsed phrasings.yaml shipped with the package."""
     text = resources.files("flexpaft").joinpath("data/phrasings.yaml").read_text("utf-8")
-    return yaml.safe_load(text)
+    return load_yaml(text, "phrasings.yaml")
 
 
 def escape_literal(text: str) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..io import atomic_output, atomic_write_text
 from ..optional import require
 from ..tasks.spec import AnswerFormat, TaskSpec
+from ..yaml_input import load_yaml
 from .template import Template
 
 FORMATS = ("jsonl", "yaml", "txt", "csv", "xlsx")
@@ -91,7 +92,7 @@ class PromptSet:
         for n, t in enumerate(texts, 1):
             if t is not None and not isinstance(t, str):
                 raise FlexpaftError(
-                    f"{path}: entry {n} is not a template ({t!r:.40}; expected text, or an object "
+                    f"{path}: entry {n} is not a template ({short_repr(t, 40)}; expected text, or an object "
                     f"with a {' / '.join(_TEXT_KEYS)} key)"
                 )
         texts = [_fix_newlines(t) for t in texts if isinstance(t, str) and t.strip()]
@@ -136,6 +137,12 @@ class PromptSet:
             raise FlexpaftError(f"test fraction must be in (0, 1), got {test_fraction}")
         n = len(self.templates)
         n_test = max(min_test, round(n * test_fraction))
+        if n_test < 1:
+            # An empty test set would "pass" every evaluation on unseen templates.
+            raise FlexpaftError(
+                f"a test fraction of {test_fraction:g} of {n} templates with min_test={min_test} "
+                "gives an empty test set: raise the fraction or set min_test to 1 or more"
+            )
         if n < 2 or n_test >= n:
             raise FlexpaftError(
                 f"prompt set of {n} templates is too small to split into train and a test set "
@@ -177,7 +184,7 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 def _read_yaml(path: Path) -> list[str]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path.read_text(encoding="utf-8"), path)
     if isinstance(data, dict):
         if "templates" not in data:
             raise FlexpaftError(f"{path}: expected a list of templates (or a 'templates:' list)")
@@ -205,29 +212,56 @@ def _read_txt(path: Path) -> list[str]:
     return lines
 
 
+def _header_column(first: list[object], rows: list[list[object]]) -> tuple[int | None, bool]:
+    """(template column, whether the first row is a header). A header names the column
+    (template, prompt or text); a first row of plain words above rows holding ``{slots}`` is a
+    header too ("Prompts", "Templates"), not a template."""
+    header = [str(h).strip().lower() if h is not None else "" for h in first]
+    col = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
+    if col is not None:
+        return col, True
+    cell = first[0] if first else None
+    looks_like_header = (
+        isinstance(cell, str)
+        and "{" not in cell
+        and any(r and isinstance(r[0], str) and "{" in r[0] for r in rows[1:])
+    )
+    return None, looks_like_header
+
+
 def _read_csv(path: Path) -> list[str]:
     rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
     if not rows:
         return []
-    header = [h.strip().lower() for h in rows[0]]
-    col = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
-    if col is None:
-        return [r[0] for r in rows if r]
-    return [r[col] for r in rows[1:] if len(r) > col]
+    col, has_header = _header_column(rows[0], rows)
+    if col is not None:
+        return [r[col] for r in rows[1:] if len(r) > col]
+    body = rows[1:] if has_header else rows
+    for n, r in enumerate(body, 2 if has_header else 1):
+        if len(r) > 1:
+            # Without a header naming the column, a template with an unquoted comma reads as
+            # several cells; keeping the first would cut it there silently.
+            raise FlexpaftError(
+                f"{path}: row {n} has {len(r)} comma-separated cells and there is no "
+                "'template' header: add a first line 'template' and quote templates that hold "
+                "commas, or use the txt or jsonl format"
+            )
+    return [r[0] for r in body if r]
 
 
 def _read_xlsx(path: Path) -> list[str]:
     openpyxl = require("openpyxl", "reading .xlsx prompt sets")
 
-    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    # Not data_only: a cell holding "=..." is then its text, not the formula's cached value,
+    # which a file written by openpyxl does not have (the cell read as empty and was dropped).
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=False)
     ws = wb.worksheets[0]
     rows = [list(r) for r in ws.iter_rows(values_only=True)]
     wb.close()
     if not rows:
         return []
-    header = [str(h).strip().lower() if h is not None else "" for h in rows[0]]
-    col = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
-    body = rows[1:] if col is not None else rows
+    col, has_header = _header_column(rows[0], rows)
+    body = rows[1:] if has_header else rows
     col = col or 0
     return [r[col] for r in body if len(r) > col and isinstance(r[col], str)]
 
@@ -261,6 +295,9 @@ def _write_xlsx(path: Path, texts: list[str]) -> Path:
     ws.append(["template"])
     for t in texts:
         ws.append([t])
+        # openpyxl stores a string starting with "=" as a formula, which Excel evaluates and a
+        # reader without cached values drops: keep every template a string.
+        ws.cell(row=ws.max_row, column=1).data_type = "s"
     with atomic_output(path) as tmp:
         wb.save(tmp)
     return path

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import FlexpaftError
 from ..evaluate import metrics
 from ..evaluate.evaluator import EvalResult
+from ..stored import check_template_result
 from . import intervals
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
@@ -60,6 +61,11 @@ def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
     missing = [k for k in keys if k not in data]
     if missing:
         raise FlexpaftError(f"{where} is not a flexpaft eval result (missing {', '.join(missing)})")
+    if not isinstance(data["per_template"], list):
+        raise FlexpaftError(f"{where} is damaged: per_template is not a list")
+    for i, entry in enumerate(data["per_template"], 1):
+        if problem := check_template_result(entry):
+            raise FlexpaftError(f"{where} is damaged: template {i}: {problem}")
     fields = {k: data[k] for k in (*keys, "summary") if k in data}
     try:
         res = EvalResult.from_dict(fields)

@@ -10,9 +10,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import FlexpaftError
+from ..yaml_input import load_yaml
 from .builtin import get_task
 from .spec import Example, RecordError, TaskSpec
 
@@ -27,14 +26,10 @@ def load_task(name_or_path: str) -> TaskSpec:
 
         check_input_file(p, "task file")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise FlexpaftError(f"task file {p} is not UTF-8 text (byte {e.start})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or "invalid YAML"
-            raise FlexpaftError(f"malformed YAML in task file {p}{at}: {problem}") from None
+        data = load_yaml(text, f"task file {p}")
         if not isinstance(data, dict):
             raise FlexpaftError(f"task file {p} must be a mapping")
         return TaskSpec.from_mapping(data)

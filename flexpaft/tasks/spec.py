@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 
 LETTERS = string.ascii_uppercase
 
@@ -209,7 +209,9 @@ class TaskSpec:
 
     def _normalize(self, record: dict[str, Any], uid: str) -> Example:
         if not isinstance(record, dict):
-            raise RecordError(self.name, uid, f"is not a mapping of fields ({record!r:.40})")
+            raise RecordError(
+                self.name, uid, f"is not a mapping of fields ({short_repr(record, 40)})"
+            )
         options = self._read_options(record)
         gold = self._read_gold(record, options)
         values: dict[str, str] = {}
@@ -217,6 +219,13 @@ class TaskSpec:
             v = _get(record, f)
             if v is None and f in self.required:
                 raise RecordError(self.name, uid, f"has an empty (null) {f!r}")
+            if isinstance(v, (list, dict)):
+                # str() of it would put "['a', 'b']" into the prompt; text belongs here.
+                raise RecordError(
+                    self.name,
+                    uid,
+                    f"has {_kind(v)} in {f!r} where text belongs ({short_repr(v, 40)})",
+                )
             values[f] = v if isinstance(v, str) else _to_text(v)
         if not options:
             raise RecordError(self.name, uid, "has no options")
@@ -339,7 +348,15 @@ def _option_text(v: Any, name: str) -> str:
     if v is None:
         # datasets fills a key missing from one row with null: an empty option is garbage.
         raise RecordError("", "", f"has no option {name!r} (missing or null)")
+    if isinstance(v, (list, dict)):
+        raise RecordError(
+            "", "", f"has {_kind(v)} as option {name!r} where text belongs ({short_repr(v, 40)})"
+        )
     return _to_text(v)
+
+
+def _kind(v: Any) -> str:
+    return "a list" if isinstance(v, list) else "an object"
 
 
 def _to_text(v: Any) -> str:

@@ -9,6 +9,7 @@ masks as an uninterrupted one. A damaged file is reported in one line, never a t
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 from dataclasses import asdict, dataclass, fields
@@ -20,7 +21,7 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..io import atomic_directory
 
 STATE_FILE = "trainer_state.json"
@@ -37,6 +38,22 @@ class Position:
     tokens: int = 0
     seconds: float = 0.0
 
+    def check(self) -> None:
+        """Raise ValueError naming the first field of the wrong type or range: a hand-edited or
+        foreign state ("step": "3", 1e9 or -5) must not become a resume at a nonsense step."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "str":
+                if not isinstance(value, str):
+                    raise ValueError(f"{f.name} is {short_repr(value, 40)}, not text")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{f.name} is {short_repr(value, 40)}, not a number")
+            if f.type == "int" and not isinstance(value, int):
+                raise ValueError(f"{f.name} is {short_repr(value, 40)}, not a whole number")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} is {short_repr(value, 40)}, not 0 or more")
+
 
 def save_lora_state(directory: Path, model: Any) -> None:
     """The trainable adapter weights only (never the base model), as safetensors."""
@@ -49,7 +66,56 @@ def load_lora_state(directory: Path, model: Any) -> None:
         state = load_file(str(directory / ADAPTER_FILE))
     except Exception as e:  # safetensors raises its own error type for a torn file
         raise _damaged(directory, ADAPTER_FILE, e) from None
+    # A checkpoint of another rank or target set would fail inside PEFT with a size-mismatch
+    # traceback (or, for missing keys, resume with fresh weights): compare first.
+    expected = get_peft_model_state_dict(model)
+    for name, tensor in expected.items():
+        if name not in state:
+            raise _damaged(directory, ADAPTER_FILE, ValueError(f"{name} is missing"))
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise _damaged(
+                directory,
+                ADAPTER_FILE,
+                ValueError(
+                    f"{name} has shape {list(state[name].shape)}, the model's is "
+                    f"{list(tensor.shape)} (another lora.r or model?)"
+                ),
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise _damaged(directory, ADAPTER_FILE, ValueError(f"{extra[0]} is not in the model"))
     set_peft_model_state_dict(model, state)
+
+
+def check_optimizer_state(directory: Path, saved: Any, optimizer: Any) -> None:
+    """Every per-parameter tensor in the saved optimizer state (Adam's moments) has its
+    parameter's shape; ``load_state_dict`` does not check, and the first step would fail."""
+    try:
+        groups = saved["param_groups"]
+        state = saved["state"]
+        if len(groups) != len(optimizer.param_groups):
+            raise ValueError(
+                f"{len(groups)} parameter groups, the optimizer has {len(optimizer.param_groups)}"
+            )
+        for g_saved, g_now in zip(groups, optimizer.param_groups):
+            if len(g_saved["params"]) != len(g_now["params"]):
+                raise ValueError(
+                    f"{len(g_saved['params'])} parameters in a group, the optimizer has "
+                    f"{len(g_now['params'])}"
+                )
+            for idx, p in zip(g_saved["params"], g_now["params"]):
+                for key, value in state.get(idx, {}).items():
+                    if torch.is_tensor(value) and value.ndim > 0 and value.shape != p.shape:
+                        raise ValueError(
+                            f"{key} of parameter {idx} has shape {list(value.shape)}, the "
+                            f"parameter's is {list(p.shape)}"
+                        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _damaged(
+            directory, STATES_FILE, ValueError(f"malformed optimizer state ({e})")
+        ) from None
+    except ValueError as e:
+        raise _damaged(directory, STATES_FILE, e) from None
 
 
 def save_states(directory: Path, states: dict[str, Any]) -> None:
@@ -143,7 +209,9 @@ def read_position(path: Path) -> Position | None:
         known = {x.name for x in fields(Position)}
         if not isinstance(data, dict) or not set(data) <= known:
             raise ValueError("not a trainer state")
-        return Position(**data)
+        pos = Position(**data)
+        pos.check()
+        return pos
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
         raise _damaged(path, STATE_FILE, e) from None
 
@@ -154,6 +222,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> P
         raise FlexpaftError(f"no checkpoint in {path}")
     # Every file is read before anything is changed, so a damaged one leaves a fresh run intact.
     states = load_states(path)
+    check_optimizer_state(path, states["optimizer"], optimizer)
     load_lora_state(path, model)
     try:
         optimizer.load_state_dict(states["optimizer"])

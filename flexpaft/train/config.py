@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..config import opt, section
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..settings import DataSettings, ModelSettings
 from ..tasks.spec import AnswerFormat
 from .compute import ComputeSettings
@@ -23,7 +23,9 @@ class PromptSettings:
         "", "Single-prompt methods: the template text (default: the task's own template)."
     )
     prompt_set: str = opt(
-        "", "Template file (jsonl/yaml/txt/csv/xlsx): PAFT draws from it; topaccuracy ranks it."
+        "",
+        "Template file (jsonl/yaml/txt/csv/xlsx): PAFT draws from it; topaccuracy ranks it.",
+        path=True,
     )
     mode: str = opt(
         "example",
@@ -111,6 +113,10 @@ BUDGET_UNITS = ("auto", "rows", "pass")
 VAL_LOSSES = ("auto", "options", "full")
 VAL_TEMPLATES = ("auto", "train", "heldout")
 SEARCH_SCHEDULES = ("search", "stage2")
+# flexora/select.py's RULES and RANK_RULES, repeated so the config check needs no torch import
+# (tests/test_bad_inputs2.py keeps them equal).
+SELECTION_RULES = ("positive", "gate", "topk", "fraction")
+RANK_RULES = ("uniform", "gate")
 
 
 @dataclass
@@ -205,7 +211,7 @@ class FlexoraSettings:
         ):
             if getattr(self, key) not in choices:
                 raise ValueError(
-                    f"flexora.{key} {getattr(self, key)!r} is not one of {', '.join(choices)}"
+                    f"flexora.{key} {short_repr(getattr(self, key))} is not one of {', '.join(choices)}"
                 )
         if not 0 < self.val_template_fraction < 1:
             raise ValueError(
@@ -213,6 +219,19 @@ class FlexoraSettings:
             )
         if not 0 <= self.alpha_warmup < 1:
             raise ValueError(f"flexora.alpha_warmup must be in [0, 1), got {self.alpha_warmup}")
+
+        # Checked here, before the model loads and the search runs, not when the search ends.
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(
+                f"flexora.selection {short_repr(self.selection)} is not one of "
+                f"{', '.join(SELECTION_RULES)}"
+            )
+        if self.ranks not in RANK_RULES:
+            raise ValueError(
+                f"flexora.ranks {short_repr(self.ranks)} is not one of {', '.join(RANK_RULES)}"
+            )
+        if self.selection == "topk" and self.k < 1:
+            raise ValueError(f"flexora.k must be at least 1 for the topk rule, got {self.k}")
 
     def resolved_val_loss(self, fmt: AnswerFormat) -> str:
         """``val_loss`` with auto decided for answer format ``fmt``."""
@@ -252,7 +271,9 @@ class TrainConfig:
     __aliases__: ClassVar[dict[str, str]] = TRAINING_ARGUMENTS_ALIASES
 
     method: str = opt("lora", f"Training method: {', '.join(METHODS)}.")
-    output_dir: str = opt("runs/train", "Where the adapter, manifest and checkpoints go.")
+    output_dir: str = opt(
+        "runs/train", "Where the adapter, manifest and checkpoints go.", path=True
+    )
     seed: int = opt(0, "Seed for data order, template draws and LoRA initialisation.")
     checkpoint_every: int = opt(
         50, "Save a resumable checkpoint every N optimizer steps (0 = never)."

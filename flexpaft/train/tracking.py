@@ -13,9 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
+from ..errors import FlexpaftError, short_repr
 from ..io import atomic_output, atomic_write_text
 from ..optional import available
+from ..stored import damaged, read_jsonl_objects
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,14 @@ class RunLog:
         self.rows: list[dict[str, Any]] = []
         if self.main and self.path.is_file():
             # A resumed run continues the history; rows past the checkpoint are redone.
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("step", 0) <= start_step:
+            remedy = "delete it (it only logs the loss; training does not need it)"
+            for n, row in read_jsonl_objects(self.path, remedy):
+                step = row.get("step", 0)
+                if isinstance(step, bool) or not isinstance(step, (int, float)):
+                    raise damaged(
+                        self.path, f"line {n}: step is {short_repr(step, 40)}, not a number", remedy
+                    )
+                if step <= start_step:
                     self.rows.append(row)
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         if acc.log_with:

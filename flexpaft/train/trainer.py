@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..chat import chat_record, resolve_chat
+from ..data_checks import warn_duplicates, warn_long_prompts
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
 from ..memory import peak_memory, release_memory, releases_memory
@@ -154,6 +155,8 @@ def train(
     started = time.time()
     task, fmt, examples = cfg.data.load("train")
     cfg.check_held_out(len(examples))
+    if acc.is_main_process:
+        warn_duplicates(examples, "training")
     v = cfg.validation
     if v.enabled:
         from ..tasks.data import split_examples
@@ -162,6 +165,18 @@ def train(
         examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
     model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
+    if acc.is_main_process:
+        warn_long_prompts(
+            task,
+            fmt,
+            examples,
+            list(templates),
+            tok,
+            cfg.data.max_length,
+            "data.max_length",
+            chat=resolve_chat(cfg.model.chat_template, tok),
+            eos=cfg.data.appends_eos(fmt),
+        )
     validator = None
     if v.enabled:
         held_out = eval_templates(v, task, fmt, templates)
@@ -298,6 +313,12 @@ def train_lora(
             raise FlexpaftError(
                 f"{ckpt_dir} holds a checkpoint of a different configuration: use another "
                 "output_dir, or --set resume=false to start over"
+            )
+        if existing.step > total_steps:
+            # The same configuration cannot have saved past its own last step.
+            raise FlexpaftError(
+                f"checkpoint {ckpt_dir} is damaged (trainer_state.json: step {existing.step} is "
+                f"past this run's {total_steps} steps): --set resume=false to start over"
             )
         pos = load_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler)
         resume_rng = saved_rng_states(ckpt_dir)

@@ -44,6 +44,7 @@ class ValidationSettings:
     eval_templates: str = opt(
         "",
         "Held-out templates to evaluate under (prompt set file; '' = the training templates).",
+        path=True,
     )
     max_eval_templates: int = opt(4, "Use at most the first N of those templates.")
     metric: str = opt(
