@@ -246,7 +246,14 @@ def test_unrolled_on_the_model_with_zero_lr_is_the_direct_gradient():
 
 
 def test_search_end_to_end_writes_files_and_keeps_optimizer_state(tmp_path, tok):
-    cfg = config(tmp_path, "flexora.search_steps=3", "checkpoint_every=2")
+    # alpha moves from the first step: no wait, and no warm-up that makes the first LoRA step 0.
+    cfg = config(
+        tmp_path,
+        "flexora.search_steps=3",
+        "checkpoint_every=2",
+        "flexora.alpha_warmup=0",
+        "flexora.schedule=search",
+    )
     search, outcome = run_search(cfg, tok)
     assert outcome.steps == 3 and outcome.inner_steps == 3
     assert len(outcome.train_examples) == 14 and len(outcome.alpha) == 2

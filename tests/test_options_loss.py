@@ -222,7 +222,9 @@ def test_the_search_tunes_alpha_on_options_under_held_out_templates(tmp_path, to
 
 
 def test_stage2_schedule_runs_the_first_steps_of_stage_twos_schedule(tmp_path, tok):
-    squeezed, _ = run_search(config(tmp_path / "a", "flexora.search_steps=4"), tok)
+    squeezed, _ = run_search(
+        config(tmp_path / "a", "flexora.search_steps=4", "flexora.schedule=search"), tok
+    )
     staged, _ = run_search(
         config(tmp_path / "b", "flexora.search_steps=4", "flexora.schedule=stage2"), tok
     )

@@ -127,7 +127,7 @@ class FlexoraSettings:
     search_steps: int = opt(0, "Search length in outer steps (0 = search_examples or auto).")
     search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
     search_budget: float = opt(
-        0.1,
+        0.5,
         "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
         "compute (forward+backward passes, counted as budget_unit says), at most one pass over "
         "the training split.",
@@ -188,12 +188,12 @@ class FlexoraSettings:
         0.25, "Share of the prompt set held out for validation under val_templates=heldout."
     )
     alpha_warmup: float = opt(
-        0.0,
+        0.25,
         "Share of the search's outer steps during which only the LoRA weights learn and alpha "
         "waits (its gradient at an untrained LoRA says little about where LoRA helps).",
     )
     schedule: str = opt(
-        "search",
+        "stage2",
         "Inner learning-rate schedule of the search: search (the optim schedule squeezed into "
         "the search's length) or stage2 (the first steps of the schedule stage 2 runs: the same "
         "warm-up and learning rates a LoRA sees there).",
