@@ -10,14 +10,16 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import FlexpaftError
 from ..evaluate import metrics
-from ..evaluate.evaluator import EvalResult
 from . import intervals
+
+if TYPE_CHECKING:  # evaluator.py loads torch; `flexpaft report --help` should not
+    from ..evaluate.evaluator import EvalResult
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
 
@@ -60,6 +62,8 @@ def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
     missing = [k for k in keys if k not in data]
     if missing:
         raise FlexpaftError(f"{where} is not a flexpaft eval result (missing {', '.join(missing)})")
+    from ..evaluate.evaluator import EvalResult
+
     fields = {k: data[k] for k in (*keys, "summary") if k in data}
     try:
         res = EvalResult.from_dict(fields)
