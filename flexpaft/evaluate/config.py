@@ -25,6 +25,11 @@ class EvalConfig:
         "",
         "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
     )
+    max_templates: int | None = opt(
+        None,
+        "Evaluate under the first N valid templates of prompt_set only, in file order "
+        "(null = all of them).",
+    )
     adversarial_set: str = opt(
         "", "Also evaluate under these perturbed templates (for the consistency metric)."
     )

@@ -41,6 +41,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     task, fmt, examples = cfg.data.load()
     if cfg.prompt_set:
         templates = list(load_valid_set(cfg.prompt_set, task, fmt))
+        if cfg.max_templates is not None and cfg.max_templates < len(templates):
+            log.info("evaluating the first %d of %d templates", cfg.max_templates, len(templates))
+            templates = templates[: cfg.max_templates]
     else:
         templates = [default_template(task, fmt)]
     adversarial = (
