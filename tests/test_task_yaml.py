@@ -255,3 +255,9 @@ def test_validate_data_checks_label_words_against_each_rows_options(tmp_path, ca
     )
     assert code == 0, err
     assert f"2 rows of {data} fit task pick (letter)" in out
+
+
+def test_default_format_is_the_first_listed_format(tmp_path):
+    # Listing formats without a default_format meant letter, which such a task may not support.
+    task = load_task(str(_task_file(tmp_path, BASE.replace("default_format: label_words\n", ""))))
+    assert task.default_format is AnswerFormat.LABEL_WORDS

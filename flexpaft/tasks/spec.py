@@ -351,6 +351,9 @@ class TaskSpec:
             d["formats"] = tuple(AnswerFormat.parse(f) for f in d["formats"])
         if "default_format" in d:
             d["default_format"] = AnswerFormat.parse(d["default_format"])
+        elif d.get("formats"):
+            # A task listing only [label_words] means that format, not the class default (letter).
+            d["default_format"] = d["formats"][0]
         spec = cls(**d)
         spec.check_definition()
         return spec
