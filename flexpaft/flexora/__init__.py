@@ -11,7 +11,7 @@ from importlib import import_module
 from typing import Any
 
 # Names load on first use (PEP 562): `flexpaft search --help` imports this package for its
-# command module, and the eager imports below would load torch for a help text.
+# command module, and importing them eagerly would load torch for a help text.
 _LAZY = {
     "BlockLayout": "blocks",
     "adapted_modules": "blocks",
@@ -34,6 +34,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [
