@@ -24,9 +24,10 @@ ALLOW_OVERLAP_HELP = (
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig
-    from .train.trainer import train
 
     cfg = config_from_args(TrainConfig, _flags(args), ("method", "output_dir"))
+    from .train.trainer import train  # after the config is checked: this loads torch
+
     res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     m = res.manifest
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
@@ -38,10 +39,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate.evaluator import markdown_table
-    from .evaluate.run import EvalConfig, run_eval
+    from .evaluate.config import EvalConfig
 
     cfg = config_from_args(EvalConfig, _flags(args), ("adapter", "output_dir"))
+    from .evaluate.evaluator import markdown_table  # after the config is checked: loads torch
+    from .evaluate.run import run_eval
+
     res = run_eval(cfg, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(markdown_table(res, cfg.name or cfg.adapter or "base"))
@@ -77,8 +80,10 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Only config classes and argument definitions load here, none of torch, transformers or
+    # peft: `--help` and a mistyped flag answer in a fraction of a second (tests/test_help.py).
     from . import __version__, prompts_cmd
-    from .evaluate.run import EvalConfig
+    from .evaluate.config import EvalConfig
     from .train.config import TrainConfig
 
     parser = argparse.ArgumentParser(
@@ -118,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prompts)
 
     for name, module, helptext in _optional_commands():
-        p = sub.add_parser(name, help=helptext)
+        # argparse %-formats help text: a literal % ("95% intervals") must be doubled.
+        p = sub.add_parser(name, help=helptext.replace("%", "%%"))
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser
@@ -174,13 +180,16 @@ def _setup_logging(quiet: bool) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.data")
-    try:
+    if "transformers" in sys.modules:
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    else:
+        # The same settings, read by transformers when a command first imports it: importing it
+        # here would cost seconds before a config error could be reported.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

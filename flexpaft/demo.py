@@ -20,16 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import load_config
 from .errors import FlexpaftError
-from .evaluate.run import EvalConfig, run_eval
 from .io import atomic_write_text
-from .paft import generate_offline
-from .tasks import load_task
-from .train.config import TrainConfig
-from .train.trainer import train
 
 # BIG-bench's intent_recognition (SNIPS utterances, 7 intents, 693 examples): the embedded 135M
 # model is near chance on it (1 in 7), and a one-prompt LoRA learns it under its own wording
@@ -52,8 +45,13 @@ FULL_SIZE_HELP = (
 )
 
 
+def _size_help(key: str) -> str:
+    return f"{CPU_SIZE[key]} on a CPU, {GPU_SIZE[key]} on a GPU"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    size = GPU_SIZE if torch.cuda.is_available() else CPU_SIZE
+    # The sizes default to None and are decided in run(): asking torch for a GPU here would
+    # load torch for every `--help`.
     p.epilog = FULL_SIZE_HELP
     p.add_argument("--task", default=DEFAULT_TASK, help="task (default: %(default)s)")
     p.add_argument(
@@ -63,15 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train-examples",
         type=int,
-        default=size["train_examples"],
-        help="training examples (default here: %(default)s)",
+        default=None,
+        help="training examples (default: " + _size_help("train_examples") + ")",
     )
     p.add_argument(
         "--test-examples",
         type=int,
-        default=size["test_examples"],
+        default=None,
         help="held-out test examples, taken after the training ones (0 = all the rest; "
-        "default here: %(default)s)",
+        "default: " + _size_help("test_examples") + ")",
     )
     p.add_argument(
         "--balance-test",
@@ -83,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-templates",
         type=int,
-        default=size["test_templates"],
-        help="held-out templates to evaluate under (default here: %(default)s)",
+        default=None,
+        help="held-out templates to evaluate under (default: " + _size_help("test_templates") + ")",
     )
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -113,12 +111,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Every argument checked before the first download or training step."""
+    """Every argument checked before the first download or training step (and before torch
+    loads: a size left at None is decided later, by ``resolve_sizes``)."""
     from .validate import check_writable_dir
 
     for name, low in (("train_examples", 1), ("test_templates", 1), ("test_examples", 0)):
         value = getattr(args, name)
-        if value < low:
+        if value is not None and value < low:
             flag = "--" + name.replace("_", "-")
             # 0 training examples would mean "all" downstream, and the test slice would
             # then be the training data.
@@ -132,9 +131,27 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_writable_dir(args.out)
 
 
+def resolve_sizes(args: argparse.Namespace, gpu: bool) -> None:
+    """Fill the sizes left at None (the default) with the GPU or the CPU setting."""
+    size = GPU_SIZE if gpu else CPU_SIZE
+    for key, value in size.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     check_arguments(args)
+    import torch
+
+    from .evaluate.config import EvalConfig
+    from .evaluate.run import run_eval
+    from .paft import generate_offline
+    from .tasks import load_task
+    from .train.config import TrainConfig
+    from .train.trainer import train
+
+    resolve_sizes(args, torch.cuda.is_available())
     out = Path(args.out)
     say = print
 
@@ -310,6 +327,8 @@ def use_bf16(choice: str) -> bool:
     """Whether ``--bf16 choice`` means bf16 on this machine."""
     if choice != "auto":
         return choice == "on"
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:

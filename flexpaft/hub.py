@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlexpaftError
-from .modelcard import write_model_card
 
 
 def push_adapter(
@@ -23,13 +22,17 @@ def push_adapter(
     results: dict[str, Any] | None = None,
 ) -> str:
     """Refresh the model card (with ``results`` when given), create the repo, upload; the URL."""
-    from huggingface_hub import HfApi, get_token
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FlexpaftError(f"not a PEFT adapter directory (no adapter_config.json): {adapter_dir}")
     if not repo_id or repo_id.count("/") > 1:
         raise FlexpaftError(f"hub repo id must be 'name' or 'owner/name', got {repo_id!r}")
+    from huggingface_hub import HfApi, get_token
+
+    # Here, after the argument checks: the model card reads models.py, which loads torch, and
+    # `flexpaft push --help` or a mistyped path should not wait for that.
+    from .modelcard import write_model_card
+
     token = get_token()
     if not token:
         raise FlexpaftError("pushing needs a hub token: set HF_TOKEN (or run `hf auth login`)")

@@ -18,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--task", required=True, help="task name or task YAML")
     v.add_argument("--format", default="", help="answer format (default: the task's)")
     v.add_argument("--out", help="also save the valid, deduplicated templates here")
+    v.add_argument(
+        "--data",
+        metavar="FILE",
+        help="also check every row of this data file (jsonl/json/csv/parquet) against the task: "
+        "its fields, gold answer and options; the first bad row is reported by line, exit 2",
+    )
 
     s = sub.add_parser("split", help="split a prompt set into train/test templates")
     s.add_argument("file")
@@ -80,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
         good, bad = unique.validated(task, fmt)
         for t, reasons in bad:
             print(f"INVALID {t.id}: {'; '.join(reasons)}  |  {t.text[:70]!r}")
+        if args.data:
+            from .tasks.check_rows import check_rows
+
+            rows = check_rows(task, fmt, args.data)
+            print(f"{rows} rows of {args.data} fit task {task.name} ({fmt.value})")
         print(
             f"{len(good)} valid, {len(bad)} invalid, {len(ps) - len(unique)} duplicates "
             f"({len(ps)} templates, task {task.name}, format {fmt.value})"

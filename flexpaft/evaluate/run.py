@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
-from ..config import opt, section
 from ..data_checks import warn_long_prompts
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
-from ..settings import DataSettings, ModelSettings
 from ..splits import check_disjoint
 from ..stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
 from ..train.templates import default_template, load_valid_set
 from ..validate import check_adapter_dir, check_eval_output, check_writable_dir
+from .config import EvalConfig  # defined apart (no torch); still importable from here
 from .distributed import evaluate_sharded, process_state
 from .evaluator import (
     EvalResult,
@@ -34,51 +32,6 @@ log = logging.getLogger(__name__)
 ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
 
 
-@dataclass
-class EvalConfig:
-    __aliases__: ClassVar[dict[str, str]] = {
-        "model_name_or_path": "model.name",
-        "chat_template": "model.chat_template",
-        "per_device_eval_batch_size": "batch_size",
-    }
-
-    adapter: str = opt(
-        "", "PEFT adapter directory to apply to the base model ('' = base model only).", path=True
-    )
-    prompt_set: str = opt(
-        "",
-        "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
-        path=True,
-    )
-    adversarial_set: str = opt(
-        "",
-        "Also evaluate under these perturbed templates (for the consistency metric).",
-        path=True,
-    )
-    reference_template: str = opt(
-        "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
-    )
-    mode: str = opt("auto", "Scoring: auto, first_token, continuation or generate.")
-    batch_size: int = opt(16, "Most sequences per forward pass.")
-    max_batch_tokens: int = opt(
-        8192, "Most padded tokens per forward pass (long prompts go in smaller batches)."
-    )
-    max_length: int = opt(2048, "Longest prompt in tokens (cut from the left).")
-    max_new_tokens: int = opt(32, "Generation mode: tokens to generate per answer.")
-    length_normalize: bool = opt(
-        False, "Continuation scoring: mean instead of summed log-probability."
-    )
-    thresholds: list[float] = opt([0.8, 0.85, 0.9], "Top@t: share of templates with accuracy >= t.")
-    output_dir: str = opt("runs/eval", "Where results.json and results.md go.", path=True)
-    name: str = opt(
-        "", "Label of this evaluation in reports (default: adapter directory or 'base')."
-    )
-    model: ModelSettings = section(ModelSettings, "Base model.")
-    data: DataSettings = section(
-        DataSettings, "Task and data (use skip/limit to keep test data apart)."
-    )
-
-
 @releases_memory
 def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     out = Path(cfg.output_dir)
@@ -90,6 +43,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
     task, fmt, examples = cfg.data.load()
     if cfg.prompt_set:
         templates = list(load_valid_set(cfg.prompt_set, task, fmt))
+        if cfg.max_templates is not None and cfg.max_templates < len(templates):
+            log.info("evaluating the first %d of %d templates", cfg.max_templates, len(templates))
+            templates = templates[: cfg.max_templates]
     else:
         templates = [default_template(task, fmt)]
     adversarial = (

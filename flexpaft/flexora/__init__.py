@@ -7,10 +7,38 @@ select.py turns alpha into layers.
 The trainer then fits a fresh LoRA on the chosen layers only (``layers_to_transform``).
 """
 
-from .blocks import BlockLayout, adapted_modules, find_blocks, modules_by_block
-from .gates import GateHooks, LayerGates, gate_values
-from .search import LayerSearch, SearchOutcome, search_layers
-from .select import RULES, lora_drop_ranking, random_layers, select_layers
+from importlib import import_module
+from typing import Any
+
+# Names load on first use (PEP 562): `flexpaft search --help` imports this package for its
+# command module, and importing them eagerly would load torch for a help text.
+_LAZY = {
+    "BlockLayout": "blocks",
+    "adapted_modules": "blocks",
+    "find_blocks": "blocks",
+    "modules_by_block": "blocks",
+    "GateHooks": "gates",
+    "LayerGates": "gates",
+    "gate_values": "gates",
+    "LayerSearch": "search",
+    "SearchOutcome": "search",
+    "search_layers": "search",
+    "RULES": "select",
+    "lora_drop_ranking": "select",
+    "random_layers": "select",
+    "select_layers": "select",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "RULES",

@@ -14,7 +14,6 @@ from pathlib import Path
 from ..config import add_config_arguments, config_from_args
 from ..errors import FlexpaftError
 from ..train.config import TrainConfig
-from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION
 
 # The search needs to know whether templates come from a prompt set (PAFT) or are single.
 SEARCH_METHOD = {
@@ -31,14 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(TrainConfig, args, ("output_dir",))
+    # Imported once the config is checked: these load torch.
     from accelerate.utils import set_seed
 
     from ..train.compute import check_compute, load_for_training
     from ..train.templates import training_templates
     from ..train.trainer import make_accelerator
-    from .search import search_layers
+    from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
 
-    cfg = config_from_args(TrainConfig, args, ("output_dir",))
     if cfg.method not in SEARCH_METHOD:
         raise FlexpaftError(
             f"flexpaft search needs method flexora or flexora+paft (lora and paft are mapped "

@@ -25,7 +25,18 @@ from .offline import generate_offline
 GENERATORS = ("offline", "openai", "hf")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default in --help (an unshown --min-test once overrode --split without a word),
+    except where the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _DefaultsFormatter
     g = parser.add_argument_group("task")
     g.add_argument("--task", required=True, help="Built-in task name or a task YAML file.")
     g.add_argument("--format", default=None, help="Answer format (default: the task's).")
@@ -60,18 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-few-shot", type=int, default=20, help="Few-shot templates per model.")
     g.add_argument("--per-request", type=int, default=5, help="Templates asked for per request.")
     g.add_argument("--seeds", type=Path, default=None, help="Seed templates for few-shot prompts.")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--max-tokens", type=int, default=1024)
+    g.add_argument("--temperature", type=float, default=1.0, help="LLM sampling temperature.")
+    g.add_argument("--max-tokens", type=int, default=1024, help="Longest LLM reply, in tokens.")
     g.add_argument("--timeout", type=float, default=120.0, help="Seconds per HTTP request.")
-    g.add_argument("--max-retries", type=int, default=5)
-    g.add_argument("--rpm", type=float, default=None, help="Client-side requests per minute.")
+    g.add_argument("--max-retries", type=int, default=5, help="Retries per failed request.")
+    g.add_argument(
+        "--rpm",
+        type=float,
+        default=None,
+        help="Client-side requests per minute (default: no limit).",
+    )
     g.add_argument(
         "--cache", type=Path, default=None, help="Reply cache (default OUT/llm_cache.jsonl)."
     )
 
     g = parser.add_argument_group("filter, split, adversarial")
-    g.add_argument("--min-chars", type=int, default=10)
-    g.add_argument("--max-chars", type=int, default=2000)
+    g.add_argument("--min-chars", type=int, default=10, help="Drop shorter templates.")
+    g.add_argument("--max-chars", type=int, default=2000, help="Drop longer templates.")
     g.add_argument(
         "--near-dup-threshold",
         default="0.9",
@@ -82,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="Drop templates under which the base model scores below this accuracy "
-        "(needs --score-data; scored on --score-examples examples).",
+        "(needs --score-data; scored on --score-examples examples; default: off).",
     )
     g.add_argument("--score-model", default="embedded", help="Base model for --min-base-accuracy.")
     g.add_argument("--score-data", default=None, help="Data file for --min-base-accuracy.")
@@ -267,6 +283,15 @@ def run(args: argparse.Namespace) -> int:
     # --min-test holds where the set is big enough; a test set never takes more than half.
     min_test = max(1, min(args.min_test, len(kept) // 2))
     train, test = kept.split(test_fraction, seed=args.seed, min_test=min_test)
+    by_fraction = round(len(kept) * test_fraction)
+    if len(test) > by_fraction:
+        # `--n 40 --split 1/4` giving 20/20 looked like a bug until --min-test was found.
+        print(
+            f"note: {len(test)} test templates, not the {by_fraction} that --split {args.split} "
+            f"gives of {len(kept)}: --min-test {args.min_test} (capped at half the set) sets the "
+            "floor; lower --min-test to follow --split",
+            file=sys.stderr,
+        )
     adversarial = (
         make_adversarial(test, task, fmt, args.adversarial, seed=args.seed)
         if args.adversarial > 0

@@ -209,16 +209,28 @@ def comparison_table(report: dict[str, Any]) -> Table | None:
     if not comps:
         return None
     headers = ["A vs B", "Mean A - B", "Worst A - B", "Std A / B"]
+    stds = {m["name"]: m.get("std") for m in report.get("methods") or []}
     rows = [
         [
             f"{c['a']} vs {c['b']}",
             _diff(c["mean_diff"]),
             _diff(c["min_diff"]),
-            _diff(c["std_ratio"], pct=False),
+            _std_ratio(c, stds),
         ]
         for c in comps
     ]
     return headers, rows
+
+
+def _std_ratio(c: dict[str, Any], stds: dict[str, float | None]) -> str:
+    """The std ratio's cell; B's std of 0 leaves it without a value (it printed ">100 (undefined)"
+    when both methods scored every template alike)."""
+    d = c["std_ratio"]
+    if d["value"] == d["value"]:  # not NaN
+        return _diff(d, pct=False)
+    if stds.get(c["a"]) == 0:
+        return "n/a (both stds 0)"
+    return f"n/a ({c['b']}'s std is 0)"
 
 
 def interval_note(report: dict[str, Any]) -> str:

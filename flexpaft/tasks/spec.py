@@ -39,6 +39,23 @@ class AnswerFormat(str, Enum):
 
 # Slots every task offers, derived from its options (see TaskSpec.normalize).
 GENERIC_SLOTS = ("options", "option_letters", "label_words")
+# How ``gold_kind`` reads the gold field (TaskSpec._read_gold); docs/TASKS.md explains each.
+GOLD_KINDS = ("index", "one_based", "letter", "bool", "option_label", "text")
+# Task keys that hold a list of strings in YAML.
+LIST_KEYS = ("fields", "required", "option_slots", "label_words", "fixed_options", "formats")
+STRING_KEYS = (
+    "name",
+    "description",
+    "gold",
+    "gold_kind",
+    "option_labels",
+    "blank_field",
+    "default_format",
+    "hf_path",
+    "hf_name",
+    "hf_split",
+    "hf_train_split",
+)
 # In option_text format this slot marks where each option's text goes; the scored continuation
 # runs from there to the end of the rendered text (appended after the prompt when absent).
 OPTION_SLOT = "option"
@@ -265,12 +282,18 @@ class TaskSpec:
             elif isinstance(raw, float) and raw.is_integer():
                 raw = int(raw)
             if isinstance(raw, bool) or not isinstance(raw, int):
-                raise RecordError(self.name, "", bad + "an integer choice index")
+                hint = ""
+                if isinstance(raw, str):
+                    # The commonest custom-task mistake: labels written out as words.
+                    hint = "; a gold answer written as the option's text needs gold_kind: text"
+                raise RecordError(
+                    self.name, "", bad + f"an integer choice index (gold_kind: {kind}){hint}"
+                )
             return raw if kind == "index" else raw - 1
         if kind == "letter":
             s = str(raw).strip().upper() if isinstance(raw, str) else ""
             if len(s) != 1 or s not in LETTERS:
-                raise RecordError(self.name, "", bad + "a choice letter")
+                raise RecordError(self.name, "", bad + "a choice letter (gold_kind: letter)")
             return LETTERS.index(s)
         if kind == "bool":
             word = raw.strip().lower() if isinstance(raw, str) else raw
@@ -287,9 +310,16 @@ class TaskSpec:
             return labels.index(str(raw).strip())
         if kind == "text":
             if str(raw) not in options:
-                raise RecordError(self.name, "", bad + "one of the options")
+                shown = ", ".join(map(repr, options[:10])) + (", ..." if len(options) > 10 else "")
+                raise RecordError(
+                    self.name,
+                    "",
+                    bad + f"one of the options [{shown}] (gold_kind: text matches exactly)",
+                )
             return options.index(str(raw))
-        raise FlexpaftError(f"task {self.name}: unknown gold_kind {kind!r}")
+        raise FlexpaftError(
+            f"task {self.name}: unknown gold_kind {kind!r} (accepted: {', '.join(GOLD_KINDS)})"
+        )
 
     # ---- answers -------------------------------------------------------------------------
     def answer_strings(self, example: Example, fmt: AnswerFormat) -> list[str]:
@@ -298,7 +328,10 @@ class TaskSpec:
             return [LETTERS[i] for i in range(len(example.options))]
         if fmt is AnswerFormat.LABEL_WORDS:
             if not self.label_words:
-                raise FlexpaftError(f"task {self.name} has no label words; use another format")
+                raise FlexpaftError(
+                    f"task {self.name} has no label words: set label_words (one answer word per "
+                    "option) in the task, or use another format"
+                )
             return list(self.label_words)
         if fmt is AnswerFormat.GENERATION:
             return list(self.label_words) if self.label_words else list(example.options)
@@ -308,7 +341,8 @@ class TaskSpec:
         if fmt not in self.formats:
             raise FlexpaftError(
                 f"task {self.name} does not support the {fmt.value} format "
-                f"(supported: {', '.join(f.value for f in self.formats)})"
+                f"(supported: {', '.join(f.value for f in self.formats)}; a task YAML lists "
+                "its formats under formats:)"
             )
 
     @classmethod
@@ -322,6 +356,7 @@ class TaskSpec:
             )
         if "name" not in data:
             raise FlexpaftError("a task definition needs a name")
+        _check_types(data)
         d = dict(data)
         for key in ("fields", "required", "option_slots", "label_words", "fixed_options"):
             if key in d:
@@ -332,7 +367,103 @@ class TaskSpec:
             d["formats"] = tuple(AnswerFormat.parse(f) for f in d["formats"])
         if "default_format" in d:
             d["default_format"] = AnswerFormat.parse(d["default_format"])
-        return cls(**d)
+        elif d.get("formats"):
+            # A task listing only [label_words] means that format, not the class default (letter).
+            d["default_format"] = d["formats"][0]
+        spec = cls(**d)
+        spec.check_definition()
+        return spec
+
+    def check_definition(self) -> None:
+        """A task definition whose keys contradict each other fails here, naming the key that
+        fixes it, not at the first data row or the first template."""
+        where = f"task {self.name}"
+        if self.gold_kind not in GOLD_KINDS:
+            raise FlexpaftError(
+                f"{where}: gold_kind {self.gold_kind!r} is not one of {', '.join(GOLD_KINDS)}"
+            )
+        if self.default_format not in self.formats:
+            raise FlexpaftError(
+                f"{where}: default_format {self.default_format.value} is not among formats "
+                f"({', '.join(f.value for f in self.formats)}); add it to formats"
+            )
+        if AnswerFormat.LABEL_WORDS in self.formats and not self.label_words:
+            raise FlexpaftError(
+                f"{where}: the label_words format needs label_words, one answer word per option "
+                "(e.g. label_words: [weather, music]), or drop label_words from formats"
+            )
+        if self.label_words and self.fixed_options:
+            if len(self.label_words) != len(self.fixed_options):
+                raise FlexpaftError(
+                    f"{where}: {len(self.label_words)} label_words for "
+                    f"{len(self.fixed_options)} fixed_options; give one word per option"
+                )
+        if not self.fixed_options and not self.options:
+            raise FlexpaftError(
+                f"{where} has no options: set fixed_options (the same choices for every example, "
+                "e.g. the labels) or options (the fields holding each example's choices)"
+            )
+        if self.gold_kind == "option_label" and not self.option_labels:
+            raise FlexpaftError(
+                f"{where}: gold_kind option_label needs option_labels, the field holding "
+                "each option's label"
+            )
+        for r in self.required:
+            if r not in self.fields and r != self.blank_field and r not in self.aliases:
+                raise FlexpaftError(
+                    f"{where}: required slot {r!r} is not in fields ({', '.join(self.fields)}); "
+                    "add it to fields"
+                )
+        for key in self.templates:
+            if key not in {f.value for f in AnswerFormat}:
+                raise FlexpaftError(
+                    f"{where}: templates key {key!r} is not an answer format "
+                    f"({', '.join(f.value for f in AnswerFormat)})"
+                )
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """Each key of a task YAML holds what it should; YAML's own readings (``fields: text`` is a
+    string, ``[yes, no]`` are booleans) would otherwise surface much later as odd slots."""
+    name = data.get("name")
+    where = f"task {name}" if isinstance(name, str) else "task definition"
+    for key in STRING_KEYS:
+        if key in data and not isinstance(data[key], str):
+            raise FlexpaftError(f"{where}: {key} must be a string, got {data[key]!r:.60}")
+    for key in LIST_KEYS:
+        if key not in data:
+            continue
+        value = data[key]
+        if not isinstance(value, list):
+            raise FlexpaftError(
+                f"{where}: {key} must be a list (YAML: {key}: [a, b]), got {value!r:.60}"
+            )
+        for i, item in enumerate(value):
+            if isinstance(item, bool):
+                raise FlexpaftError(
+                    f"{where}: {key}[{i}] is {str(item).lower()}: YAML reads yes/no/on/off as "
+                    "true/false, so quote the word ('yes')"
+                )
+            if not isinstance(item, str):
+                raise FlexpaftError(f"{where}: {key}[{i}] must be a string, got {item!r:.60}")
+    options = data.get("options")
+    if options is not None and not (
+        isinstance(options, str)
+        or (isinstance(options, list) and all(isinstance(o, str) for o in options))
+    ):
+        raise FlexpaftError(
+            f"{where}: options must be a field name holding a list, or a list of field names, "
+            f"got {options!r:.60}"
+        )
+    for key in ("templates", "aliases"):
+        value = data.get(key)
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise FlexpaftError(
+                f"{where}: {key} must be a mapping of names to strings, got {value!r:.60}"
+            )
 
 
 class RecordError(FlexpaftError):

@@ -4,9 +4,10 @@ and ``lr_scheduler_type``), so a recipe written for the HF Trainer ports as it i
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads only to build an optimizer, not for the config's name lists
+    import torch
 
 # TrainingArguments.optim names that need no extra package, built as the HF Trainer builds them
 # with its default arguments.
@@ -26,6 +27,8 @@ SCHEDULERS = (
 def make_optimizer(
     name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
+    import torch
+
     params = list(params)
     if name in ("adamw_torch", "adamw_torch_fused"):
         fused = name == "adamw_torch_fused" and any(p.is_cuda for p in params)

@@ -1,0 +1,54 @@
+"""``flexpaft prompts validate --data``: every row of a data file checked against a task before
+any training, so a task definition that cannot read its data fails in seconds, at its first bad
+row, instead of after the model has loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import FlexpaftError
+from .data import read_records
+from .spec import AnswerFormat, RecordError, TaskSpec, _get
+
+
+def check_rows(task: TaskSpec, fmt: AnswerFormat, source: str) -> int:
+    """The number of rows in ``source``; raise on the first row ``task`` cannot use in ``fmt``,
+    naming the file and its line (jsonl) or row."""
+    records = read_records(source)
+    lines = _jsonl_lines(source)
+    for i, record in enumerate(records):
+        at = f"line {lines[i]}" if lines and i < len(lines) else f"row {i + 1}"
+        try:
+            _check_row(task, fmt, record, str(i))
+        except RecordError as e:
+            raise FlexpaftError(f"{source} {at}: {e.reason} (task {task.name})") from None
+    if not records:
+        raise FlexpaftError(f"no rows in {source}")
+    return len(records)
+
+
+def _check_row(task: TaskSpec, fmt: AnswerFormat, record: dict[str, Any], uid: str) -> None:
+    ex = task.normalize(record, uid)  # the reader training uses: same errors, same wording
+    for f in task.fields:
+        value = _get(record, f)
+        # Training would render a list or a mapping as its Python repr inside the prompt.
+        if isinstance(value, (list, dict)):
+            kind = "a list" if isinstance(value, list) else "a mapping"
+            raise RecordError(task.name, uid, f"has {kind} in {f!r}, where a text belongs")
+    if fmt is AnswerFormat.LABEL_WORDS and len(task.label_words) != len(ex.options):
+        raise RecordError(
+            task.name,
+            uid,
+            f"has {len(ex.options)} options but the task has {len(task.label_words)} "
+            "label_words (one per option)",
+        )
+
+
+def _jsonl_lines(source: str) -> list[int]:
+    """Line numbers of a jsonl file's rows (blank lines hold none); [] for other sources."""
+    path = Path(source)
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")  # read_records has checked it is UTF-8
+    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
