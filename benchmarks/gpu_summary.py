@@ -165,6 +165,8 @@ def eval_rows(name: str, res: dict[str, Any]) -> list[Row]:
 
 
 def figure_rows(name: str, part: dict[str, Any]) -> list[Row]:
+    if part.get("status") == "skipped" and not part.get("results"):
+        return []  # never ran: the status table says why
     results = part.get("results") or {}
     if name == "demo_gpu":
         total = next(
