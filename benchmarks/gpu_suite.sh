@@ -141,18 +141,29 @@ if compgen -G "$GGUF_PKG/*.gguf" >/dev/null; then
     export PYTHONPATH="$M/pkg:$PYTHONPATH"
 fi
 GGUF=$("$PY" "$TOOLS" gguf-path 2>/dev/null || true)
-[ -n "$GGUF" ] && say "embedded GGUF: $GGUF" || say "no embedded GGUF: the embedded parts are skipped"
+if [ -n "$GGUF" ]; then say "embedded GGUF: $GGUF"; else say "no embedded GGUF"; fi
 
-# A tokenizer for the random-init shapes: the carried one, else read from the GGUF.
+# A tokenizer for the random-init shapes (every model of a dry run): the carried one, else read
+# from the GGUF (seconds), where a part needs one.
+need_tok=no
+[ "$SIZE" = tiny ] && need_tok=yes
+for p in "${selected[@]}"; do
+    [[ " ${SHAPE_PARTS[*]} " == *" $p "* ]] && need_tok=yes
+done
 TOK=""
 if [ -f "$GPU_DIR/a/tokenizer/tokenizer.json" ]; then
     TOK=$GPU_DIR/a/tokenizer
 elif [ -f "$M/tokenizer/tokenizer.json" ]; then
     TOK=$M/tokenizer
-elif [ -n "$GGUF" ] && "$PY" "$TOOLS" tokenizer "$M/tokenizer" >"$WORK/logs/tokenizer.log" 2>&1; then
+elif [ $need_tok = yes ] && [ -n "$GGUF" ] &&
+    "$PY" "$TOOLS" tokenizer "$M/tokenizer" >"$WORK/logs/tokenizer.log" 2>&1; then
     TOK=$M/tokenizer
 fi
-[ -n "$TOK" ] && say "tokenizer: $TOK" || say "no tokenizer: the shape parts are skipped"
+if [ -n "$TOK" ]; then
+    say "tokenizer: $TOK"
+elif [ $need_tok = yes ]; then
+    say "no tokenizer: the parts that need one are skipped"
+fi
 
 # Carried benchmark data (../shared does not travel) and the demo's cached BIG-bench task.
 [ -d "$GPU_DIR/b/shared/data" ] && export FLEXPAFT_SHARED_DIR=$GPU_DIR/b/shared
@@ -273,9 +284,11 @@ for p in "${selected[@]}"; do
     say "$p: start (timeout ${T[$p]} s)"
     start=$(date +%s.%N)
     # One process group per part: timeout ends the part's DataLoader workers and compile
-    # workers with it. Lines run in order; the first that fails ends the part.
-    timeout -k 15 "${T[$p]}" bash -c "set -e
-$cmd" >"$log" 2>&1
+    # workers with it. Every line runs (a second measurement is worth having when the first
+    # failed); the part fails with the last failing line's status.
+    timeout -k 15 "${T[$p]}" bash -c "rc=0
+$(sed 's/$/ || rc=$?/' <<<"$cmd")
+exit \$rc" >"$log" 2>&1
     rc=$?
     secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     case $rc in

