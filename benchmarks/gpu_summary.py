@@ -30,15 +30,17 @@ ORDER = [
 
 
 def load_parts(dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every part's JSON by part name; ``earlier`` is set on those taken from a folder after the
+    first (an earlier call's results, which the summary marks as such)."""
     parts: dict[str, dict[str, Any]] = {}
-    for d in dirs:
+    for i, d in enumerate(dirs):
         for path in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
                 data = json.loads(path.read_text())
             except (OSError, ValueError) as e:
                 data = {"part": path.stem, "status": "unreadable", "reason": str(e)}
-            if isinstance(data, dict) and "part" in data:
-                parts.setdefault(str(data["part"]), data)
+            if isinstance(data, dict) and "part" in data and str(data["part"]) not in parts:
+                parts[str(data["part"])] = {**data, "earlier": i > 0}
     rank = {n: i for i, n in enumerate(ORDER)}
     return dict(sorted(parts.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
@@ -213,6 +215,8 @@ def summary(dirs: list[Path]) -> str:
         note = p.get("reason") or ""
         if p.get("status") not in ("ok", "skipped") and not note:
             note = next((ln for ln in reversed(p.get("log_tail") or []) if ln.strip()), "")
+        if p.get("earlier"):
+            note = "(an earlier call's result) " + note
         status_rows.append(
             [
                 name,

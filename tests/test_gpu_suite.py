@@ -200,6 +200,8 @@ def test_summary_prefers_this_calls_results_and_gives_no_mfu_off_known_cards(tmp
     parts = summary.load_parts([now, earlier])
     assert parts["train_1b"]["status"] == "ok" and parts["train_8b"]["status"] == "skipped"
     text = summary.summary([now, earlier])
+    assert "| train_8b | skipped | 40.0 | 60 |  | (an earlier call's result) x |" in text
+    assert "| train_1b | ok | 40.0 | 60 |  |  |" in text
     # No GPU named: no peak to set MFU against, so no MFU rather than a made-up one.
     assert "| train_1b | llama-3-8b 8 x 512 random tokens, flexpaft | 3.0 | 1.50 | - |" in text
 
