@@ -231,3 +231,31 @@ def test_record_calls_a_part_skipped_when_every_variant_was(tmp_path):
         tmp_path / "out", "memory_8b_4bit", "ok", 0, 3.0, 60, "tiny", "cmd", None, res
     )
     assert json.loads(path.read_text())["status"] == "ok"
+
+
+def test_gpu_memory_reports_a_failing_variant_and_runs_the_next(monkeypatch):
+    """options_135m runs compile and CUDA graphs in one process: a compiler error or an
+    out-of-memory in one variant must leave the others' figures."""
+    import torch
+
+    # The script pins one thread at import (env and torch): undone when the test ends.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    threads = torch.get_num_threads()
+    gm = _module("gpu_memory")
+    torch.set_num_threads(threads)
+
+    def measure(variant, args, path, device):
+        if variant == "compile":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return {"step_seconds": 0.5, "tokens_per_second": 100.0}
+
+    monkeypatch.setattr(gm, "measure_variant", measure)
+    cpu = torch.device("cpu")
+    rows = [gm.run_variant(v, None, "unused", cpu) for v in ("compile", "cudagraphs", "gc")]
+    assert rows[0] == {
+        "variant": "compile",
+        "failed": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    }
+    assert rows[1] == {"variant": "cudagraphs", "skipped": "CUDA graphs need a CUDA GPU, found cpu"}
+    assert rows[2]["tokens_per_second"] == 100.0
