@@ -52,8 +52,20 @@ def early_threads(default: int = 1) -> int:
     return n
 
 
+SHARED_ENV = "FLEXPAFT_SHARED_DIR"
+
+
 def shared_dir() -> Path:
-    """The project's shared data directory (``../shared`` next to the repository)."""
+    """The project's shared data directory (``../shared`` next to the repository).
+
+    ``$FLEXPAFT_SHARED_DIR`` comes first: a GPU machine gets only the repository, so the GPU suite
+    carries the data files it needs in a git-ignored folder and points this variable at it.
+    """
+    if os.environ.get(SHARED_ENV):
+        given = Path(os.environ[SHARED_ENV])
+        if not (given / "data").is_dir():
+            sys.exit(f"{SHARED_ENV}={given} has no data/ folder")
+        return given
     for cand in (REPO.parent / "shared", REPO / "shared"):
         if (cand / "data").is_dir():
             return cand

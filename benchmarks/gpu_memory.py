@@ -9,10 +9,13 @@ reference loop (transformers + PEFT, bf16 weights, ``model(**batch, labels=label
 Batches are random tokens with the loss on every position (identical work for every variant).
 A variant is ``plain``, ``flexpaft``, or option tokens joined by '+':
   gc (gradient checkpointing), bf16 / fp16 (autocast through accelerate), 4bit / 8bit
-  (bitsandbytes), compile (torch.compile), eager / sdpa / fa2 (attention kernel).
+  (bitsandbytes), compile (torch.compile), cudagraphs (torch.compile's CUDA-graph backend, no
+  Inductor: what replaying kernel launches buys where the GPU is launch-bound), eager / sdpa /
+  fa2 (attention kernel).
 Variants run one after another, each with its own freshly loaded model (a 4-bit and a bf16 8B
 model do not fit side by side on every card). A variant this machine cannot run (4bit without
-CUDA or bitsandbytes) is reported with flexpaft's one-line reason instead of figures.
+CUDA or bitsandbytes) is reported with flexpaft's one-line reason instead of figures; one that
+fails (out of memory, a compiler error) is reported with its error, and the next one runs.
 
 MFU counts 4N FLOPs per token (forward 2N + backward to the activations 2N; the frozen base
 needs no weight gradients), as in ../shared/docs/GPU.md, against the GPU's dense bf16 peak
@@ -79,6 +82,7 @@ TOKENS = {
     "4bit": {"load_in_4bit": True},
     "8bit": {"load_in_8bit": True},
     "compile": {"torch_compile": True},
+    "cudagraphs": {"torch_compile": True, "torch_compile_backend": "cudagraphs"},
     "eager": {"attn_implementation": "eager"},
     "sdpa": {"attn_implementation": "sdpa"},
     "fa2": {"attn_implementation": "flash_attention_2"},
@@ -93,13 +97,16 @@ def compute_settings(variant: str, compile_backend: str) -> ComputeSettings:
             sys.exit(f"unknown variant token {token!r} (known: {', '.join(TOKENS)})")
         kwargs.update(TOKENS[token])
     if kwargs.get("torch_compile"):
-        kwargs["torch_compile_backend"] = compile_backend
+        kwargs.setdefault("torch_compile_backend", compile_backend)
     return ComputeSettings(**kwargs)
 
 
-def checkpoint_dir(name: str, cache: Path, device: torch.device, dtype: str) -> str:
+def checkpoint_dir(
+    name: str, cache: Path, device: torch.device, dtype: str, tokenizer: str = ""
+) -> str:
     """A loadable model directory: the embedded model, a local path, or a random-init shape
-    saved once (weights random; speed and memory do not depend on their values)."""
+    saved once (weights random; speed and memory do not depend on their values). A shape takes
+    the tokenizer saved in ``tokenizer``, else the embedded model's (which needs its GGUF)."""
     from flexpaft.models import load_tokenizer, parse_dtype, resolve_model
 
     if name not in SHAPES:
@@ -110,7 +117,7 @@ def checkpoint_dir(name: str, cache: Path, device: torch.device, dtype: str) -> 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     with stage(f"writing a random-init {name} checkpoint to {target} (once)"):
-        tok = load_tokenizer(resolve_model("embedded"))
+        tok = load_tokenizer(tokenizer or resolve_model("embedded"))
         cfg = LlamaConfig(**SHAPES[name], pad_token_id=tok.pad_token_id)
         torch.manual_seed(0)
         with torch.device(device):  # initialising 8B parameters on a CPU takes minutes
@@ -197,27 +204,51 @@ def flexpaft_step_fn(
 
 
 def run_variant(variant: str, args: Any, path: str, device: torch.device) -> dict[str, Any]:
+    """One variant's figures, or its reason: ``skipped`` (flexpaft refused it in one line, or
+    this machine cannot run it) or ``failed`` (any other error, e.g. out of memory or a compiler
+    error), so that one variant's failure does not cost the variants after it."""
+    row: dict[str, Any] = {"variant": variant}
+    if "cudagraphs" in variant.split("+") and device.type != "cuda":
+        row["skipped"] = f"CUDA graphs need a CUDA GPU, found {device}"
+    else:
+        try:
+            row.update(measure_variant(variant, args, path, device))
+        except FlexpaftError as e:
+            row["skipped"] = str(e)
+        except Exception as e:  # reported in the row; the next variant runs
+            lines = str(e).strip().splitlines() or [""]
+            row["failed"] = f"{type(e).__name__}: {lines[0][:300]}"
+    if "skipped" in row or "failed" in row:
+        why = row.get("skipped") or row.get("failed")
+        print(
+            f"  {variant}: {'skipped' if 'skipped' in row else 'failed'} ({why})", file=sys.stderr
+        )
+    free(device)
+    return row
+
+
+def measure_variant(variant: str, args: Any, path: str, device: torch.device) -> dict[str, Any]:
     lora = LoraSettings(r=8, target_modules=["q_proj", "v_proj"])
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(path).vocab_size
     batch = random_batch(args.batch, args.seq_len, vocab, device)
-    row: dict[str, Any] = {"variant": variant}
+    row: dict[str, Any] = {}
     t_load = time.perf_counter()
-    try:
-        if variant == "plain":
-            step, n, held = plain_step_fn(path, device, args.dtype, lora, batch)
-        else:
-            compute = compute_settings(variant, args.compile_backend)
-            step, n, held = flexpaft_step_fn(path, device, args.dtype, lora, batch, compute)
-    except FlexpaftError as e:
-        row["skipped"] = str(e)
-        print(f"  {variant}: skipped ({e})", file=sys.stderr)
-        return row
+    if variant == "plain":
+        step, n, held = plain_step_fn(path, device, args.dtype, lora, batch)
+    else:
+        compute = compute_settings(variant, args.compile_backend)
+        step, n, held = flexpaft_step_fn(path, device, args.dtype, lora, batch, compute)
     row["load_seconds"] = round(time.perf_counter() - t_load, 1)
+    first = None
     for _ in range(args.warmup):
+        t0 = time.perf_counter()
         step()
-    sync(device)
+        sync(device)
+        # The first step holds the one-time costs (torch.compile's compilation, CUDA graph
+        # capture, kernel autotuning): what a user pays once per run.
+        first = time.perf_counter() - t0 if first is None else first
     times, losses = [], []
     with PeakMemory(device) as mem:
         for _ in range(args.repeats):
@@ -228,6 +259,7 @@ def run_variant(variant: str, args: Any, path: str, device: torch.device) -> dic
     step_s = median(times)
     tokens = args.batch * args.seq_len
     row.update(
+        first_step_seconds=round(first, 2) if first is not None else None,
         step_seconds=round(step_s, 4),
         tokens_per_second=round(tokens / step_s, 1),
         peak_gib=round(mem.bytes / 2**30, 2) if mem.bytes is not None else None,
@@ -240,7 +272,6 @@ def run_variant(variant: str, args: Any, path: str, device: torch.device) -> dic
     )
     print(f"  {variant}: {step_s:.3f} s/step, peak {row['peak_gib']} GiB", file=sys.stderr)
     del held, step
-    free(device)
     return row
 
 
@@ -263,16 +294,17 @@ def main() -> None:
     if not args.peak_tflops and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         args.peak_tflops = 989.0 if ("H100" in name or "H200" in name) else 0.0
-    path = checkpoint_dir(args.model, Path(args.cache_dir), device, args.dtype)
+    path = checkpoint_dir(args.model, Path(args.cache_dir), device, args.dtype, args.tokenizer)
     rows = []
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         with stage(f"{args.model} {variant} at {args.batch} x {args.seq_len}"):
             rows.append(run_variant(variant, args, path, device))
-    ref = next((r for r in rows if r["variant"] == "plain" and "skipped" not in r), None)
+    ref = next((r for r in rows if r["variant"] == "plain" and "step_seconds" in r), None)
     table_rows = []
     for r in rows:
-        if "skipped" in r:
-            table_rows.append([r["variant"], None, None, None, None, None, r["skipped"]])
+        if "step_seconds" not in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r.get('failed')}"
+            table_rows.append([r["variant"], None, None, None, None, None, why])
             continue
         vs = (
             round(r["tokens_per_second"] / ref["tokens_per_second"], 2) if ref is not None else None
