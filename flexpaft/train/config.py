@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,6 +16,7 @@ from .tracking import REPORT_TO_HELP
 from .validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
+MULTI_TEMPLATE_METHODS = ("paft", "flexora+paft")
 
 
 @dataclass
@@ -37,6 +39,18 @@ class PromptSettings:
     topaccuracy_examples: int = opt(
         64, "topaccuracy: examples used to rank the templates on the base model."
     )
+    own_rate: float = opt(
+        0.0,
+        "paft, flexora+paft: share of training draws that use the user's own template "
+        "(prompts.template, else the task's), added to the prompt set if absent; the other "
+        "draws are uniform over the remaining templates. 0 = plain PAFT. Single-template "
+        "methods train on their one template anyway and ignore it.",
+    )
+
+    def __post_init__(self) -> None:
+        # Below 1: at 1 every draw is the own template, which is one-prompt LoRA, not PAFT.
+        if not (0 <= self.own_rate < 1):
+            raise ValueError(f"prompts.own_rate must be in [0, 1), got {self.own_rate}")
 
 
 @dataclass
@@ -92,6 +106,22 @@ class OptimSettings:
         "DataLoader workers rendering and tokenizing (-1 = auto: 2 on GPU, 0 on CPU, where a "
         "worker would compete with the training threads for the cores).",
     )
+    loss: str = opt(
+        "answer",
+        "Training loss: answer (cross-entropy of the gold answer's tokens over the whole "
+        "vocabulary) or options (cross-entropy over the task's answer options, ranked by summed "
+        "log-probability as the evaluator ranks them; label_words, letter and option_text "
+        "formats only).",
+    )
+    consistency: float = opt(
+        0.0,
+        "Weight of a consistency term (0 = off): each training example is rendered under two "
+        "templates (the sampler's draw and a second, different one drawn from (seed, epoch, "
+        "example)), both scored over the answer options; loss = mean of the two options "
+        "cross-entropies + consistency x symmetric KL between the two option distributions "
+        "(the mean of KL(p1||p2) and KL(p2||p1)). Two scored passes per step. Scored formats "
+        "only; needs several templates (paft, flexora+paft).",
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -107,6 +137,20 @@ class OptimSettings:
                 f"optim.lr_scheduler_type {self.lr_scheduler_type!r} is not one of "
                 f"{', '.join(SCHEDULERS)}"
             )
+        if self.loss not in TRAIN_LOSSES:
+            raise ValueError(
+                f"optim.loss {short_repr(self.loss)} is not one of {', '.join(TRAIN_LOSSES)}"
+            )
+        if not (math.isfinite(self.consistency) and self.consistency >= 0):
+            raise ValueError(f"optim.consistency must be 0 or more, got {self.consistency}")
+
+    @property
+    def scores_options(self) -> bool:
+        """Training batches hold every option's answer (the options loss or consistency)."""
+        return self.loss == "options" or self.consistency > 0
+
+
+TRAIN_LOSSES = ("answer", "options")
 
 
 BUDGET_UNITS = ("auto", "rows", "pass")
@@ -309,6 +353,21 @@ class TrainConfig:
         if self.method not in METHODS:
             raise FlexpaftError(
                 f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"
+            )
+        if self.optim.consistency > 0 and self.method not in MULTI_TEMPLATE_METHODS:
+            # One template: both views would be the same prompt and the term always 0.
+            raise FlexpaftError(
+                f"optim.consistency needs several training templates (method paft or "
+                f"flexora+paft), not method {self.method}"
+            )
+
+    def check_format(self, fmt: AnswerFormat) -> None:
+        """Refuse, before the model loads, losses that need scored answer options."""
+        if fmt is AnswerFormat.GENERATION and self.optim.scores_options:
+            key = "optim.consistency" if self.optim.consistency > 0 else "optim.loss=options"
+            raise FlexpaftError(
+                f"{key} scores the answer options; format generation has none to score "
+                "(use label_words, letter or option_text)"
             )
 
     def check_held_out(self, n_examples: int) -> None:

@@ -125,18 +125,29 @@ def make_loader(
     seed: int,
     acc: Any,
     options: bool = False,
+    pairs: bool = False,
 ) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
     """The training pipeline: templates drawn per example, length grouping, rank shards.
 
     The loader is prepared by ``acc`` (an ``Accelerator``): accelerate shards the global batch
     stream by rank (see ``GlobalStream``) and moves batches to the device. The returned sampler
     sets the epoch and the resume position.
+
+    ``pairs``: every item rendered under two templates, both scored over the options
+    (consistency.py); implies ``options``. ``prompts.own_rate`` is applied here, so every loader
+    of a run (stage 2, Flexora's search) draws the user's own template at that rate.
     """
     from torch.utils.data import DataLoader
 
+    from .templates import sampled_own_index
+
     o = cfg.optim
     # options=True: items carry every option's answer, for the loss over options (options.py).
-    if options:
+    if pairs:
+        from .consistency import PairedCollator, PairedOptionsDataset
+
+        dataset_cls, collator_cls = PairedOptionsDataset, PairedCollator
+    elif options:
         from .options import OptionsCollator, OptionsDataset
 
         dataset_cls, collator_cls = OptionsDataset, OptionsCollator
@@ -163,6 +174,9 @@ def make_loader(
         acc.process_index,
         acc.num_processes,
         lengths=dataset.length_estimates() if o.group_by_length else None,
+        own=sampled_own_index(cfg, task, fmt, templates),
+        own_rate=cfg.prompts.own_rate,
+        second=pairs,
     )
     # On CPU a worker process would fight the training threads for the cores; on GPU, workers
     # render and tokenize the next batches while the current one runs.

@@ -23,10 +23,20 @@ MODES = ("example", "steps")
 
 @dataclass
 class EpochPlan:
-    """Global order of one epoch: ``examples[p]`` is rendered with template ``templates[p]``."""
+    """Global order of one epoch: ``examples[p]`` is rendered with template ``templates[p]``.
+
+    ``second[p]``, when present, is the second template of ``examples[p]`` (consistency training
+    renders every example twice).
+    """
 
     examples: np.ndarray
     templates: np.ndarray
+    second: np.ndarray | None = None
+
+    def items(self) -> list[tuple[int, ...]]:
+        """The stream as dataset keys: (example, template) or (example, template, second)."""
+        cols = [self.examples, self.templates] + ([self.second] if self.second is not None else [])
+        return list(zip(*(c.tolist() for c in cols)))
 
 
 def plan_epoch(
@@ -38,11 +48,19 @@ def plan_epoch(
     k_steps: int = 1,
     global_batch: int = 1,
     shuffle: bool = True,
+    own: int | None = None,
+    own_rate: float = 0.0,
+    second: bool = False,
 ) -> EpochPlan:
     """Draw the epoch's example order and template assignment.
 
     ``mode="example"``: a fresh template for every example. ``mode="steps"``: one template for
     ``k_steps`` consecutive optimizer steps of ``global_batch`` examples (the paper's K).
+
+    ``own``/``own_rate``: each draw is template ``own`` with probability ``own_rate``, else
+    uniform over the other templates, so the own template's share is exactly the rate in
+    expectation. ``second``: also draw, per example, a second template different from its
+    first (when there are two or more).
     """
     if n_examples <= 0:
         raise FlexpaftError("no training examples")
@@ -55,13 +73,40 @@ def plan_epoch(
     # Seeding with (seed, epoch) gives independent, reproducible streams per epoch.
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n_examples) if shuffle else np.arange(n_examples)
+    with_own = own is not None and own_rate > 0 and n_templates > 1
+    if with_own and not 0 <= own < n_templates:
+        raise FlexpaftError(f"own template index {own} is not among {n_templates} templates")
+    n_draws = n_examples if mode == "example" else math.ceil(n_examples / (k_steps * global_batch))
+    # Without an own template the draw is exactly the original one, so existing runs replay.
+    draws = rng.integers(0, n_templates - 1 if with_own else n_templates, size=n_draws)
+    if with_own:
+        # Its own stream (seed, epoch, 2): group_by_length uses (seed, epoch, 1).
+        pick_own = np.random.default_rng([seed, epoch, 2]).random(n_draws) < own_rate
+        draws = np.where(draws >= own, draws + 1, draws)  # uniform over the others
+        draws = np.where(pick_own, own, draws)
     if mode == "example":
-        templates = rng.integers(0, n_templates, size=n_examples)
+        templates = draws
     else:
-        per_draw = k_steps * global_batch
-        draws = rng.integers(0, n_templates, size=math.ceil(n_examples / per_draw))
-        templates = draws[np.arange(n_examples) // per_draw]
-    return EpochPlan(order.astype(np.int64), templates.astype(np.int64))
+        templates = draws[np.arange(n_examples) // (k_steps * global_batch)]
+    plan = EpochPlan(order.astype(np.int64), templates.astype(np.int64))
+    if second:
+        plan.second = second_templates(plan.examples, plan.templates, n_templates, seed, epoch)
+    return plan
+
+
+def second_templates(
+    examples: np.ndarray, first: np.ndarray, n_templates: int, seed: int, epoch: int
+) -> np.ndarray:
+    """Per position, a template other than ``first`` (the same one when there is only one).
+
+    Drawn from (seed, epoch, 3) and indexed by example, so an example's second draw depends on
+    (seed, epoch, example) only, not on where the example lands in the order.
+    """
+    if n_templates < 2:
+        return first.copy()
+    n = int(examples.max()) + 1 if len(examples) else 0
+    offsets = np.random.default_rng([seed, epoch, 3]).integers(1, n_templates, size=n)
+    return ((first + offsets[examples]) % n_templates).astype(np.int64)
 
 
 def group_by_length(
@@ -80,28 +125,32 @@ def group_by_length(
     """
     window = batch_size * window_batches
     rng = np.random.default_rng([seed, epoch, 1])
-    ex_out, tp_out = [], []
+    ex_out, tp_out, sc_out = [], [], []
     for start in range(0, len(plan.examples), window):
         ex = plan.examples[start : start + window]
         tp = plan.templates[start : start + window]
+        sc = plan.second[start : start + window] if plan.second is not None else None
         idx = np.argsort(-lengths[ex], kind="stable")
         batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
         for b in rng.permutation(len(batches)):
             ex_out.append(ex[batches[b]])
             tp_out.append(tp[batches[b]])
-    return EpochPlan(np.concatenate(ex_out), np.concatenate(tp_out))
+            if sc is not None:
+                sc_out.append(sc[batches[b]])
+    second = np.concatenate(sc_out) if plan.second is not None else None
+    return EpochPlan(np.concatenate(ex_out), np.concatenate(tp_out), second)
 
 
 def global_batches(
     plan: EpochPlan, world_size: int, batch_size: int
-) -> list[list[tuple[int, int]]]:
+) -> list[list[tuple[int, ...]]]:
     """The epoch's batches of every rank, in stream order.
 
     The tail is padded by wrapping around so the count is a multiple of ``world_size`` and
     every batch is full (DDP needs every rank to run the same number of batches); no example
     is dropped.
     """
-    pairs = list(zip(plan.examples.tolist(), plan.templates.tolist()))
+    pairs = plan.items()
     per_round = batch_size * world_size
     if len(pairs) % per_round:
         short = per_round - len(pairs) % per_round
@@ -111,7 +160,7 @@ def global_batches(
 
 def shard(
     plan: EpochPlan, rank: int, world_size: int, batch_size: int
-) -> list[list[tuple[int, int]]]:
+) -> list[list[tuple[int, ...]]]:
     """This rank's batches: global batch ``g`` goes, whole, to rank ``g % world_size``."""
     return global_batches(plan, world_size, batch_size)[rank::world_size]
 
@@ -136,8 +185,12 @@ class PromptBatchSampler:
         world_size: int = 1,
         lengths: np.ndarray | None = None,
         window_batches: int = 64,
+        own: int | None = None,
+        own_rate: float = 0.0,
+        second: bool = False,
     ) -> None:
         self.n_examples, self.n_templates = n_examples, n_templates
+        self.own, self.own_rate, self.second = own, own_rate, second
         self.batch_size, self.seed, self.mode, self.k_steps = batch_size, seed, mode, k_steps
         self.global_batch = batch_size * grad_accum * world_size
         self.rank, self.world_size = rank, world_size
@@ -156,6 +209,9 @@ class PromptBatchSampler:
             self.mode,
             self.k_steps,
             self.global_batch,
+            own=self.own,
+            own_rate=self.own_rate,
+            second=self.second,
         )
         if self.lengths is not None:
             # In "steps" mode a window must not straddle two template draws.
@@ -169,10 +225,10 @@ class PromptBatchSampler:
             )
         return plan
 
-    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+    def batches(self, epoch: int) -> list[list[tuple[int, ...]]]:
         return shard(self.plan(epoch), self.rank, self.world_size, self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         yield from self.batches(self.epoch)[self.skip :]
 
     def __len__(self) -> int:
@@ -199,7 +255,7 @@ class GlobalStream:
         self._source = source
         self.batch_size = source.batch_size  # all batches are full (see global_batches)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         s = self._source
         batches = global_batches(s.plan(s.epoch), s.world_size, s.batch_size)
         yield from batches[s.skip * s.world_size :]

@@ -9,7 +9,7 @@ from ..errors import FlexpaftError
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from .config import TrainConfig
+from .config import MULTI_TEMPLATE_METHODS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,24 @@ def single_template(cfg: TrainConfig, task: TaskSpec, fmt: AnswerFormat) -> Temp
     return default_template(task, fmt)
 
 
+def own_index(own: Template, templates: list[Template]) -> int | None:
+    """Where the user's own template sits in ``templates`` (by text), or None."""
+    return next((i for i, t in enumerate(templates) if t.text == own.text), None)
+
+
+def sampled_own_index(
+    cfg: TrainConfig, task: TaskSpec, fmt: AnswerFormat, templates: list[Template]
+) -> int | None:
+    """The own template's index for the sampler under ``prompts.own_rate``, else None.
+
+    None as well where the list lacks it: Flexora's search may train on a slice of the prompt
+    set that holds it out (flexora.val_templates=heldout); there it is simply not drawn.
+    """
+    if cfg.prompts.own_rate <= 0 or cfg.method not in MULTI_TEMPLATE_METHODS:
+        return None
+    return own_index(single_template(cfg, task, fmt), templates)
+
+
 def training_templates(
     cfg: TrainConfig,
     task: TaskSpec,
@@ -56,7 +74,15 @@ def training_templates(
                 f"method {cfg.method} needs prompts.prompt_set (the training templates)"
             )
         ps = load_valid_set(cfg.prompts.prompt_set, task, fmt)
-        return list(ps), {"source": cfg.prompts.prompt_set, "count": len(ps), "digest": ps.digest()}
+        info = {"source": cfg.prompts.prompt_set, "count": len(ps), "digest": ps.digest()}
+        templates = list(ps)
+        if cfg.prompts.own_rate > 0:
+            own = single_template(cfg, task, fmt)
+            added = own_index(own, templates) is None
+            if added:  # the user's own prompt is drawn at own_rate, so it must be in the list
+                templates.append(own)
+            info["own"] = {"id": own.id, "rate": cfg.prompts.own_rate, "added": added}
+        return templates, info
     if cfg.method == "topaccuracy":
         if not cfg.prompts.prompt_set:
             raise FlexpaftError(

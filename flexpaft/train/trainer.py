@@ -51,6 +51,7 @@ from .compute import (
     load_for_training,
 )
 from .config import TrainConfig
+from .consistency import batch_tokens, consistency_loss
 from .data import answer_loss, make_loader
 from .distributed import (
     adapter_state_dict,
@@ -62,6 +63,7 @@ from .guard import DivergenceGuard
 from .guard import grad_norm as total_grad_norm
 from .lora import adapted_layers, add_lora
 from .optim import make_optimizer, make_scheduler
+from .options import options_loss
 from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
 from .templates import training_templates
 from .tracking import RunLog, tracker_names
@@ -155,6 +157,7 @@ def train(
     started = time.time()
     task, fmt, examples = cfg.data.load("train")
     cfg.check_held_out(len(examples))
+    cfg.check_format(fmt)  # the options loss and consistency need scored options
     if acc.is_main_process:
         warn_duplicates(examples, "training")
     v = cfg.validation
@@ -258,6 +261,15 @@ def started(loader: Any) -> Iterator[Any]:
     return itertools.chain([first], it)
 
 
+def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], o: Any) -> torch.Tensor:
+    """The loss ``optim.loss`` and ``optim.consistency`` ask for, on one micro-batch."""
+    if o.consistency > 0:
+        return consistency_loss(model, batch, o.consistency)[0]
+    if o.loss == "options":
+        return options_loss(model, batch)
+    return answer_loss(model, batch)
+
+
 @attention_without_cudnn()  # its backward gives NaN gradients on our batches (compute.py)
 def train_lora(
     cfg: TrainConfig,
@@ -284,7 +296,20 @@ def train_lora(
     model = add_lora(model, cfg.lora, layers)
     fingerprint = base_fingerprint(model.get_base_model().config)
 
-    loader, sampler = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, acc)
+    # Batches hold every option's answer for the options loss, and two renderings for consistency;
+    # the sampler's plan and the resume position count batches, not items, as before.
+    loader, sampler = make_loader(
+        cfg,
+        task,
+        fmt,
+        examples,
+        templates,
+        tok,
+        cfg.seed,
+        acc,
+        options=o.scores_options,
+        pairs=o.consistency > 0,
+    )
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)
     total_steps = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
@@ -349,7 +374,7 @@ def train_lora(
         for batch in batches:
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             with acc.accumulate(model):
-                loss = answer_loss(model, batch)
+                loss = training_loss(model, batch, o)
                 acc.backward(loss)
                 if acc.sync_gradients and o.max_grad_norm > 0:
                     norm = acc.clip_grad_norm_(params, o.max_grad_norm)
@@ -365,9 +390,11 @@ def train_lora(
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             pos.batch += 1
-            real = int(batch["attention_mask"].sum())
+            # Every forward pass's tokens (consistency's second view too), so tokens and
+            # tokens/s in the manifest carry each setting's extra cost.
+            real, padded = batch_tokens(batch)
             tokens_seen, real_seen = tokens_seen + real, real_seen + real
-            padded_seen += batch["attention_mask"].numel()
+            padded_seen += padded
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             if not acc.sync_gradients:
                 continue

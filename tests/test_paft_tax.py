@@ -1,0 +1,279 @@
+"""PAFT without the wording tax (issue 23): own-template draws, the options loss, consistency,
+and the report's own-prompt numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import boolq_rows, write_jsonl
+
+from flexpaft.config import load_config
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.config import TrainConfig
+from flexpaft.train.sampling import PromptBatchSampler, plan_epoch
+
+TEXTS = [
+    "{passage}\nQ: {question}?\nA:",
+    "Q: {question}? {passage}\nAnswer:",
+    "{question}?\n{passage}\nYes or no:",
+]
+
+
+def _cfg(tiny_model_dir, data, out, *extra):
+    return load_config(
+        TrainConfig,
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.source={data}",
+            "data.max_length=64",
+            "optim.batch_size=4",
+            "optim.lr=5e-3",
+            "optim.num_workers=0",
+            f"output_dir={out}",
+            "log_every=0",
+            *extra,
+        ],
+    )
+
+
+# --- 2a: the own template drawn at a set rate -------------------------------------------------
+
+
+def test_own_template_share_is_the_rate_and_the_stream_replays():
+    n, t, own, rate = 4000, 10, 3, 0.3
+    plans = [plan_epoch(n, t, epoch, seed=7, own=own, own_rate=rate) for epoch in range(3)]
+    share = np.mean(np.concatenate([p.templates for p in plans]) == own)
+    # 12000 draws: the share's standard error is sqrt(.3 * .7 / 12000) = 0.0042.
+    assert abs(share - rate) < 0.02
+    # The other draws are uniform over the 9 other templates: each near 0.7 / 9 = 0.078.
+    others = np.concatenate([p.templates for p in plans])
+    counts = np.bincount(others, minlength=t) / others.size
+    assert np.all(np.abs(np.delete(counts, own) - 0.7 / 9) < 0.015)
+    again = plan_epoch(n, t, 1, seed=7, own=own, own_rate=rate)
+    assert np.array_equal(again.templates, plans[1].templates)
+    assert np.array_equal(again.examples, plans[1].examples)
+
+
+def test_without_own_rate_the_stream_is_the_original_one():
+    # Runs trained before own_rate existed replay exactly: same draw as without the arguments.
+    a = plan_epoch(50, 6, 2, seed=3)
+    b = plan_epoch(50, 6, 2, seed=3, own=4, own_rate=0.0)
+    assert np.array_equal(a.templates, b.templates) and np.array_equal(a.examples, b.examples)
+    assert not np.array_equal(
+        a.templates, plan_epoch(50, 6, 2, seed=3, own=4, own_rate=0.5).templates
+    )
+
+
+def test_own_rate_in_steps_mode_keeps_one_template_per_block():
+    plan = plan_epoch(
+        64, 5, 0, seed=1, mode="steps", k_steps=2, global_batch=4, own=0, own_rate=0.5
+    )
+    blocks = plan.templates.reshape(-1, 8)
+    assert np.all(blocks == blocks[:, :1])
+    assert 0 in blocks[:, 0]
+
+
+def test_own_draws_are_sharded_by_rank_and_resume_mid_epoch():
+    kw = dict(batch_size=2, seed=5, own=1, own_rate=0.4)
+    one = PromptBatchSampler(40, 6, world_size=1, **kw)
+    r0 = PromptBatchSampler(40, 6, rank=0, world_size=2, **kw)
+    r1 = PromptBatchSampler(40, 6, rank=1, world_size=2, **kw)
+    full = one.batches(1)
+    assert r0.batches(1) + r1.batches(1) != full  # different layout...
+    interleaved = [b for pair in zip(r0.batches(1), r1.batches(1)) for b in pair]
+    assert interleaved == full  # ...of one global stream
+    one.set_epoch(1, skip=3)
+    assert list(one) == full[3:]
+
+
+def test_own_rate_is_validated():
+    for bad in ("1", "-0.1", "1.5"):
+        with pytest.raises(FlexpaftError, match="own_rate"):
+            load_config(TrainConfig, None, [f"prompts.own_rate={bad}"])
+
+
+def test_own_template_is_added_to_the_training_templates(tmp_path):
+    from flexpaft.tasks.builtin import BUILTIN_TASKS
+    from flexpaft.tasks.spec import AnswerFormat
+    from flexpaft.train.templates import sampled_own_index, training_templates
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"template": t} for t in TEXTS])
+    task, fmt = BUILTIN_TASKS["boolq"], AnswerFormat.LABEL_WORDS
+    cfg = load_config(
+        TrainConfig, None, ["method=paft", f"prompts.prompt_set={prompts}", "prompts.own_rate=0.2"]
+    )
+    templates, info = training_templates(cfg, task, fmt, [], None, None)
+    assert len(templates) == 4 and templates[-1].text == task.templates["label_words"]
+    assert info["own"]["added"] is True and info["own"]["rate"] == 0.2
+    assert sampled_own_index(cfg, task, fmt, templates) == 3
+    # Already in the set (prompts.template names one of them): not added twice.
+    cfg2 = load_config(
+        TrainConfig,
+        None,
+        ["method=paft", f"prompts.prompt_set={prompts}", "prompts.own_rate=0.2"]
+        + [f"prompts.template={TEXTS[1]}"],
+    )
+    templates2, info2 = training_templates(cfg2, task, fmt, [], None, None)
+    assert len(templates2) == 3 and info2["own"]["added"] is False
+    assert sampled_own_index(cfg2, task, fmt, templates2) == 1
+    # Off: the prompt set as it is, no own index.
+    cfg3 = load_config(TrainConfig, None, ["method=paft", f"prompts.prompt_set={prompts}"])
+    templates3, info3 = training_templates(cfg3, task, fmt, [], None, None)
+    assert len(templates3) == 3 and "own" not in info3
+    assert sampled_own_index(cfg3, task, fmt, templates3) is None
+
+
+# --- 2b, 2c: options loss and consistency ---------------------------------------------------
+
+
+def test_symmetric_kl_by_hand():
+    from flexpaft.train.consistency import symmetric_kl
+
+    # p = softmax([0, ln 3]) = (1/4, 3/4); q = softmax([ln 3, 0]) = (3/4, 1/4).
+    a = torch.tensor([[0.0, math.log(3)]])
+    b = torch.tensor([[math.log(3), 0.0]])
+    # KL(p||q) = 1/4 ln(1/3) + 3/4 ln 3 = 1/2 ln 3 = KL(q||p); their mean is 1/2 ln 3.
+    assert symmetric_kl(a, b).item() == pytest.approx(0.5 * math.log(3), abs=1e-6)
+    assert symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    # A missing third option (-inf in both) adds nothing and makes no NaN; example mean of two.
+    a3 = torch.tensor([[0.0, math.log(3), float("-inf")], [1.0, 1.0, 1.0]])
+    b3 = torch.tensor([[math.log(3), 0.0, float("-inf")], [1.0, 1.0, 1.0]])
+    assert symmetric_kl(a3, b3).item() == pytest.approx(0.25 * math.log(3), abs=1e-6)
+
+
+def test_consistency_loss_is_the_mean_ce_plus_weighted_kl(tiny):
+    from flexpaft.prompts import Template
+    from flexpaft.tasks.builtin import BUILTIN_TASKS
+    from flexpaft.tasks.spec import AnswerFormat
+    from flexpaft.train.consistency import (
+        PairedCollator,
+        PairedOptionsDataset,
+        consistency_loss,
+        split_pair,
+        symmetric_kl,
+    )
+    from flexpaft.train.options import option_scores
+
+    model, tok = tiny
+    task, fmt = BUILTIN_TASKS["boolq"], AnswerFormat.LABEL_WORDS
+    examples = [task.normalize(r, uid=str(i)) for i, r in enumerate(boolq_rows(4))]
+    templates = [Template(t, str(i)) for i, t in enumerate(TEXTS)]
+    ds = PairedOptionsDataset(task, examples, templates, fmt, tok, 64)
+    batch = PairedCollator(tok.pad_token_id)([ds[(i, i % 3, (i + 1) % 3)] for i in range(4)])
+    with torch.no_grad():
+        loss, parts = consistency_loss(model, batch, 0.7)
+        first, second = split_pair(batch)
+        s1, s2 = option_scores(model, first), option_scores(model, second)
+        ce = lambda s: torch.nn.functional.cross_entropy(s, first["gold"]).item()  # noqa: E731
+        expected = 0.5 * (ce(s1) + ce(s2)) + 0.7 * symmetric_kl(s1, s2).item()
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert parts["sym_kl"] > 0  # two different wordings of a random model disagree
+
+
+def test_second_template_differs_and_depends_on_the_example_only():
+    from flexpaft.train.sampling import second_templates
+
+    plan = plan_epoch(30, 4, 2, seed=9, second=True)
+    assert plan.second is not None and np.all(plan.second != plan.templates)
+    again = plan_epoch(30, 4, 2, seed=9, second=True)
+    assert np.array_equal(plan.second, again.second)
+    # Offset by example: reordering the examples moves each example's offset with it.
+    perm = plan.examples[::-1]
+    first = plan.templates[::-1]
+    assert np.array_equal(second_templates(perm, first, 4, 9, 2), plan.second[::-1])
+    assert np.array_equal(second_templates(np.arange(3), np.zeros(3, int), 1, 0, 0), [0, 0, 0])
+
+
+def test_loss_and_consistency_are_validated_and_refused_where_meaningless():
+    with pytest.raises(FlexpaftError, match="optim.loss"):
+        load_config(TrainConfig, None, ["optim.loss=tokens"])
+    for bad in ("-1", "nan"):
+        with pytest.raises(FlexpaftError, match="consistency"):
+            load_config(TrainConfig, None, [f"optim.consistency={bad}"])
+    with pytest.raises(FlexpaftError, match="several training templates"):
+        load_config(TrainConfig, None, ["optim.consistency=0.5"])  # method lora
+    from flexpaft.tasks.spec import AnswerFormat
+
+    for key in ("optim.loss=options", "optim.consistency=1"):
+        cfg = load_config(TrainConfig, None, ["method=paft", key])
+        with pytest.raises(FlexpaftError, match="generation has none"):
+            cfg.check_format(AnswerFormat.GENERATION)
+        cfg.check_format(AnswerFormat.LABEL_WORDS)
+
+
+def test_generation_with_options_loss_is_refused_in_one_line_before_loading(tmp_path):
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(8))
+    sets = ["model.name=/nonexistent", f"data.source={data}", "data.format=generation"]
+    sets += ["optim.loss=options", f"output_dir={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-m", "flexpaft.cli", "train"]
+    for s in sets:
+        cmd += ["--set", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert (
+        lines[-1].startswith("flexpaft: error: optim.loss=options")
+        and "Traceback" not in done.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("optim.loss=options",),
+        ("optim.consistency=0.5", "prompts.own_rate=0.25"),
+    ],
+)
+def test_training_with_the_new_settings_resumes_bit_identically(tmp_path, tiny_model_dir, extra):
+    from safetensors.torch import load_file
+
+    import flexpaft.train.trainer as trainer_mod
+    from flexpaft.train.trainer import train
+
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"template": t} for t in TEXTS])
+    common = ["method=paft", f"prompts.prompt_set={prompts}", "optim.max_steps=4", *extra]
+    full = train(
+        _cfg(tiny_model_dir, data, tmp_path / "full", *common, "checkpoint_every=0"),
+        progress=False,
+    )
+    part_cfg = _cfg(tiny_model_dir, data, tmp_path / "part", *common, "checkpoint_every=2")
+    real_save = trainer_mod.save_checkpoint
+
+    def save_then_crash(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    trainer_mod.save_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(part_cfg, progress=False)
+    finally:
+        trainer_mod.save_checkpoint = real_save
+    resumed = train(part_cfg, progress=False)
+    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    m = full.manifest
+    assert m["steps"] == 4 and m["tokens"] > 0 and m["train_seconds"] > 0
+    assert json.loads((tmp_path / "full" / "manifest.json").read_text())["config"]["optim"][
+        "loss"
+    ] == ("options" if "optim.loss=options" in extra else "answer")
+
+
+def test_consistency_counts_the_second_views_tokens():
+    from flexpaft.train.consistency import batch_tokens
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert batch_tokens({"attention_mask": mask}) == (5, 6)
+    paired = {"first.attention_mask": mask, "second.attention_mask": torch.ones(2, 4, dtype=int)}
+    assert batch_tokens(paired) == (13, 14)
