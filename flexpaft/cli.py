@@ -41,7 +41,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.config import EvalConfig
 
-    cfg = config_from_args(EvalConfig, _flags(args), ("adapter", "output_dir"))
+    cfg = config_from_args(
+        EvalConfig, _flags(args), ("adapter", "output_dir", "reference_template")
+    )
     from .evaluate.evaluator import markdown_table  # after the config is checked: loads torch
     from .evaluate.run import run_eval
 
@@ -115,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="shortcut for --set adapter=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
     p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
+    p.add_argument(
+        "--own-template",
+        dest="reference_template",
+        metavar="TEXT",
+        help="your own prompt, also scored (the report's own-prompt columns); 'default' = the "
+        "task's; shortcut for --set reference_template=...",
+    )
     add_config_arguments(p, EvalConfig)
     p.set_defaults(func=_cmd_eval)
 

@@ -134,6 +134,12 @@ class StudyConfig:
     grad_probe_batches: int = opt(
         8, "grad_probe: training batches over which each block's LoRA gradient norm is averaged."
     )
+    own_template: str = opt(
+        "",
+        "The user's own prompt ('' = the task's template): the single-prompt methods train on "
+        "it (prompts.template; prompts.own_rate draws it under paft), and every model is also "
+        "scored under it on the unseen set, for the reports' own-prompt tables.",
+    )
     bootstrap: int = opt(2000, "Bootstrap replicates for the reports' 95% intervals.")
     thresholds: list[float] = opt([0.6, 0.7], "Top@t thresholds shown in the reports.")
     model: ModelSettings = section(ModelSettings, "Base model.")
@@ -214,6 +220,8 @@ class Study:
         ]
         if method in _USES_PROMPT_SET:
             o.append(f"prompts.prompt_set={self.train_templates()}")
+        if self.cfg.own_template:
+            o.append(f"prompts.template={self.cfg.own_template}")
         # extra last: a baseline's blocks override any lora.layers_to_transform in `train`.
         return o + _flat("", self.cfg.train) + list(extra)
 
@@ -532,7 +540,7 @@ class Study:
         if seed is not None:
             o.append(f"adapter={self.out / 'train' / run / 'adapter'}")
         if set_name == "unseen":
-            o.append("reference_template=default")
+            o.append(f"reference_template={self.cfg.own_template or 'default'}")
             if self.cfg.prompts.adversarial:
                 # Always, not only when the file exists: check() refuses a missing one rather
                 # than letting the adversarial columns vanish from the reports.

@@ -277,3 +277,131 @@ def test_consistency_counts_the_second_views_tokens():
     assert batch_tokens({"attention_mask": mask}) == (5, 6)
     paired = {"first.attention_mask": mask, "second.attention_mask": torch.ones(2, 4, dtype=int)}
     assert batch_tokens(paired) == (13, 14)
+
+
+# --- 1: the report shows the tax -----------------------------------------------------------
+
+IDS = ["t1", "t2", "t3"]
+# Per-template accuracy 0.5, 0.5, 0.75: mean 7/12, worst 0.5.
+LORA = [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0]]
+# Per-template accuracy 1, 0.75, 1: mean 11/12, worst 0.75.
+PAFT = [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def _per_template(rows, ids):
+    return [
+        {
+            "id": tid,
+            "text": f"Q {tid}: {{goal}}",
+            "accuracy": sum(c) / len(c),
+            "n": len(c),
+            "correct": c,
+            "predictions": [0] * len(c),
+        }
+        for tid, c in zip(ids, rows)
+    ]
+
+
+def _results(name, rows, own=None, ids=IDS):
+    d = {"name": name, "task": "piqa", "format": "letter", "mode": "first_token", "seconds": 1.0}
+    d["per_template"] = _per_template(rows, ids)
+    if own is not None:
+        ref = {"task": "piqa", "format": "letter", "mode": "first_token", "seconds": 1.0}
+        d["reference"] = {**ref, "per_template": _per_template([own], ["own"])}
+    return d
+
+
+def test_own_prompt_numbers_by_hand():
+    from flexpaft.report import build_report
+
+    runs = [
+        ("lora", _results("lora", LORA, [1, 1, 1, 1])),
+        ("paft", _results("paft", PAFT, [1, 1, 1, 0])),
+    ]
+    rep = build_report(runs, n_boot=500)
+    lora, paft = rep["methods"]
+    assert lora["reference_accuracy"] == 1.0 and paft["reference_accuracy"] == 0.75
+    assert lora["own_gap_mean"] == pytest.approx(1 - 7 / 12)
+    assert lora["own_gap_worst"] == pytest.approx(0.5)
+    assert paft["own_gap_mean"] == pytest.approx(0.75 - 11 / 12)
+    assert paft["own_gap_worst"] == pytest.approx(0.0)
+    own = lora["own_prompt"]
+    assert own["accuracy"] == 1.0 and own["interval"] == [1.0, 1.0]  # every example right
+    assert own["gap_mean"]["value"] == pytest.approx(5 / 12)
+    g = paft["own_prompt"]["gap_worst"]
+    assert g["low"] <= g["value"] <= g["high"]
+    (cmp,) = rep["own_comparisons"]
+    assert (cmp["a"], cmp["b"]) == ("paft", "lora")
+    assert cmp["diff"]["value"] == pytest.approx(-0.25)
+    assert cmp["diff"]["high"] <= 0  # paft is never above: it misses one example lora gets
+
+
+def test_own_prompt_gaps_are_paired():
+    from flexpaft.report import intervals
+
+    # The own template scores exactly like the only unseen one: every replicate's gap is 0.
+    # Unpaired (own and unseen resampled apart) the interval would be wide: own's alone is.
+    c = np.array([[1, 0, 1, 0, 1, 1, 0, 0]], dtype=float)
+    rs = intervals.Resamples.draw(1, 8, 400, seed=1)
+    res = intervals.own_prompt(c[0], c, rs)
+    for key in ("gap_mean", "gap_worst"):
+        assert (res[key]["low"], res[key]["high"]) == (0.0, 0.0) and not res[key]["separated"]
+    lo, hi = res["interval"]
+    assert hi - lo > 0.3
+    same = intervals.compare_own(c[0], c[0], rs)
+    assert (same["low"], same["high"], same["separated"]) == (0.0, 0.0, False)
+
+
+def test_report_shows_the_own_prompt_table_and_omits_it_without_references():
+    from flexpaft.report import build_report, render_html, render_markdown
+
+    runs = [
+        ("lora", _results("lora", LORA, [1, 1, 1, 1])),
+        ("paft", _results("paft", PAFT, [1, 1, 1, 0])),
+    ]
+    md = render_markdown(build_report(runs, n_boot=200))
+    assert "## Under the user's own prompt (%)" in md
+    assert "| lora | 100.0 [100.0, 100.0] | +41.7 [" in md
+    assert "| paft vs lora | -25.0 [" in md
+    assert "Under the user's own prompt" in render_html(build_report(runs, n_boot=200))
+    # Without intervals: the point values.
+    md0 = render_markdown(build_report(runs, n_boot=0))
+    assert "| paft | 75.0 | -16.7 | 0.0 |" in md0
+    # A run without a reference evaluation lacks the row; none with one: no section at all.
+    mixed = [runs[0], ("paft", _results("paft", PAFT))]
+    rep = build_report(mixed, n_boot=200)
+    assert "own_prompt" not in rep["methods"][1] and rep["own_comparisons"] == []
+    assert "| lora | 100.0" in render_markdown(rep)
+    none = [("lora", _results("lora", LORA)), ("paft", _results("paft", PAFT))]
+    assert "own prompt" not in render_markdown(build_report(none, n_boot=200))
+
+
+def test_own_prompt_from_a_named_test_template_and_over_seeds():
+    from flexpaft.report import build_report
+
+    runs = [("lora", _results("lora", LORA)), ("paft", _results("paft", PAFT))]
+    rep = build_report(runs, reference_template="t3", n_boot=200)
+    assert rep["methods"][0]["own_prompt"]["accuracy"] == 0.75
+    assert rep["own_comparisons"][0]["diff"]["value"] == pytest.approx(0.25)
+    # Two seeds of paft: own correctness averaged example by example (0.75 and 0.5 -> 0.625).
+    seeds = [
+        ("lora", _results("lora", LORA, [1, 1, 1, 1])),
+        ("paft", _results("paft", PAFT, [1, 1, 1, 0])),
+        ("paft", _results("paft", PAFT, [1, 0, 1, 0])),
+    ]
+    rep = build_report(seeds, n_boot=200, group_seeds=True)
+    assert rep["methods"][1]["own_prompt"]["accuracy"] == pytest.approx(0.625)
+    assert rep["methods"][1]["reference_accuracy"] == pytest.approx(0.625)
+
+
+def test_eval_accepts_own_template_as_the_reference(tmp_path):
+    from flexpaft.cli import build_parser
+    from flexpaft.config import config_from_args
+    from flexpaft.evaluate.config import EvalConfig
+
+    text = "{goal}\nA: {sol1}\nB: {sol2}\nAnswer:"
+    args = build_parser().parse_args(["eval", "--own-template", text])
+    cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir", "reference_template"))
+    assert cfg.reference_template == text
+    cfg2 = load_config(EvalConfig, None, ["own_template=default"])
+    assert cfg2.reference_template == "default"

@@ -16,6 +16,7 @@ class EvalConfig:
         "model_name_or_path": "model.name",
         "chat_template": "model.chat_template",
         "per_device_eval_batch_size": "batch_size",
+        "own_template": "reference_template",
     }
 
     adapter: str = opt(
@@ -37,7 +38,9 @@ class EvalConfig:
         path=True,
     )
     reference_template: str = opt(
-        "", "Also evaluate one reference template for PDR: 'default' (the task's) or template text."
+        "",
+        "Also evaluate one reference template, the user's own prompt (PDR, the report's "
+        "own-prompt columns): 'default' (the task's) or template text.",
     )
     mode: str = opt("auto", "Scoring: auto, first_token, continuation or generate.")
     batch_size: int = opt(16, "Most sequences per forward pass.")

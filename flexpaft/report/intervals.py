@@ -17,6 +17,7 @@ A difference counts as a finding only when its interval excludes zero; the repor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -157,3 +158,43 @@ def _ratio(x, y):
     # A std of exactly 0 (every template identical) makes the ratio undefined, not infinite.
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.asarray(y) > 0, np.asarray(x) / np.asarray(y), np.nan)
+
+
+def _paired(point: float, samples: np.ndarray, null: float = 0.0) -> dict[str, float | bool]:
+    lo, hi = percentile_interval(samples)
+    return {"value": float(point), "low": lo, "high": hi, "separated": bool(lo > null or hi < null)}
+
+
+def own_prompt(
+    own: np.ndarray,
+    correct: np.ndarray,
+    rs: Resamples,
+    stats: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Accuracy under the user's own prompt and its gap to the unseen templates' mean and worst.
+
+    ``own`` is the own template's per-example correctness (N,), scored on the same examples as
+    ``correct`` (templates x N). The own accuracy's interval resamples examples; each gap is
+    paired: own and unseen accuracies share every replicate's examples, and the mean's
+    replicate also resamples templates (as ``replicate_stats`` does). A positive gap is the
+    wording tax: accuracy lost from the own prompt to unseen ones.
+    """
+    o = np.asarray(own, dtype=np.float64)
+    stats = stats if stats is not None else replicate_stats(correct, rs)
+    own_rep = o[rs.examples].mean(axis=1)
+    per_template = np.asarray(correct, dtype=np.float64).mean(axis=1)
+    acc = float(o.mean())
+    lo, hi = percentile_interval(own_rep)
+    return {
+        "accuracy": acc,
+        "interval": [lo, hi],
+        "gap_mean": _paired(acc - per_template.mean(), own_rep - stats["mean"]),
+        "gap_worst": _paired(acc - per_template.min(), own_rep - stats["min"]),
+    }
+
+
+def compare_own(own_a: np.ndarray, own_b: np.ndarray, rs: Resamples) -> dict[str, float | bool]:
+    """Paired difference a - b of two methods' accuracy under the own prompt (examples resampled
+    alike for both)."""
+    a, b = np.asarray(own_a, dtype=np.float64), np.asarray(own_b, dtype=np.float64)
+    return _paired(a.mean() - b.mean(), a[rs.examples].mean(axis=1) - b[rs.examples].mean(axis=1))

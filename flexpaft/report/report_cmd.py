@@ -233,6 +233,59 @@ def _std_ratio(c: dict[str, Any], stds: dict[str, float | None]) -> str:
     return f"n/a ({c['b']}'s std is 0)"
 
 
+def own_table(report: dict[str, Any]) -> Table | None:
+    """Accuracy under the user's own prompt and the gap to the unseen templates' mean and worst
+    (the wording tax), for the methods whose runs scored a reference template."""
+    methods = [m for m in report["methods"] if m.get("reference_accuracy") is not None]
+    if not methods:
+        return None
+    headers = ["Method", "Own prompt", "Own - mean unseen", "Own - worst unseen"]
+    rows = []
+    for m in methods:
+        own = m.get("own_prompt")
+        if own:
+            rows.append(
+                [
+                    m["name"],
+                    _ci(own["accuracy"], own["interval"]),
+                    _diff(own["gap_mean"]),
+                    _diff(own["gap_worst"]),
+                ]
+            )
+        else:  # no intervals (--bootstrap 0, mismatched runs): the point values
+            gaps = [m.get("own_gap_mean"), m.get("own_gap_worst")]
+            rows.append([m["name"], _pct(m["reference_accuracy"]), *[_signed(g) for g in gaps]])
+    return headers, rows
+
+
+def _signed(x: float | None) -> str:
+    return "–" if x is None else ("+" if x > 0 else "") + _pct(x)
+
+
+def own_comparison_table(report: dict[str, Any]) -> Table | None:
+    """Paired differences of accuracy under the own prompt between methods."""
+    comps = report.get("own_comparisons") or []
+    if not comps:
+        return None
+    return ["A vs B", "Own prompt A - B"], [
+        [f"{c['a']} vs {c['b']}", _diff(c["diff"])] for c in comps
+    ]
+
+
+OWN_NOTE = (
+    "Own prompt: accuracy under the user's own template (the run's reference template: the "
+    "task's, or the one given as the reference/own template), with a 95% interval over examples. "
+    "The gaps are own minus unseen: positive is accuracy given up on unseen wordings (the "
+    "wording tax); they are paired, examples resampled alike for both sides, and templates too "
+    "for the mean."
+)
+
+
+def own_section(report: dict[str, Any]) -> list[Table]:
+    """The own-prompt tables present in ``report`` (none without reference evaluations)."""
+    return [t for t in (own_table(report), own_comparison_table(report)) if t]
+
+
 def interval_note(report: dict[str, Any]) -> str:
     b = report.get("bootstrap") or {}
     parts = [
@@ -265,6 +318,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         if cmp:
             out += ["## Paired differences", "", *_markdown_table(cmp), ""]
         out += [interval_note(report), ""]
+    own = own_section(report)
+    if own:
+        out += ["## Under the user's own prompt (%)", ""]
+        for t in own:
+            out += [*_markdown_table(t), ""]
+        out += [OWN_NOTE, ""]
     refs = _references(report)
     if refs:
         out += ["Reference template for PDR:", "", *refs, ""]
@@ -308,6 +367,10 @@ def render_html(report: dict[str, Any], png: Path | None = None) -> str:
         if cmp:
             parts += ["<h2>Paired differences</h2>", _html_table(cmp)]
         parts.append(f"<p>{esc(interval_note(report))}</p>")
+    own = own_section(report)
+    if own:
+        parts += ["<h2>Under the user's own prompt (%)</h2>", *[_html_table(t) for t in own]]
+        parts.append(f"<p>{esc(OWN_NOTE)}</p>")
     refs = _references(report)
     if refs:
         items = "".join(f"<li>{esc(r[2:])}</li>" for r in refs)
@@ -440,5 +503,10 @@ def run(args: argparse.Namespace) -> int:
         if cmp:
             print("\n".join(["", *_markdown_table(cmp)]))
         print(interval_note(report))
+    own = own_section(report)
+    if own:
+        print("\nUnder the user's own prompt (%):")
+        for t in own:
+            print("\n".join(["", *_markdown_table(t)]))
     print(f"report: {out}/ ({', '.join(written)})")
     return 0

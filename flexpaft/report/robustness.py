@@ -215,6 +215,9 @@ def method_metrics(
     out["reference_accuracy"] = ref_acc
     out["reference"] = ref_desc
     out["pdr"] = pdr
+    # The wording tax: accuracy given up from the user's own prompt to unseen ones (> 0 = a tax).
+    out["own_gap_mean"] = None if ref_acc is None else ref_acc - out["mean"]
+    out["own_gap_worst"] = None if ref_acc is None else ref_acc - out["min"]
     out["prompt_sensitivity"] = metrics.prompt_sensitivity(correct)
     out["consistency"] = metrics.consistency(correct)
     out["adversarial"] = _adversarial(data, out["mean"], name)
@@ -278,13 +281,44 @@ def _gold(groups: dict[str, list[dict[str, Any]]]) -> np.ndarray | None:
     return np.asarray(golds[0])
 
 
+def own_correct(
+    data: dict[str, Any], name: str, reference_template: str | None
+) -> np.ndarray | None:
+    """Per-example correctness under the user's own prompt: the run's reference entry (eval's
+    ``reference_template``), else the test template ``reference_template`` names; None without."""
+    if isinstance(data.get("reference"), dict):
+        ref = _eval_result(data["reference"], f"{name}: reference")
+        return np.asarray(ref.per_template[0].correct, dtype=np.float64)
+    if reference_template:
+        res = _eval_result(data, name)
+        by_id = {t.id: t.correct for t in res.per_template}
+        if reference_template in by_id:
+            return np.asarray(by_id[reference_template], dtype=np.float64)
+    return None
+
+
+def _own_matrices(
+    groups: dict[str, list[dict[str, Any]]], reference_template: str | None, n_examples: int
+) -> dict[str, np.ndarray]:
+    """Own-prompt correctness per method, seeds averaged example by example; methods whose runs
+    lack a reference (or score it on other examples) are left out."""
+    out = {}
+    for name, datas in groups.items():
+        vecs = [own_correct(d, name, reference_template) for d in datas]
+        if vecs and all(v is not None and v.shape == (n_examples,) for v in vecs):
+            out[name] = np.mean(vecs, axis=0)
+    return out
+
+
 def add_intervals(
     report: dict[str, Any],
     groups: dict[str, list[dict[str, Any]]],
     n_boot: int = 2000,
     seed: int = 0,
+    reference_template: str | None = None,
 ) -> None:
-    """95% intervals per method, paired comparisons between methods, the majority-label rate.
+    """95% intervals per method, paired comparisons between methods, the majority-label rate,
+    and the own-prompt numbers (accuracy, gaps, paired comparison) where runs have a reference.
 
     Several seeds of a method are averaged example by example before resampling, so the interval
     covers templates and examples; the spread between seeds is reported beside it.
@@ -325,6 +359,18 @@ def add_intervals(
         {"a": a, "b": b, **intervals.compare(mats[a], mats[b], rs, stats[a], stats[b])}
         for i, b in enumerate(names)
         for a in names[i + 1 :]
+    ]
+    own = _own_matrices(groups, reference_template, n_examples)
+    for m in report["methods"]:
+        if m["name"] in own:
+            m["own_prompt"] = intervals.own_prompt(
+                own[m["name"]], mats[m["name"]], rs, stats[m["name"]]
+            )
+    owned = [n for n in names if n in own]
+    report["own_comparisons"] = [
+        {"a": a, "b": b, "diff": intervals.compare_own(own[a], own[b], rs)}
+        for i, b in enumerate(owned)
+        for a in owned[i + 1 :]
     ]
 
 
@@ -385,7 +431,8 @@ def build_report(
         "methods": methods,
         "majority_rate": None,
         "comparisons": [],
+        "own_comparisons": [],
     }
     if n_boot > 0:
-        add_intervals(report, groups, n_boot, seed)
+        add_intervals(report, groups, n_boot, seed, reference_template)
     return report
