@@ -405,3 +405,41 @@ def test_eval_accepts_own_template_as_the_reference(tmp_path):
     assert cfg.reference_template == text
     cfg2 = load_config(EvalConfig, None, ["own_template=default"])
     assert cfg2.reference_template == "default"
+
+
+def test_demo_and_report_print_the_own_prompt_table(tmp_path, capsys):
+    from flexpaft.cli import main
+    from flexpaft.demo import console_summary
+    from flexpaft.report import build_report
+
+    runs = [
+        ("lora", _results("lora", LORA, [1, 1, 1, 1])),
+        ("paft", _results("paft", PAFT, [1, 1, 1, 0])),
+    ]
+    text = console_summary(build_report(runs, n_boot=200))
+    assert "Under your own prompt (%):" in text and "| paft vs lora | -25.0 [" in text
+    paths = []
+    for name, data in runs:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+        paths.append(f"{name}={tmp_path / name}")
+    assert main(["report", *paths, "--bootstrap", "200", "-o", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "Under the user's own prompt (%):" in out and "| lora | 100.0 [100.0, 100.0] |" in out
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["methods"][1]["own_prompt"]["accuracy"] == 0.75
+
+
+def test_study_trains_and_scores_under_the_own_template(tmp_path):
+    from flexpaft.study import Study, StudyConfig
+
+    own = "{question}? ({passage})\nAnswer:"
+    data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
+    base = [f"output_dir={tmp_path}", f"data.source={data}", "train_examples=8"]
+    base.append("test_examples=4")
+    study = Study(load_config(StudyConfig, None, [*base, f"own_template={own}"]), progress=False)
+    assert f"prompts.template={own}" in study._train_overrides("lora", 0)
+    assert study._eval_config("unseen", "paft", 0).reference_template == own
+    plain = Study(load_config(StudyConfig, None, base), progress=False)
+    assert not any(o.startswith("prompts.template") for o in plain._train_overrides("lora", 0))
+    assert plain._eval_config("unseen", "paft", 0).reference_template == "default"
