@@ -8,15 +8,14 @@
 #   .gpu/a/        call 1: part00 of the embedded GGUF, the embedded tokenizer (for the
 #                  random-init shapes), bitsandbytes unpacked with only its CUDA 13.0 and CPU
 #                  libraries (the GPU image has torch 2.11+cu130 and no bitsandbytes)
-#   .gpu/b/        call 2: part01 of the GGUF with its name and checksum, the benchmark data
-#                  files (../shared does not travel) and the demo's BIG-bench task
+#   .gpu/b/        call 2: part01 of the GGUF with its name and checksum and the benchmark
+#                  data files (../shared does not travel); the demo's task, snips, ships inside
+#                  the package and needs nothing here
 #
 #   bash benchmarks/gpu_prepare.sh          # run in the checkout the device tool sends
 #
 # Environment: PYTHON (default python3), GPU_DIR (default .gpu), WHEELS (pinned wheels),
-# BNB (bitsandbytes pin); for the demo's task, BIGBENCH_TASK_JSON (its task.json) or
-# FLEXPAFT_BIGBENCH_ARCHIVE (a local bigbench-1.0.0.tar.gz), else flexpaft's cache, else pip
-# (the 360 MB archive, once; only the task file is kept).
+# BNB (bitsandbytes pin).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,34 +77,6 @@ SHARED=${FLEXPAFT_SHARED_DIR:-$REPO/../shared}
 for f in boolq piqa arc_easy commonsense_qa; do
     cp "$SHARED/data/$f.jsonl" "$G/b/shared/data/"
 done
-
-say "the demo's BIG-bench task (intent_recognition)"
-# Not fatal: without it the suite skips the demo part and says why (the GPU machine has no
-# network to fetch it from). BIGBENCH_TASK_JSON: the task's task.json from anywhere.
-if ! "$PY" - "$G/b/cache" <<'EOF'; then
-import os
-import shutil
-import sys
-from pathlib import Path
-
-from flexpaft.errors import FlexpaftError
-from flexpaft.paths import cache_dir
-from flexpaft.tasks.bigbench import fetch_bigbench_task
-
-target = Path(sys.argv[1]) / "bigbench" / "intent_recognition.json"
-given = os.environ.get("BIGBENCH_TASK_JSON")
-cached = cache_dir() / "bigbench" / "intent_recognition.json"
-try:
-    if given or cached.is_file():  # no download
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(given or cached, target)
-    else:
-        fetch_bigbench_task("intent_recognition", cache_dir=target.parent.parent)
-except (FlexpaftError, OSError) as e:
-    sys.exit(f"gpu_prepare.sh: no intent_recognition task for the demo part: {e}")
-EOF
-    say "WARNING: the GPU suite will skip the demo part (set BIGBENCH_TASK_JSON or FLEXPAFT_BIGBENCH_ARCHIVE)"
-fi
 
 # What each call sends: the checkout's tracked and untracked-not-ignored files, plus the carry.
 repo_bytes=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -n 1 | cut -f1)

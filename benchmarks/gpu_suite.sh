@@ -16,7 +16,7 @@
 #     train_135m       train_throughput.py at 32 x 256 (cases a, b, c: same batches, BoolQ, PAFT)
 #     options_135m     gpu_memory.py at 32 x 256: torch.compile, CUDA graphs; and 128 x 256
 #     eval_135m        eval_throughput.py --gpu --models embedded --examples 32
-#     demo_gpu         flexpaft demo at its GPU setting, timed
+#     demo_gpu         flexpaft demo at its GPU setting on the packaged snips task, timed
 #
 # Environment: PYTHON (default python3), GPU_DIR (carried inputs, default .gpu: see
 # benchmarks/gpu_prepare.sh), M (staging that outlives a call on a warm machine, default ~/m;
@@ -94,7 +94,7 @@ export FLEXPAFT_CACHE=$M/cache
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 say() { echo "[gpu_suite $(date +%H:%M:%S)] $*"; }
 
-# --- setup: carried wheels, bitsandbytes, GGUF parts, tokenizer, task data --------------------
+# --- setup: carried wheels, bitsandbytes, GGUF parts, tokenizer, benchmark data ---------------
 if [ "$SIZE" = gpu ]; then
     shopt -s nullglob
     wheels=("$GPU_DIR"/wheels/*.whl)
@@ -165,11 +165,9 @@ elif [ $need_tok = yes ]; then
     say "no tokenizer: the parts that need one are skipped"
 fi
 
-# Carried benchmark data (../shared does not travel) and the demo's cached BIG-bench task.
+# Carried benchmark data (../shared does not travel). The demo's task, snips, ships inside the
+# package (flexpaft/data): nothing to carry for it.
 [ -d "$GPU_DIR/b/shared/data" ] && export FLEXPAFT_SHARED_DIR=$GPU_DIR/b/shared
-if compgen -G "$GPU_DIR/b/cache/bigbench/*.json" >/dev/null; then
-    mkdir -p "$FLEXPAFT_CACHE/bigbench" && cp "$GPU_DIR"/b/cache/bigbench/*.json "$FLEXPAFT_CACHE/bigbench/"
-fi
 
 CUDA=no
 if [ "$SIZE" = gpu ]; then
@@ -188,7 +186,8 @@ if [ "$SIZE" = gpu ]; then
     OPT_B=(--batch 128 --seq-len 256 --repeats 8 --warmup 2)
     COMPILE=(--compile-backend inductor)
     EVAL=(--gpu --models embedded --examples 32)
-    DEMO=(--out "$WORK/demo")
+    # The demo decides its GPU size itself (400 / 196 examples, 50 templates) when torch sees CUDA.
+    DEMO=(--out "$WORK/demo" --task snips)
 else
     # Tiny: the same commands through the same code, llama-tiny (17M, random) for every model.
     DEV=(--device cpu --threads 1)
@@ -205,8 +204,9 @@ else
     COMPILE=(--compile-backend eager)
     # fp32: --gpu's bf16 is emulated, and slow, on most CPUs.
     EVAL=(--gpu --device cpu --dtype float32 --models llama-tiny --examples 2 --templates 1 --repeats 1)
-    DEMO=(--out "$WORK/demo" --model "$WORK/tiny-model" --task "bigbench:flexpaft_gpu_suite_toy"
-        --train-examples 8 --test-examples 6 --test-templates 2 --epochs 1 --no-paft)
+    # snips has 7 intents, interleaved: 14 training examples hold two of each, 7 test one.
+    DEMO=(--out "$WORK/demo" --model "$WORK/tiny-model" --task snips
+        --train-examples 14 --test-examples 7 --test-templates 2 --epochs 1 --no-paft)
 fi
 TOKARG=()
 [ -n "$TOK" ] && TOKARG=(--tokenizer "$TOK")
@@ -251,11 +251,6 @@ needs() { # why part $1 cannot run here, or nothing
                 echo "no embedded GGUF (call 2 must join .gpu/b/part01 with $M/part00 from call 1 on the same machine)"
             elif [ "$SIZE" = tiny ] && [ -z "$TOK" ]; then
                 echo "no tokenizer for the tiny model (the embedded GGUF is not installed)"
-            elif [ "$1" = demo_gpu ] && [ "$SIZE" = gpu ] &&
-                [ ! -f "$FLEXPAFT_CACHE/bigbench/intent_recognition.json" ]; then
-                # flexpaft would try pip for the BIG-bench archive: no network there, and pip's
-                # retries would spend the part's minutes.
-                echo "no cached BIG-bench intent_recognition task (carry .gpu/b/cache: gpu_prepare.sh)"
             fi
             ;;
     esac
@@ -264,10 +259,9 @@ needs() { # why part $1 cannot run here, or nothing
 record() { "$PY" "$TOOLS" record "$@" --out-dir "$OUT" --size "$SIZE"; }
 
 if [ "$SIZE" = tiny ] && [ -n "$TOK" ] && [[ " ${selected[*]} " == *" demo_gpu "* ]]; then
-    # The dry run's demo: a tiny checkpoint and a small cached BIG-bench-style task.
+    # The dry run's demo: a tiny checkpoint, on the packaged snips task like the GPU run.
     [ -f "$WORK/tiny-model/config.json" ] ||
         "$PY" "$TOOLS" tiny-model "$TOK" "$WORK/tiny-model" >"$WORK/logs/tiny-model.log" 2>&1
-    "$PY" "$TOOLS" toy-task "$FLEXPAFT_CACHE"
 fi
 
 for p in "${selected[@]}"; do

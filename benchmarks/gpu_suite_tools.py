@@ -3,7 +3,6 @@
     python benchmarks/gpu_suite_tools.py gguf-path          # the embedded GGUF's path, or exit 1
     python benchmarks/gpu_suite_tools.py tokenizer DIR      # save the embedded model's tokenizer
     python benchmarks/gpu_suite_tools.py tiny-model TOK DIR # a random llama-tiny checkpoint
-    python benchmarks/gpu_suite_tools.py toy-task CACHE     # a cached BIG-bench task for dry runs
     python benchmarks/gpu_suite_tools.py record NAME ...    # one part's JSON (see record())
 
 Nothing here imports torch unless its step needs it, so the bookkeeping steps cost no time.
@@ -26,9 +25,6 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The dry run's demo task: a cached BIG-bench task of this name (never a real BIG-bench task, so
-# a real cache cannot be mistaken for it).
-TOY_TASK = "flexpaft_gpu_suite_toy"
 LOG_TAIL_LINES = 60
 
 
@@ -78,23 +74,6 @@ def save_tiny_model(tokenizer: Path, out: Path) -> None:
     )
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-
-
-def write_toy_task(cache: Path) -> None:
-    """A 3-intent BIG-bench-style task in flexpaft's BIG-bench cache, so the dry run's demo runs
-    offline (the real intent_recognition needs a 360 MB download or a carried copy)."""
-    intents = ["weather", "music", "alarm"]
-    examples = [
-        {
-            "input": f"Request {i}: please handle my {intents[i % 3]} request number {i}.",
-            "target_scores": {name: int(j == i % 3) for j, name in enumerate(intents)},
-        }
-        for i in range(48)
-    ]
-    task = {"description": "Which intent does the utterance express?", "examples": examples}
-    target = cache / "bigbench" / f"{TOY_TASK}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(task))
 
 
 def _json_or_error(path: Path) -> Any:
@@ -170,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("tiny-model")
     s.add_argument("tokenizer", type=Path)
     s.add_argument("out", type=Path)
-    s = sub.add_parser("toy-task")
-    s.add_argument("cache", type=Path)
     s = sub.add_parser("record")
     s.add_argument("name")
     s.add_argument("--out-dir", type=Path, required=True)
@@ -194,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         save_tokenizer(args.out)
     elif args.cmd == "tiny-model":
         save_tiny_model(args.tokenizer, args.out)
-    elif args.cmd == "toy-task":
-        write_toy_task(args.cache)
     else:
         record(
             args.out_dir,

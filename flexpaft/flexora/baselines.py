@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from ..errors import FlexpaftError
 from ..train.config import TrainConfig
@@ -17,27 +18,34 @@ from .blocks import find_blocks
 from .select import lora_drop_ranking
 
 
-def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) -> list[float]:
-    """LoRA-drop importance per block of ``adapter`` (trained with ``cfg``), over ``batches``
-    training batches drawn as that run drew them (same data slice, templates and seed)."""
+def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, list]:
+    """(base model, the first ``batches`` training batches of a run of ``cfg``), drawn as that
+    run draws them: the same data slice, templates and seed."""
     from accelerate import Accelerator
 
-    from ..evaluate.evaluator import load_adapter
     from ..tasks.data import split_examples
     from ..train.data import make_loader
     from ..train.templates import training_templates
 
     if batches < 1:
-        raise FlexpaftError(f"LoRA-drop needs at least one batch, not {batches}")
+        raise FlexpaftError(f"{what} needs at least one batch, not {batches}")
     task, fmt, examples = cfg.data.load("train")
     if cfg.validation.enabled:
         # The trainer holds these out before training; they are not training batches.
         examples, _ = split_examples(examples, cfg.validation.eval_examples, cfg.seed + 2)
     model, tok = cfg.model.load()
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
-    model = load_adapter(model, adapter).eval()
     loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
-    return lora_drop_ranking(model, list(islice(loader, batches)))
+    return model, list(islice(loader, batches))
+
+
+def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) -> list[float]:
+    """LoRA-drop importance per block of ``adapter`` (trained with ``cfg``), over ``batches``
+    training batches drawn as that run drew them (same data slice, templates and seed)."""
+    from ..evaluate.evaluator import load_adapter
+
+    model, drawn = _training_batches(cfg, batches, "LoRA-drop")
+    return lora_drop_ranking(load_adapter(model, adapter).eval(), drawn)
 
 
 def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
@@ -45,22 +53,11 @@ def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
     over its first ``batches`` training batches, with LoRA on every block and no step taken."""
     import dataclasses
 
-    from accelerate import Accelerator
-
-    from ..tasks.data import split_examples
-    from ..train.data import answer_loss, make_loader
+    from ..train.data import answer_loss
     from ..train.lora import add_lora
-    from ..train.templates import training_templates
     from .select import gradient_probe_ranking
 
-    if batches < 1:
-        raise FlexpaftError(f"the gradient probe needs at least one batch, not {batches}")
-    task, fmt, examples = cfg.data.load("train")
-    if cfg.validation.enabled:
-        examples, _ = split_examples(examples, cfg.validation.eval_examples, cfg.seed + 2)
-    model, tok = cfg.model.load()
-    templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
+    model, drawn = _training_batches(cfg, batches, "the gradient probe")
     layout = find_blocks(model)
     model = add_lora(model, dataclasses.replace(cfg.lora, layers_to_transform=None))
-    loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
-    return gradient_probe_ranking(model, list(islice(loader, batches)), answer_loss, layout)
+    return gradient_probe_ranking(model, drawn, answer_loss, layout)

@@ -109,9 +109,11 @@ def _download_archive(dest: Path) -> Path:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")]
         why = (errors or lines or ["no archive was downloaded"])[-1]
+        # PyPI stopped serving the 1.0.0 source archive in 2026; the demo no longer needs it.
         raise FlexpaftError(
-            f"pip could not download {PACKAGE} ({why}); "
-            f"set {ARCHIVE_ENV} to a local bigbench-1.0.0.tar.gz to work offline"
+            f"pip could not download {PACKAGE} ({why}): BIG-bench tasks need that source "
+            f"archive; set {ARCHIVE_ENV} to a local bigbench-1.0.0.tar.gz, or use a task that "
+            "ships with flexpaft (snips, the demo's default) or your own task file"
         )
     return archives[0]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..render import encode_answer, encode_prompt, render
-from .data import RenderedDataset, answer_targets
+from .data import PadCollator, RenderedDataset, answer_targets
 
 Batch = dict[str, torch.Tensor]
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
@@ -82,26 +82,11 @@ class OptionsCollator:
         }
 
     def _pad(self, prompts: list[list[int]], answers: list[list[int]]) -> Batch:
-        rows = [p + a for p, a in zip(prompts, answers)]
-        longest = max(len(r) for r in rows)
-        if self.multiple > 1:
-            longest = -(-longest // self.multiple) * self.multiple
-        n = len(rows)
-        ids = torch.full((n, longest), self.pad_id, dtype=torch.long)
-        labels = torch.full((n, longest), -100, dtype=torch.long)
-        mask = torch.zeros((n, longest), dtype=torch.long)
-        for i, (r, a) in enumerate(zip(rows, answers)):
-            ids[i, longest - len(r) :] = torch.tensor(r)
-            if a:
-                labels[i, longest - len(a) :] = torch.tensor(a)
-            mask[i, longest - len(r) :] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {
-            "input_ids": ids,
-            "labels": labels,
-            "attention_mask": mask,
-            "position_ids": position_ids,
-        }
+        # The training collator's left padding; labels mark each row's answer tokens.
+        items = [
+            {"input_ids": p + a, "labels": [-100] * len(p) + a} for p, a in zip(prompts, answers)
+        ]
+        return PadCollator(self.pad_id, self.multiple)(items)
 
 
 def is_options_batch(batch: Batch) -> bool:
