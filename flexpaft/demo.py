@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             # for what it loses on unseen ones; the other models skip that extra evaluation.
             + (["reference_template=default"] if slug == "lora" else []),
         )
-        run_eval(ec)
+        run_eval(ec, overwrite=True)  # its own directory, as for its training runs
         results[name] = out / "eval" / slug
 
     say("[5/5] report")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
+from ..errors import FlexpaftError
 from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from ..locks import run_dir_lock
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
@@ -75,11 +78,49 @@ class EvalConfig:
 
 
 @releases_memory
-def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+def run_eval(cfg: EvalConfig, progress: bool = True, overwrite: bool = False) -> EvalResult:
+    """Evaluate ``cfg`` and write results.json/results.md/templates.jsonl to its output_dir.
+
+    The output directory is held for the run (one writer at a time), and finished results of
+    another configuration there are refused unless ``overwrite``, as ``train`` refuses."""
+    check_writable_dir(cfg.output_dir)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher the main process holds it
+        return _run_eval(cfg, progress, overwrite)
+    with run_dir_lock(cfg.output_dir, "flexpaft eval"):
+        return _run_eval(cfg, progress, overwrite)
+
+
+def eval_request(cfg: EvalConfig | dict) -> str:
+    """What makes two evaluations "the same configuration": every setting but where the
+    results go (the same digest for a config and for its copy in results.json)."""
+    d = dict(asdict(cfg) if not isinstance(cfg, dict) else cfg)
+    d.pop("output_dir", None)
+    return sha256_json(d)
+
+
+def check_eval_overwrite(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
+    """Refuse to replace finished results of another configuration without ``overwrite``."""
+    f = out / "results.json"
+    if overwrite or not f.is_file():
+        return
+    try:
+        previous = json.loads(f.read_text(encoding="utf-8")).get("config")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        previous = None  # check_eval_output has judged a foreign or torn file already
+    if isinstance(previous, dict) and eval_request(previous) == eval_request(cfg):
+        return
+    raise FlexpaftError(
+        f"{out} holds finished results of a different evaluation: choose another output_dir, "
+        "or --overwrite to replace them"
+    )
+
+
+def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the inputs is found before the model is loaded.
     check_writable_dir(out)
     check_eval_output(out)
+    check_eval_overwrite(out, cfg, overwrite)
     if cfg.adapter:
         check_adapter_dir(cfg.adapter)
     task, fmt, examples = cfg.data.load()
