@@ -230,7 +230,11 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(monkeypatch, capsys, where):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(f"flexpaft.cli.{where}", interrupted)
-    assert main(["prompts", "convert", "a.jsonl", "b.txt"]) == 130
+    try:
+        status = main(["prompts", "convert", "a.jsonl", "b.txt"])
+    except KeyboardInterrupt:  # re-raised, it would stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert status == 130
     err = capsys.readouterr().err
     assert err == "flexpaft: interrupted (finished outputs and checkpoints are kept)\n"
 
