@@ -181,11 +181,19 @@ def _sets(pairs):
     return [x for p in pairs for x in ("--set", p)]
 
 
-@pytest.mark.parametrize("verb", ["train", "eval"])
+COMMANDS = {
+    "train": lambda out, inputs: ["train", "-o", str(out), *_sets(inputs)],
+    "eval": lambda out, inputs: ["eval", "-o", str(out), *_sets(inputs)],
+    "search": lambda out, inputs: ["search", "-o", str(out), *_sets([*inputs, "method=flexora"])],
+    "study": lambda out, inputs: ["study", "--set", f"output_dir={out}"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(COMMANDS))
 def test_a_second_run_into_a_held_directory_is_refused(holder, inputs, verb, capsys):
     out, p = holder
     before = sorted(x.name for x in out.iterdir())
-    assert main(["-q", verb, "-o", str(out), *_sets(inputs)]) == 2
+    assert main(["-q", *COMMANDS[verb](out, inputs)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("flexpaft: error: ")
     assert f"{out} is in use by another flexpaft run (flexpaft train, pid {p.pid}" in err

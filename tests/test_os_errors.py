@@ -10,6 +10,7 @@ raise them: an OSError with the errno and no file name, as ``write``/``fsync`` r
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
@@ -160,6 +161,31 @@ def test_llm_reply_cache_that_is_a_directory(tmp_path, capsys):
     assert main([*args, "--n", "20", "--cache", str(cache)]) == 2
     one_line(capsys, f"reply cache (--cache) {cache} is a directory")
     assert not (tmp_path / "g").exists()
+
+
+def test_appends_on_a_full_disk_name_their_file(tmp_path, monkeypatch):
+    """The LLM reply cache and eval's partial results append outside the atomic writers."""
+    from flexpaft.evaluate.evaluator import TemplateResult
+    from flexpaft.evaluate.run import PartialResults
+    from flexpaft.paft.llm import ReplyCache
+
+    enospc_on_fsync(monkeypatch)
+    cache = ReplyCache(tmp_path / "replies.jsonl")
+    row = {"generator": "g", "strategy": "zero_shot", "index": 0, "prompt_sha": "x"}
+    with pytest.raises(OSError) as e:
+        cache.put(row, "reply")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "replies.jsonl")
+
+    class FullFile(io.StringIO):
+        def flush(self):  # the buffered line reaches the disk here, and does not fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("flexpaft.evaluate.run.open", lambda *a, **k: FullFile(), raising=False)
+    partial = PartialResults(tmp_path / "partial.jsonl", "key")
+    result = TemplateResult(id="t", text="{q}", accuracy=1.0, n=1, correct=[1], predictions=[0])
+    with pytest.raises(OSError) as e:
+        partial.add(result)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "partial.jsonl")
 
 
 def test_safetensors_io_errors_become_os_errors_naming_the_path(tmp_path):

@@ -12,7 +12,7 @@ from typing import ClassVar
 from ..chat import chat_record, resolve_chat
 from ..config import opt, section
 from ..errors import FlexpaftError
-from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
 from ..locks import run_dir_lock
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
@@ -264,9 +264,12 @@ class PartialResults:
 
     def add(self, result: TemplateResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": self.key, "result": asdict(result)}) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": self.key, "result": asdict(result)}) + "\n")
+                f.flush()
+        except OSError as e:
+            raise write_error(e, self.path) from None  # a full disk: name the file
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import FlexpaftError
+from ..io import write_error
 from ..prompts.promptset import PromptSet, template_id
 from ..prompts.template import Template
 from ..tasks.spec import OPTION_SLOT, AnswerFormat, TaskSpec
@@ -530,6 +531,8 @@ class ReplyCache:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+            except OSError as e:
+                raise write_error(e, self.path) from None  # a full disk: name the file
             finally:
                 os.close(fd)
 
