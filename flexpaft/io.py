@@ -126,7 +126,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def _owner_tag() -> str:
     """``HOST-PID`` of this process, put in the names of its temporary directories so that a
     recovery by another process can tell a live writer's work from a dead one's leftovers."""
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+    # Short: it goes into file names, which most file systems cap at 255 bytes.
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:16] or "host"
     return f"{host}-{os.getpid()}"
 
 
@@ -148,9 +149,9 @@ def _owner_alive(tag: str) -> bool:
     not ``HOST-PID``, written by versions before this one, count as dead, as they always did.
     """
     host, _, pid = tag.rpartition("-")
-    if not pid.isdigit():
+    if not host or not pid.isdigit():
         return False
-    if host and host != _owner_tag().rpartition("-")[0]:
+    if host != _owner_tag().rpartition("-")[0]:
         return True
     return int(pid) == os.getpid() or _pid_alive(int(pid))
 
