@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     cfg = config_from_args(TrainConfig, args, ("output_dir",))
     if cfg.method not in SEARCH_METHOD:
         raise FlexpaftError(
