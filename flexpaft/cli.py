@@ -47,7 +47,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.evaluator import markdown_table  # after the config is checked: loads torch
     from .evaluate.run import run_eval
 
-    res = run_eval(cfg, progress=not args.quiet)
+    res = run_eval(cfg, progress=not args.quiet, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
         print(markdown_table(res, cfg.name or cfg.adapter or "base"))
         print(f"results: {cfg.output_dir}/results.json")
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--adapter", help="shortcut for --set adapter=...")
     p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished results of another evaluation in the output directory",
+    )
     p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
     p.add_argument(
         "--own-template",
@@ -202,10 +207,14 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
+    """Run one command; every way it can end is an exit status, never a traceback for the user:
+    2 for their mistakes and for what the operating system refused (disk full, read-only,
+    permissions, names too long), 130 for Ctrl-C at any point (start-up and argument parsing
+    included), and a quiet 1 when the reader of stdout went away (``... | head``)."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _setup_logging(args.quiet)
         return int(args.func(args) or 0)
     except FlexpaftError as e:
         print(f"flexpaft: error: {e}", file=sys.stderr)
@@ -213,6 +222,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flexpaft: interrupted (finished outputs and checkpoints are kept)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _stdout_gone()
+        return 1
+    except OSError as e:
+        from .os_errors import describe_os_error
+
+        print(f"flexpaft: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # safetensors reports a failed write as its own error type; write sites translate it
+        # (io.write_error), this catches one that got past them.
+        if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):
+            print(f"flexpaft: error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _stdout_gone() -> None:
+    """The reader of our stdout exited (``flexpaft prompts validate ... | head``): point stdout
+    at /dev/null so that the interpreter's final flush does not fail a second time (the
+    Python documentation's recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
             # training wording): the yardstick of what each gives up on unseen ones.
             + [f"reference_template={args.own_template or 'default'}"],
         )
-        run_eval(ec)
+        run_eval(ec, overwrite=True)  # its own directory, as for its training runs
         results[name] = out / "eval" / slug
 
     say("[5/5] report")

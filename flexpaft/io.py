@@ -7,10 +7,13 @@ half-written file or adapter where a finished one is expected.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,29 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def write_error(e: BaseException, path: str | os.PathLike) -> BaseException:
+    """``e`` as an OSError naming ``path`` when it is a failed write that does not say where.
+
+    ``f.write``/``fsync`` on a full disk raise OSError without a file name; safetensors wraps
+    the OS error in its own ``SafetensorError`` ("I/O error: ... (os error 28)") and torch.save in
+    a RuntimeError. The CLI turns an OSError into one line naming the path and the cause, so
+    those become OSErrors here, at the write site, where the path is known. Anything else is
+    returned unchanged.
+    """
+    if isinstance(e, OSError):
+        if e.filename is None and e.errno is not None:
+            return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+        return e
+    text = str(e)
+    if type(e).__name__ == "SafetensorError" and "I/O error" in text:
+        m = re.search(r"\(os error (\d+)\)", text)
+        code = int(m.group(1)) if m else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
+    if isinstance(e, RuntimeError) and ("failed writing" in text or "file write failed" in text):
+        return OSError(errno.EIO, "write failed (is the disk full?)", str(path))
+    return e
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer library (matplotlib, openpyxl);
@@ -47,9 +73,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         publish(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        named = write_error(e, path)
+        if named is not e:
+            raise named from None
         raise
 
 
@@ -80,9 +109,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        named = write_error(e, path)
+        if named is not e:
+            raise named from None
         raise
     return path
 
@@ -91,51 +123,127 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _owner_tag() -> str:
+    """``HOST-PID`` of this process, put in the names of its temporary directories so that a
+    recovery by another process can tell a live writer's work from a dead one's leftovers."""
+    # Short: it goes into file names, which most file systems cap at 255 bytes.
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:16] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's live process (or a number that is not ours to judge)
+    return True
+
+
+def _owner_alive(tag: str) -> bool:
+    """Whether the process named by ``HOST-PID`` (or a bare PID) may still be writing.
+
+    Our own pid counts as alive (a directory of ours is ours to finish); a pid on another host
+    cannot be checked from here and counts as alive too (a shared file system). Tags that are
+    not ``HOST-PID``, written by versions before this one, count as dead, as they always did.
+    """
+    host, _, pid = tag.rpartition("-")
+    if not host or not pid.isdigit():
+        return False
+    if host != _owner_tag().rpartition("-")[0]:
+        return True
+    return int(pid) == os.getpid() or _pid_alive(int(pid))
+
+
+def _tmp_owner(p: Path, name: str) -> str:
+    # ``.NAME.HOST-PID-RANDOM.tmp`` -> ``HOST-PID``; mkdtemp's random part has no "-".
+    middle = p.name[len(name) + 2 : -len(".tmp")]
+    return middle.rpartition("-")[0]
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` in one rename.
 
     An existing ``path`` is moved aside first and removed only after the new one is in place,
     so at every instant either the old or the new complete directory exists.
+
+    ``keep_existing`` is for cache entries, which any number of processes may fill at once:
+    every writer works in its own ``.NAME.HOST-PID-RANDOM.tmp``, and one that finishes after
+    another has published ``path`` keeps that finished copy and discards its own (a rename
+    cannot replace a non-empty directory, and the two copies are equal anyway).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}-", suffix=".tmp", dir=path.parent)
+    )
     try:
         yield tmp
-    except BaseException:
+        share_tree(tmp)
+        if keep_existing:
+            _publish_or_keep(tmp, path)
+            return
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{_owner_tag()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        named = write_error(e, path)
+        if named is not e:
+            raise named from None
         raise
-    share_tree(tmp)
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_or_keep(tmp: Path, path: Path) -> None:
+    if path.is_dir() and any(path.iterdir()):
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer finished first
+        return
+    try:
+        os.replace(tmp, path)  # also replaces an empty directory
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not path.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer finished in between
 
 
 def recover_directory(path: str | os.PathLike) -> bool:
     """Repair what a killed ``atomic_directory`` left beside ``path``; True if it restored it.
 
     Killed between its two renames, it leaves no ``path`` but the complete previous version as
-    ``.NAME.old-PID``: that is moved back. Unfinished ``.NAME.*.tmp`` directories and old
-    versions that are no longer needed are removed; nothing else is touched.
+    ``.NAME.old-HOST-PID``: that is moved back. Unfinished ``.NAME.*.tmp`` directories and old
+    versions that are no longer needed are removed; nothing else is touched. Only what a dead
+    process left is touched: a live writer's temporary directory (another process filling the
+    same cache entry) is its own business.
     """
     path = Path(path)
     if not path.parent.is_dir():
         return False
+    prefix = f".{path.name}.old-"
     olds = sorted(
-        (p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir()),
+        (
+            p
+            for p in path.parent.glob(f".{path.name}.old-*")
+            if p.is_dir() and not _owner_alive(p.name[len(prefix) :])
+        ),
         key=lambda p: p.stat().st_mtime,
     )
     restored = False
     if olds and not path.exists():
         os.replace(olds.pop(), path)
         restored = True
-    for p in olds + [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_dir()]:
+    tmps = [
+        p
+        for p in path.parent.glob(f".{path.name}.*.tmp")
+        if p.is_dir() and not _owner_alive(_tmp_owner(p, path.name))
+    ]
+    for p in olds + tmps:
         shutil.rmtree(p, ignore_errors=True)
     return restored
 

@@ -20,6 +20,7 @@ import torch
 
 from .errors import FlexpaftError
 from .io import atomic_directory
+from .locks import cache_entry_lock
 from .memory import releases_memory
 from .paths import cache_dir
 
@@ -101,8 +102,14 @@ def dequantize_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
     target = base if dtype == "float32" else base.with_name(base.name + "-bf16")
     if (target / "config.json").is_file():
         return target
-    log.info("dequantizing %s into %s (once, %s)", gguf, target, dtype)
-    _write_dequantized(gguf, target, dtype)
+    # Runs started side by side on a fresh cache: one dequantizes, the others wait for it and
+    # then find the entry done (atomic_directory keeps a finished copy as well, should the lock
+    # be unavailable on this file system).
+    with cache_entry_lock(target):
+        if (target / "config.json").is_file():
+            return target
+        log.info("dequantizing %s into %s (once, %s)", gguf, target, dtype)
+        _write_dequantized(gguf, target, dtype)
     return target
 
 
@@ -123,7 +130,7 @@ def _write_dequantized(gguf: Path, target: Path, dtype: str) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = gguf.stem
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, keep_existing=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "flexpaft_source.json").write_text(json.dumps({"gguf": str(gguf)}))

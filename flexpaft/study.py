@@ -581,7 +581,8 @@ class Study:
                     log.info("eval %s on %s: done, kept", cfg.name, set_name)
                     continue
                 log.info("eval %s (seed %s) on %s -> %s", method, seed, set_name, cfg.output_dir)
-                run_eval(cfg, progress=self.progress)
+                # The study owns its eval directories: results of older settings go.
+                run_eval(cfg, progress=self.progress, overwrite=True)
 
     def labels(self) -> list[str]:
         """Report rows in method order: one per method, one per draw of random."""
@@ -661,8 +662,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .locks import run_dir_lock
+
     cfg = config_from_args(StudyConfig, args)
-    written = Study(cfg, progress=not args.quiet).run()
+    # One study per directory: two would retrain and re-evaluate over each other's runs.
+    with run_dir_lock(cfg.output_dir, "flexpaft study"):
+        written = Study(cfg, progress=not args.quiet).run()
     for name, path in written.items():
         print(f"report ({name}): {path}/report.md", file=sys.stdout)
     return 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from ..chat import chat_record, resolve_chat
 from ..data_checks import warn_long_prompts
-from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from ..errors import FlexpaftError
+from ..io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
+from ..locks import run_dir_lock
 from ..memory import releases_memory
 from ..prompts import PromptSet, Template
 from ..prompts.promptset import template_id
@@ -33,11 +36,49 @@ ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
 
 
 @releases_memory
-def run_eval(cfg: EvalConfig, progress: bool = True) -> EvalResult:
+def run_eval(cfg: EvalConfig, progress: bool = True, overwrite: bool = False) -> EvalResult:
+    """Evaluate ``cfg`` and write results.json/results.md/templates.jsonl to its output_dir.
+
+    The output directory is held for the run (one writer at a time), and finished results of
+    another configuration there are refused unless ``overwrite``, as ``train`` refuses."""
+    check_writable_dir(cfg.output_dir)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher the main process holds it
+        return _run_eval(cfg, progress, overwrite)
+    with run_dir_lock(cfg.output_dir, "flexpaft eval"):
+        return _run_eval(cfg, progress, overwrite)
+
+
+def eval_request(cfg: EvalConfig | dict) -> str:
+    """What makes two evaluations "the same configuration": every setting but where the
+    results go (the same digest for a config and for its copy in results.json)."""
+    d = dict(asdict(cfg) if not isinstance(cfg, dict) else cfg)
+    d.pop("output_dir", None)
+    return sha256_json(d)
+
+
+def check_eval_overwrite(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
+    """Refuse to replace finished results of another configuration without ``overwrite``."""
+    f = out / "results.json"
+    if overwrite or not f.is_file():
+        return
+    try:
+        previous = json.loads(f.read_text(encoding="utf-8")).get("config")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        previous = None  # check_eval_output has judged a foreign or torn file already
+    if isinstance(previous, dict) and eval_request(previous) == eval_request(cfg):
+        return
+    raise FlexpaftError(
+        f"{out} holds finished results of a different evaluation: choose another output_dir, "
+        "or --overwrite to replace them"
+    )
+
+
+def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     out = Path(cfg.output_dir)
     # Everything that can be wrong with the inputs is found before the model is loaded.
     check_writable_dir(out)
     check_eval_output(out)
+    check_eval_overwrite(out, cfg, overwrite)
     if cfg.adapter:
         check_adapter_dir(cfg.adapter)
     task, fmt, examples = cfg.data.load()
@@ -190,9 +231,12 @@ class PartialResults:
 
     def add(self, result: TemplateResult) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": self.key, "result": asdict(result)}) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": self.key, "result": asdict(result)}) + "\n")
+                f.flush()
+        except OSError as e:
+            raise write_error(e, self.path) from None  # a full disk: name the file
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from ..config import add_config_arguments, config_from_args
@@ -31,14 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args, ("output_dir",))
-    # Imported once the config is checked: these load torch.
-    from accelerate.utils import set_seed
-
-    from ..train.compute import check_compute, load_for_training
-    from ..train.templates import training_templates
-    from ..train.trainer import make_accelerator
-    from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
-
     if cfg.method not in SEARCH_METHOD:
         raise FlexpaftError(
             f"flexpaft search needs method flexora or flexora+paft (lora and paft are mapped "
@@ -48,6 +41,21 @@ def run(args: argparse.Namespace) -> int:
     from ..validate import check_writable_dir
 
     check_writable_dir(cfg.output_dir)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher the main process holds it
+        return _search(cfg, args)
+    from ..locks import run_dir_lock
+
+    with run_dir_lock(cfg.output_dir, "flexpaft search"):
+        return _search(cfg, args)
+
+
+def _search(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    from accelerate.utils import set_seed
+
+    from ..train.compute import check_compute, load_for_training
+    from ..train.templates import training_templates
+    from ..train.trainer import make_accelerator
+    from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
 
     acc = make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)

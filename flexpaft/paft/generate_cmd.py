@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..prompts.promptset import PromptSet
 from ..tasks import AnswerFormat, load_task
 from .adversarial import make_adversarial
 from .filters import filter_candidates
-from .llm import ChatModel, HFChat, OpenAIChat, generate_with_llms
+from .llm import MAX_RETRY_WAIT, ChatModel, HFChat, OpenAIChat, generate_with_llms
 from .offline import generate_offline
 
 GENERATORS = ("offline", "openai", "hf")
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=1024, help="Longest LLM reply, in tokens.")
     g.add_argument("--timeout", type=float, default=120.0, help="Seconds per HTTP request.")
     g.add_argument("--max-retries", type=int, default=5, help="Retries per failed request.")
+    g.add_argument(
+        "--max-retry-wait",
+        type=float,
+        default=MAX_RETRY_WAIT,
+        help="Longest wait in seconds before a retry, whatever Retry-After asks.",
+    )
     g.add_argument(
         "--rpm",
         type=float,
@@ -159,6 +166,7 @@ def _llm_models(args: argparse.Namespace, generators: list[str]) -> list[ChatMod
                 api_key_env=args.api_key_env,
                 timeout=args.timeout,
                 max_retries=args.max_retries,
+                max_retry_after=args.max_retry_wait,
                 rpm=args.rpm,
                 seed=args.seed,
             )
@@ -215,6 +223,19 @@ def check_arguments(args: argparse.Namespace) -> None:
     ):
         if value < low:
             raise FlexpaftError(f"{flag} must be at least {low}, got {value}")
+    # Seconds and rates: positive and finite (a negative timeout is a traceback in urllib, a NaN
+    # one waits forever), checked before any task, model or cache is touched.
+    for flag, value, positive in (
+        ("--timeout", args.timeout, True),
+        ("--max-retry-wait", args.max_retry_wait, False),
+        ("--rpm", args.rpm, True),
+        ("--temperature", args.temperature, False),
+    ):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            what = "a positive number" if positive else "0 or more"
+            raise FlexpaftError(f"{flag} must be {what}, got {value}")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.api_key_env or ""):
         # Never echo the value: a user who pasted the key itself here would see it in logs.
         raise FlexpaftError(
@@ -222,6 +243,10 @@ def check_arguments(args: argparse.Namespace) -> None:
             "(e.g. OPENAI_API_KEY), not the key itself"
         )
     check_writable_dir(args.out)
+    if args.cache is not None:
+        from ..validate import check_writable_file
+
+        check_writable_file(args.cache, "reply cache (--cache)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import random
 import re
@@ -32,12 +33,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import FlexpaftError
+from ..io import write_error
 from ..prompts.promptset import PromptSet, template_id
 from ..prompts.template import Template
 from ..tasks.spec import OPTION_SLOT, AnswerFormat, TaskSpec
 from .phrasings import enumeration_slots
 
+log = logging.getLogger(__name__)
+
 Message = dict[str, str]
+# The longest wait between tries unless told otherwise: a server asking for a day (a
+# ``Retry-After: 99999``) gets a try a minute, each wait announced, instead of a silent hang.
+MAX_RETRY_WAIT = 60.0
 STRATEGIES = ("zero_shot", "few_shot")
 
 
@@ -113,7 +120,7 @@ class OpenAIChat:
         max_retries: int = 5,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
-        max_retry_after: float = 300.0,
+        max_retry_after: float = MAX_RETRY_WAIT,
         rpm: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int = 0,
@@ -152,7 +159,23 @@ class OpenAIChat:
                 last = str(e)
                 if attempt == self.max_retries:
                     break
-                self._sleep(self._delay(attempt, e.retry_after))
+                delay = self._delay(attempt, e.retry_after)
+                asked = ""
+                if e.retry_after is not None and e.retry_after > delay:
+                    asked = (
+                        f" (the server asked for {e.retry_after:.0f} s; capped by --max-retry-wait)"
+                    )
+                log.warning(
+                    "%s (%s): %s; retry %d of %d in %.1f s%s",
+                    self.url,
+                    self.model,
+                    last,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                    asked,
+                )
+                self._sleep(delay)
         raise FlexpaftError(
             f"{self.url} ({self.model}): gave up after {self.max_retries + 1} attempts: {last}"
         )
@@ -469,6 +492,8 @@ class ReplyCache:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self._replies: dict[tuple, str] = {}
+        if self.path and self.path.is_dir():
+            raise FlexpaftError(f"reply cache {self.path} is a directory; give a file (.jsonl)")
         if self.path and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -496,10 +521,20 @@ class ReplyCache:
         self._replies[self._key(row)] = reply
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({**row, "reply": reply}, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            # One write() on an O_APPEND file per line: runs sharing a cache file append whole
+            # lines, never interleaved pieces of two (a buffered text file may split a long
+            # line into several writes).
+            line = (json.dumps({**row, "reply": reply}, ensure_ascii=False) + "\n").encode()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as e:
+                raise write_error(e, self.path) from None  # a full disk: name the file
+            finally:
+                os.close(fd)
 
     def __len__(self) -> int:
         return len(self._replies)

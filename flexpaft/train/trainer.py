@@ -30,6 +30,7 @@ from ..chat import chat_record, resolve_chat
 from ..data_checks import warn_duplicates, warn_long_prompts
 from ..errors import FlexpaftError
 from ..io import atomic_directory, atomic_write_json, sha256_json
+from ..locks import run_dir_lock
 from ..memory import peak_memory, release_memory, releases_memory
 from ..modelcard import write_model_card
 from ..models import base_fingerprint
@@ -136,7 +137,24 @@ def train(
     """Run ``cfg`` end to end and return where the adapter went.
 
     ``overwrite``: train into an output directory that holds other files or a finished run of
-    another configuration (only flexpaft's own entries are replaced)."""
+    another configuration (only flexpaft's own entries are replaced).
+
+    The main process holds the output directory for the whole run (locks.run_dir_lock): a
+    second run started into it is refused in one line instead of deleting this one's
+    checkpoint in progress."""
+    acc = accelerator or make_accelerator(cfg)
+    if not acc.is_main_process:
+        return _train(cfg, acc, progress, overwrite)
+    with run_dir_lock(cfg.output_dir, "flexpaft train"):
+        return _train(cfg, acc, progress, overwrite)
+
+
+def _train(
+    cfg: TrainConfig,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
     acc = accelerator or make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
     if cfg.push_to_hub:
