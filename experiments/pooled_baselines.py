@@ -1,0 +1,83 @@
+"""A Flexora study's selection against the *mean* of its random draws, and other pooled rows.
+
+    python experiments/pooled_baselines.py runs/study/flexora_snips [--set unseen]
+
+The study's report pairs flexora with each random draw separately; the question "does the search
+beat choosing blocks at random?" is about the random baseline as a whole. Here every row's seeds
+are averaged example by example (as the report does), the random draws are averaged into one row
+``random (mean of draws)``, and flexora (and flexora+paft) are compared with every row by the
+report's own paired bootstrap (flexpaft.report.intervals.compare: templates and examples
+resampled with the same indices). No model is run. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from flexpaft.report import intervals
+
+
+def correct_matrix(results: Path, template_ids: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    data = json.loads(results.read_text(encoding="utf-8"))
+    per = {t["id"]: t["correct"] for t in data["per_template"]}
+    ids = template_ids or sorted(per)
+    return np.array([per[t] for t in ids], dtype=np.float64), ids
+
+
+def load_rows(study: Path, test_set: str) -> dict[str, np.ndarray]:
+    runs: dict[str, list[Path]] = {}
+    for d in sorted((study / "eval" / test_set).iterdir()):
+        m = re.fullmatch(r"(.+)-s(\d+)", d.name)
+        if m and (d / "results.json").is_file():
+            runs.setdefault(m.group(1), []).append(d / "results.json")
+    ids = None
+    rows = {}
+    for name, paths in runs.items():
+        mats = []
+        for p in paths:
+            mat, ids = correct_matrix(p, ids)
+            mats.append(mat)
+        rows[name] = np.mean(mats, axis=0)  # seeds averaged example by example
+    draws = [v for k, v in rows.items() if k.startswith("random-d")]
+    if draws:
+        rows["random (mean of draws)"] = np.mean(draws, axis=0)
+    return rows
+
+
+def _fmt(d: dict) -> str:
+    verdict = "separated" if d["separated"] else "not separated"
+    return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] {verdict}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study", type=Path)
+    ap.add_argument("--set", default="unseen", dest="test_set")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    args = ap.parse_args()
+    rows = load_rows(args.study, args.test_set)
+    n_t, n_x = next(iter(rows.values())).shape
+    rs = intervals.Resamples.draw(n_t, n_x, args.bootstrap, seed=0)
+    stats = {k: intervals.replicate_stats(v, rs) for k, v in rows.items()}
+    print(f"{n_t} templates x {n_x} examples; seeds averaged; {args.bootstrap} replicates\n")
+    print("| Row | Mean | Worst |\n|---|---:|---:|")
+    for k, v in rows.items():
+        acc = v.mean(axis=1)
+        print(f"| {k} | {100 * acc.mean():.1f} | {100 * acc.min():.1f} |")
+    for a in ("flexora", "flexora+paft"):
+        if a not in rows:
+            continue
+        print(f"\n| {a} vs | Mean {a} - B | Worst {a} - B |\n|---|---:|---:|")
+        for b in rows:
+            if b != a:
+                c = intervals.compare(rows[a], rows[b], rs, stats[a], stats[b])
+                print(f"| {b} | {_fmt(c['mean_diff'])} | {_fmt(c['min_diff'])} |")
+
+
+if __name__ == "__main__":
+    main()
