@@ -230,3 +230,30 @@ def test_stage2_schedule_runs_the_first_steps_of_stage_twos_schedule(tmp_path, t
     # The search's cosine ends at 0 after its 4 steps; stage 2's is barely started there.
     assert squeezed.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
     assert staged.scheduler.get_last_lr()[0] > 0.005
+
+
+@pytest.mark.parametrize("stage2, trained", [("all", 20), ("train", 14)])
+def test_stage2_trains_on_all_examples_unless_told_otherwise(
+    tmp_path, tiny_model_dir, stage2, trained
+):
+    from conftest import boolq_rows, write_jsonl
+
+    from flexpaft.cli import main
+
+    data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(20))
+    argv = ["-q", "train", "--method", "flexora", "-o", str(tmp_path / "run")]
+    for s in (
+        f"model.name={tiny_model_dir}",
+        f"data.source={data}",
+        "optim.max_steps=1",
+        "optim.batch_size=4",
+        "flexora.val_examples=6",
+        "flexora.search_steps=1",
+        f"flexora.stage2_examples={stage2}",
+    ):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    # The search held 6 of the 20 out for alpha; stage 2 learns from all 20 (or the other 14).
+    assert manifest["flexora"]["train_examples"] == 14
+    assert manifest["examples"] == trained

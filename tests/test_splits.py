@@ -70,4 +70,6 @@ def test_eval_refuses_an_adapter_on_its_own_training_examples(tmp_path, tiny_mod
     assert "8 of 16 evaluation examples were in the training data" in err
     assert not (tmp_path / "ev" / "results.json").exists()
     assert main(evaluate + _sets(*common, "data.skip=8") + ["--allow-overlap"]) == 0
-    assert main(evaluate + _sets(*common, "data.skip=16")) == 0
+    # Another slice into the same directory replaces the finished results only when told to.
+    assert main(evaluate + _sets(*common, "data.skip=16")) == 2
+    assert main(evaluate + _sets(*common, "data.skip=16") + ["--overwrite"]) == 0

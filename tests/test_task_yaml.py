@@ -214,7 +214,7 @@ def test_gold_text_that_is_no_option_lists_the_options(tmp_path):
         ),
         (
             ['{"text": ["rain", "?"], "intent": "weather"}'],
-            "line 1: has a list in 'text', where a text belongs",
+            "line 1: has a list in 'text' where text belongs",
         ),
     ],
 )

@@ -92,7 +92,16 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
         d["optim"].pop(k)
     # micro_batch only sets how many rows share a forward: the steps are the same. The budget
     # (and its unit) sets only the length, which is in.
-    for k in ("selection", "k", "fraction", "search_budget", "budget_unit", "ranks", "micro_batch"):
+    for k in (
+        "selection",
+        "k",
+        "fraction",
+        "search_budget",
+        "budget_unit",
+        "ranks",
+        "micro_batch",
+        "stage2_examples",
+    ):
         d["flexora"].pop(k)
     d["lora"].pop("layers_to_transform")
     return sha256_json(d)[:16]

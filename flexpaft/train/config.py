@@ -157,6 +157,7 @@ BUDGET_UNITS = ("auto", "rows", "pass")
 VAL_LOSSES = ("auto", "options", "full")
 VAL_TEMPLATES = ("auto", "train", "heldout")
 SEARCH_SCHEDULES = ("search", "stage2")
+STAGE2_EXAMPLES = ("all", "train")
 # flexora/select.py's RULES and RANK_RULES, repeated so the config check needs no torch import
 # (tests/test_bad_inputs2.py keeps them equal).
 SELECTION_RULES = ("positive", "gate", "topk", "fraction")
@@ -243,6 +244,14 @@ class FlexoraSettings:
         "warm-up and learning rates a LoRA sees there).",
     )
 
+    stage2_examples: str = opt(
+        "all",
+        "What stage 2 trains on: all (every training example, the search's validation examples "
+        "included: they chose the blocks, a hyperparameter, as a held-out fold does, and the "
+        "final LoRA learns from the same data as the LoRA it is compared with) or train (only "
+        "the search's training split, as the paper's code does).",
+    )
+
     def __post_init__(self) -> None:
         if self.budget_unit not in BUDGET_UNITS:
             raise ValueError(
@@ -252,6 +261,7 @@ class FlexoraSettings:
             ("val_loss", VAL_LOSSES),
             ("val_templates", VAL_TEMPLATES),
             ("schedule", SEARCH_SCHEDULES),
+            ("stage2_examples", STAGE2_EXAMPLES),
         ):
             if getattr(self, key) not in choices:
                 raise ValueError(

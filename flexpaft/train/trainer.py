@@ -213,7 +213,8 @@ def _train(
             cfg, model, tok, task, fmt, examples, templates, acc, progress=progress
         )
         layers, search_info = outcome.layers, outcome.summary()
-        examples = outcome.train_examples
+        if cfg.flexora.stage2_examples == "train":
+            examples = outcome.train_examples
         # search_layers hands the base model back without LoRA; stage 2 adds a fresh one on the
         # selected blocks only (no zero adapters left elsewhere), named as the search found them,
         # with the ranks it chose (flexora.ranks).
