@@ -8,8 +8,8 @@
    the training set (``--no-paft`` to skip it);
 5. base and fine-tuned models evaluated under every held-out template; a table and a plot.
 
-On 2 CPU cores the defaults take about 13 minutes (plus the one-time downloads) and 2.6 GiB of
-memory: PAFT trains first, with gradient checkpointing, because its long templates set the peak.
+On 2 CPU cores README command (1), installs included, took 5 min 43 s and 2.5 GiB of memory
+on a fresh clone (docs/RESULTS.md): PAFT trains first, with gradient checkpointing, because its long templates set the peak.
 On a GPU the evaluation uses 50 held-out templates instead of 8.
 """
 
@@ -32,7 +32,7 @@ from .io import atomic_write_text
 DEFAULT_TASK = "snips"
 
 
-# The CPU setting fits README command (1) in 15 minutes on 2 cores (the installs included); a
+# The CPU setting fits README command (1) in 10 minutes on 2 cores (the installs included); a
 # GPU runs the larger one.
 CPU_SIZE = {"train_examples": 320, "test_examples": 105, "test_templates": 8}
 # snips ships 1,680 training and 420 test utterances (240 and 60 per intent).
