@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import boolq_rows, write_jsonl
+from test_trainer import _cfg  # the trainer tests' tiny-run config
 
 from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
@@ -21,24 +22,6 @@ TEXTS = [
     "Q: {question}? {passage}\nAnswer:",
     "{question}?\n{passage}\nYes or no:",
 ]
-
-
-def _cfg(tiny_model_dir, data, out, *extra):
-    return load_config(
-        TrainConfig,
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.source={data}",
-            "data.max_length=64",
-            "optim.batch_size=4",
-            "optim.lr=5e-3",
-            "optim.num_workers=0",
-            f"output_dir={out}",
-            "log_every=0",
-            *extra,
-        ],
-    )
 
 
 # --- 2a: the own template drawn at a set rate -------------------------------------------------
