@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import add_config_arguments, config_from_args, load_config, opt, section
-from .errors import FlexpaftError
+from .errors import FlexpaftError, short_repr
 from .io import atomic_write_json
 from .settings import DataSettings, ModelSettings, balanced_window
 
@@ -140,6 +141,13 @@ class StudyConfig:
         "it (prompts.template; prompts.own_rate draws it under paft), and every model is also "
         "scored under it on the unseen set, for the reports' own-prompt tables.",
     )
+    variants: dict[str, dict[str, Any]] = opt(
+        {},
+        "More rows, each a method under its own training settings: NAME: {method: paft, train: "
+        "{prompts.own_rate: 0.25}}. NAME is the row and its run directories (NAME-sSEED); "
+        "method is lora, topaccuracy, paft, flexora or flexora+paft; train is applied after "
+        "the study's `train`, for this row only (e.g. a setting that only one method accepts).",
+    )
     bootstrap: int = opt(2000, "Bootstrap replicates for the reports' 95% intervals.")
     thresholds: list[float] = opt([0.6, 0.7], "Top@t thresholds shown in the reports.")
     model: ModelSettings = section(ModelSettings, "Base model.")
@@ -152,8 +160,8 @@ class StudyConfig:
             raise FlexpaftError(
                 f"unknown study method {bad[0]!r} (choose from {', '.join(STUDY_METHODS)})"
             )
-        if not self.methods:
-            raise FlexpaftError("a study needs at least one method")
+        if not self.methods and not self.variants:
+            raise FlexpaftError("a study needs at least one method or variant")
         if not self.seeds:
             raise FlexpaftError("a study needs at least one seed")
         if self.train_examples < 1 or self.test_examples < 1:
@@ -167,6 +175,8 @@ class StudyConfig:
             raise FlexpaftError(
                 "random_draws and lora_drop_batches must be at least 1, lora_drop_steps >= 0"
             )
+        for name, v in self.variants.items():
+            _check_variant(name, v)
         if not 1 <= self.prompts.test < self.prompts.n:
             raise FlexpaftError(
                 f"prompts.test must be between 1 and prompts.n - 1 ({self.prompts.n - 1}), "
@@ -208,9 +218,10 @@ class Study:
         return self.out / "train" / f"{label}-s{seed}"
 
     def _train_overrides(self, label: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
-        method = _method_of(label)
+        variant = self.cfg.variants.get(label)
+        method = variant["method"] if variant else _method_of(label)
         o = self._common() + [
-            f"method={_train_method(label)}",
+            f"method={method if variant else _train_method(label)}",
             f"seed={seed}",
             f"output_dir={self.run_dir(label, seed)}",
             "data.skip=0",
@@ -222,8 +233,10 @@ class Study:
             o.append(f"prompts.prompt_set={self.train_templates()}")
         if self.cfg.own_template:
             o.append(f"prompts.template={self.cfg.own_template}")
-        # extra last: a baseline's blocks override any lora.layers_to_transform in `train`.
-        return o + _flat("", self.cfg.train) + list(extra)
+        # A variant's own settings after the study's; extra last: a baseline's blocks override
+        # any lora.layers_to_transform in `train`.
+        own = _flat("", variant.get("train") or {}) if variant else []
+        return o + _flat("", self.cfg.train) + own + list(extra)
 
     def _train_config(self, label: str, seed: int, extra: Sequence[str] = ()):
         from .train.config import TrainConfig
@@ -276,7 +289,7 @@ class Study:
                 raise FlexpaftError(f"prompts.train_set: no such file {self.cfg.prompts.train_set}")
             load_valid_set(self.cfg.prompts.train_set, task, fmt)
         n_train = min(self.cfg.train_examples, len(examples))
-        for method in self.cfg.methods:
+        for method in [*self.cfg.methods, *self.cfg.variants]:
             if method != "base":
                 # Builds and validates every training config (keys, values) up front.
                 o = [x for x in self._train_overrides(method, 0) if "prompt_set=" not in x]
@@ -412,6 +425,9 @@ class Study:
                     self._train(method, seed, [_layers_override(half(self.n_blocks()))])
                 else:
                     self._train(method, seed)
+        for name in self.cfg.variants:
+            for seed in self.cfg.seeds:
+                self._train(name, seed)
 
     def _train(self, label: str, seed: int, extra: Sequence[str] = ()):
         """Train run ``label`` of ``seed`` unless it is done for these settings; its config."""
@@ -427,7 +443,8 @@ class Study:
 
     def _finished(self, cfg) -> dict[str, Any] | None:
         """The manifest of the finished run of ``cfg`` in its output_dir, or None."""
-        from .train.trainer import config_hash
+        from .train.config import TrainConfig
+        from .train.trainer import config_dict_hash
 
         out = Path(cfg.output_dir)
         if not (out / "adapter").is_dir():
@@ -438,11 +455,17 @@ class Study:
             return None  # a damaged file is redone, not trusted
         if not isinstance(manifest, dict):
             return None
-        if manifest.get("config") == asdict(cfg):
+        stored = manifest.get("config")
+        if not isinstance(stored, dict):
+            return None
+        current = _drop_new_defaults(asdict(cfg), stored, asdict(TrainConfig()))
+        if stored == current:
             return manifest
         # A flexora run records the stage-2 config the search built (block list name, gate
         # ranks), not the one requested; the hash of the request names it.
-        if cfg.method.startswith("flexora") and manifest.get("request_hash") == config_hash(cfg):
+        if cfg.method.startswith("flexora") and manifest.get("request_hash") == config_dict_hash(
+            current
+        ):
             return manifest
         return None
 
@@ -474,13 +497,14 @@ class Study:
         """
         from .flexora.baselines import lora_drop_scores
         from .flexora.select import select_layers
+        from .train.config import TrainConfig
 
         search = self.flexora_search(seed)
         steps = self.cfg.lora_drop_steps or max(1, int(search.get("inner_steps") or 0))
         cfg = self._train(LORA_DROP_RANK, seed, [f"optim.max_steps={steps}"])
         path = self.run_dir(LORA_DROP_RANK, seed) / LORA_DROP_SCORES
         key = {"train": asdict(cfg), "batches": self.cfg.lora_drop_batches}
-        if _same_config(path, key):
+        if _same_config(path, key, {"train": asdict(TrainConfig())}):
             scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
         else:
             adapter = Path(cfg.output_dir) / "adapter"
@@ -498,13 +522,14 @@ class Study:
         """
         from .flexora.baselines import gradient_probe_scores
         from .flexora.select import select_layers
+        from .train.config import TrainConfig
 
         search = self.flexora_search(seed)
         cfg = self._train_config("grad_probe", seed)
         # Beside the run, not in it: the run directory is for the trainer alone.
         path = self.run_dir("grad_probe-rank", seed) / GRAD_PROBE_SCORES
         key = {"train": asdict(cfg), "batches": self.cfg.grad_probe_batches}
-        if _same_config(path, key):
+        if _same_config(path, key, {"train": asdict(TrainConfig())}):
             scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
         else:
             scores = gradient_probe_scores(cfg, self.cfg.grad_probe_batches)
@@ -577,7 +602,7 @@ class Study:
             for method, seed in self._runs():
                 cfg = self._eval_config(set_name, method, seed)
                 results = Path(cfg.output_dir) / "results.json"
-                if _same_config(results, asdict(cfg)):
+                if _same_config(results, asdict(cfg), asdict(type(cfg)())):
                     log.info("eval %s on %s: done, kept", cfg.name, set_name)
                     continue
                 log.info("eval %s (seed %s) on %s -> %s", method, seed, set_name, cfg.output_dir)
@@ -585,11 +610,11 @@ class Study:
                 run_eval(cfg, progress=self.progress, overwrite=True)
 
     def labels(self) -> list[str]:
-        """Report rows in method order: one per method, one per draw of random."""
+        """Report rows in method order: one per method, one per draw of random, then the variants."""
         out = []
         for m in self.cfg.methods:
             out += [f"random-d{d}" for d in range(self.cfg.random_draws)] if m == "random" else [m]
-        return out
+        return out + list(self.cfg.variants)
 
     def _runs(self) -> list[tuple[str, int | None]]:
         return [
@@ -629,6 +654,34 @@ class Study:
         return self.report_all()
 
 
+# The methods a variant row may train: the block baselines pick blocks for flexora's comparison,
+# base trains nothing.
+VARIANT_METHODS = ("lora", "topaccuracy", "paft", "flexora", "flexora+paft")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def _check_variant(name: str, v: Any) -> None:
+    """A variant row: a name that is neither a method nor a run label, a method, a train mapping."""
+    if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+        raise FlexpaftError(
+            f"variant name {short_repr(name)}: use letters, digits and _ . + - (64 at most)"
+        )
+    if name in STUDY_METHODS or name.startswith("random-d") or name == LORA_DROP_RANK:
+        raise FlexpaftError(f"variant name {name!r} is taken by a study method or run label")
+    if not isinstance(v, dict):
+        raise FlexpaftError(f"variant {name}: expected a mapping with method and train")
+    extra = set(v) - {"method", "train"}
+    if extra:
+        raise FlexpaftError(f"variant {name}: unknown key {sorted(extra)[0]!r} (method, train)")
+    if v.get("method") not in VARIANT_METHODS:
+        raise FlexpaftError(
+            f"variant {name}: method {short_repr(v.get('method'))} is not one of "
+            f"{', '.join(VARIANT_METHODS)}"
+        )
+    if not isinstance(v.get("train", {}), dict):
+        raise FlexpaftError(f"variant {name}: train must be a mapping of flexpaft train keys")
+
+
 def _method_of(label: str) -> str:
     """The study method of a run label: random-d2 -> random, lora_drop-rank -> lora_drop."""
     if label.startswith("random-d"):
@@ -647,14 +700,39 @@ def _layers_override(layers: list[int]) -> str:
     return f"lora.layers_to_transform={json.dumps(sorted(layers))}"
 
 
-def _same_config(path: Path, cfg: dict[str, Any]) -> bool:
-    """True when ``path`` (a manifest or results file) was written for exactly ``cfg``."""
+def _same_config(path: Path, cfg: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """True when ``path`` (a manifest or results file) was written for ``cfg``: the same
+    settings, apart from settings added since that are at their ``defaults``."""
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config") == cfg
-    except (OSError, ValueError):
+        stored = json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
         return False  # a damaged file is redone, not trusted
+    return isinstance(stored, dict) and stored == _drop_new_defaults(cfg, stored, defaults)
+
+
+def _drop_new_defaults(
+    current: dict[str, Any], stored: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """``current`` without the settings that ``stored`` lacks and that are at their default.
+
+    A setting added to flexpaft after a run was made is absent from its stored config; its
+    default is by design the behaviour the run had, so a study made before an upgrade is kept
+    rather than retrained. The same setting at any other value still means a new run.
+    """
+    out = {}
+    for key, value in current.items():
+        if key not in stored:
+            if key in defaults and value == defaults[key]:
+                continue
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(stored[key], dict):
+            sub = defaults.get(key)
+            out[key] = _drop_new_defaults(value, stored[key], sub if isinstance(sub, dict) else {})
+        else:
+            out[key] = value
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ options (checkpointing, 4/8-bit weights, attention kernel) are applied in comput
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -103,7 +104,12 @@ def examples_digest(examples: list[Example]) -> str:
 
 def config_hash(cfg: TrainConfig) -> str:
     """Hash of everything that changes the trained weights (not logging or output settings)."""
-    d = asdict(cfg)
+    return config_dict_hash(asdict(cfg))
+
+
+def config_dict_hash(d: dict) -> str:
+    """``config_hash`` of a TrainConfig as a dict (``asdict``); ``d`` is not changed."""
+    d = copy.deepcopy(d)
     for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
         d.pop(k)
     for k in ("push_to_hub", "hub_model_id", "hub_private"):
