@@ -94,6 +94,13 @@ class StudyPrompts:
 @dataclass
 class StudyConfig:
     output_dir: str = opt("runs/study", "Where every step of the study writes.", path=True)
+    report_dir: str = opt(
+        "",
+        "Where the reports go ('' = OUTPUT_DIR/report): two study configs that share one "
+        "output_dir (its prompts, and every run they both define identically) keep their own "
+        "reports.",
+        path=True,
+    )
     methods: list[str] = opt(
         ["base", "lora", "topaccuracy", "paft"],
         f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop, grad_probe, "
@@ -632,7 +639,7 @@ class Study:
                 f"{m}={self.out / 'eval' / set_name / ('base' if s is None else f'{m}-s{s}')}"
                 for m, s in self._runs()
             ]
-            out = self.out / "report" / set_name
+            out = Path(self.cfg.report_dir or self.out / "report") / set_name
             argv = ["report", *runs, "--seeds", "--html", "-o", str(out)]
             argv += ["--bootstrap", str(self.cfg.bootstrap)]
             argv += ["--thresholds", ",".join(f"{t:g}" for t in self.cfg.thresholds)]

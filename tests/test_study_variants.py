@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import yaml
 from test_study import _study_yaml
 
 from flexpaft.cli import main
@@ -87,6 +88,19 @@ def test_a_study_trains_evaluates_and_reports_its_variants(tmp_path, tiny_model_
     assert manifest["method"] == "paft" and manifest["config"]["prompts"]["own_rate"] == 0.5
     report = json.loads((root / "report/unseen/report.json").read_text())
     assert [m["name"] for m in report["methods"]] == ["lora", "paft", "paft_own"]
+
+    # A second config on the same output_dir reuses the runs it shares and reports apart.
+    adapter = root / "train/paft_own-s0/adapter/adapter_model.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+    other = yaml.safe_load(path.read_text())
+    other.update(methods=["lora"], report_dir=str(tmp_path / "own_report"))
+    path.write_text(yaml.safe_dump(other))
+    assert main(["-q", "study", "--config", str(path)]) == 0
+    assert adapter.stat().st_mtime_ns == stamp
+    report = json.loads((tmp_path / "own_report/unseen/report.json").read_text())
+    assert [m["name"] for m in report["methods"]] == ["lora", "paft_own"]
+    first = json.loads((root / "report/unseen/report.json").read_text())
+    assert len(first["methods"]) == 3  # the first config's report is untouched
 
 
 def test_settings_added_since_a_run_keep_it_when_at_their_default():
