@@ -20,6 +20,11 @@ inputs and a little more on long ones. It is a proxy, not a timing.
         --tokenizer embedded --out runs/prompt_length
 
 writes ``runs/prompt_length.json`` and ``runs/prompt_length.md``.
+
+``--time N`` also measures it: the model of the last run (its base model and adapter, as it is
+served) scores the evaluated examples under the task's default prompt and under each model's
+shortest template within ``--within`` of its mean, N times each, interleaved; the medians give
+examples/s and the measured speed-up next to the proxy. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -135,7 +140,81 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {'–' if speed is None else f'{speed:.2f}x'} |"
         )
     out += ["", PROXY_NOTE, ""]
+    timing = result.get("timing")
+    if timing:
+        out += [
+            f"Measured with {timing['run']}'s model (median of the timed rounds, one untimed "
+            "round first):",
+            "",
+            "| template | tokens | seconds | examples/s | speed-up vs default |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lengths = {t["id"]: t["length"] for t in result["templates"]}
+        lengths["default"] = result["default_length"]
+        base = timing["templates"]["default"]["seconds"]
+        for tid, t in timing["templates"].items():
+            out.append(
+                f"| {tid} | {lengths.get(tid) or 0:.1f} | {t['seconds']:.2f} "
+                f"| {t['examples_per_s']:.1f} | {base / t['seconds']:.2f}x |"
+            )
+        out.append("")
     return "\n".join(out)
+
+
+def time_templates(
+    model: Any,
+    tok: Any,
+    task: Any,
+    fmt: Any,
+    templates: dict[str, Any],
+    examples: list[Any],
+    chat: Any,
+    repeats: int,
+    batch_size: int,
+    max_length: int,
+) -> dict[str, dict[str, float]]:
+    """Median wall seconds and examples/s of the evaluator's scoring under each template
+    (``templates``: key -> Template; the result is keyed alike).
+
+    Rounds are interleaved (every template once per round) so a drift in the machine's speed
+    falls on all of them alike; one untimed round first warms the caches.
+    """
+    import statistics
+    import time
+
+    from flexpaft.evaluate.evaluator import evaluate_templates
+
+    def score(t: Any) -> None:
+        evaluate_templates(
+            model, tok, task, fmt, [t], examples, batch_size=batch_size, max_length=max_length,
+            progress=False, chat=chat,
+        )  # fmt: skip
+
+    for t in templates.values():
+        score(t)
+    seconds: dict[str, list[float]] = {key: [] for key in templates}
+    for _ in range(repeats):
+        for key, t in templates.items():
+            started = time.perf_counter()
+            score(t)
+            seconds[key].append(time.perf_counter() - started)
+    return {
+        tid: {
+            "seconds": statistics.median(v),
+            "examples_per_s": len(examples) / statistics.median(v),
+        }
+        for tid, v in seconds.items()
+    }
+
+
+def add_timing(result: dict[str, Any], timing: dict[str, dict[str, float]], run: str) -> None:
+    """Measured speed-ups against the default prompt, into ``result`` (in place)."""
+    base = timing["default"]["seconds"]
+    result["timing"] = {"run": run, "templates": timing}
+    for m in result["models"].values():
+        s = m["shortest_within"]
+        if s["template"] in timing:
+            s["measured_speedup_vs_default"] = base / timing[s["template"]]["seconds"]
 
 
 def _load(arg: str) -> tuple[str, dict[str, Any]]:
@@ -173,6 +252,20 @@ def prompt_lengths(task, fmt, templates, examples, tok, chat=None) -> dict[str, 
     }
 
 
+def _served_model(data: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
+    """The base model and adapter of an evaluated run, loaded as its evaluation loaded them."""
+    from flexpaft.config import from_dict
+    from flexpaft.evaluate.evaluator import load_adapter
+    from flexpaft.settings import ModelSettings
+
+    cfg = data.get("config") or {}
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {"name": tok_name}
+    model, tok = from_dict(ModelSettings, model_cfg, "model").load(None)
+    if cfg.get("adapter"):
+        model = load_adapter(model, cfg["adapter"])
+    return model, tok
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from flexpaft.chat import resolve_chat
     from flexpaft.models import load_tokenizer, resolve_model
@@ -208,6 +301,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = analyze(lengths, accuracies, default_length, args.within / 100)
     result.update(task=task.name, format=fmt.value, examples=len(examples), tokenizer=tok_name)
     result["default_template"] = default.text
+    if args.time:
+        timed_name, timed = runs[-1]
+        model, _ = _served_model(timed, tok_name)
+        short = {m["shortest_within"]["template"] for m in result["models"].values()}
+        timing = time_templates(
+            model, tok, task, fmt, {"default": default, **{t.id: t for t in templates if t.id in short}},
+            examples, chat, args.time, args.batch_size, int(cfg.get("max_length") or 2048),
+        )  # fmt: skip
+        add_timing(result, timing, timed_name)
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), render_markdown(result))
@@ -223,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--within", type=float, default=1.0, help="points below the mean still accepted")
     p.add_argument("--out", default="runs/prompt_length", help="output path, without suffix")
+    p.add_argument(
+        "--time",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the last run's model under the default and the short templates, N "
+        "rounds (0 = the token proxy only)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size for --time")
     args = p.parse_args(argv)
     try:
         result = run(args)

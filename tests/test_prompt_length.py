@@ -121,3 +121,40 @@ def test_script_refuses_runs_on_other_templates(tmp_path, tiny_model_dir, capsys
     assert prompt_length.main([f"lora={lora}", f"x={other}", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "flexpaft: error: x was evaluated on other templates than lora"
+
+
+def test_add_timing_by_hand():
+    result = {
+        "models": {
+            "lora": {"shortest_within": {"template": "long"}},
+            "paft": {"shortest_within": {"template": "short"}},
+        }
+    }
+    timing = {
+        "default": {"seconds": 4.0, "examples_per_s": 50.0},
+        "short": {"seconds": 2.5, "examples_per_s": 80.0},
+        "long": {"seconds": 5.0, "examples_per_s": 40.0},
+    }
+    prompt_length.add_timing(result, timing, "paft")
+    assert result["models"]["paft"]["shortest_within"]["measured_speedup_vs_default"] == 1.6
+    assert result["models"]["lora"]["shortest_within"]["measured_speedup_vs_default"] == 0.8
+    assert result["timing"]["run"] == "paft"
+
+
+def test_script_times_the_short_templates_with_the_last_runs_model(tmp_path, tiny_model_dir):
+    lora = _results(tmp_path, tiny_model_dir, "lora", {"short": 0.5, "mid": 0.6, "long": 0.9})
+    paft = _results(tmp_path, tiny_model_dir, "paft", {"short": 0.82, "mid": 0.80, "long": 0.81})
+    out = tmp_path / "pl"
+    code = prompt_length.main([f"lora={lora}", f"paft={paft}", "--out", str(out), "--time", "1"])
+    assert code == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    timed = res["timing"]["templates"]
+    # The default prompt and each model's shortest template within 1 point: short and long.
+    assert set(timed) == {"default", "short", "long"} and res["timing"]["run"] == "paft"
+    for t in timed.values():
+        assert t["seconds"] > 0 and t["examples_per_s"] == pytest.approx(6 / t["seconds"])
+    s = res["models"]["paft"]["shortest_within"]
+    assert s["measured_speedup_vs_default"] == pytest.approx(
+        timed["default"]["seconds"] / timed["short"]["seconds"]
+    )
+    assert "Measured with paft's model" in out.with_suffix(".md").read_text()
