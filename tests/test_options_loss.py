@@ -257,3 +257,48 @@ def test_stage2_trains_on_all_examples_unless_told_otherwise(
     # The search held 6 of the 20 out for alpha; stage 2 learns from all 20 (or the other 14).
     assert manifest["flexora"]["train_examples"] == 14
     assert manifest["examples"] == trained
+
+
+def test_plain_flexora_validates_under_its_prompt_set_not_its_one_template(tmp_path):
+    from flexpaft.flexora.search import _validation_set
+
+    one = [Template(TEMPLATES[0].text)]
+    others = [Template(f"T{i}: {{question}}\nAnswer:") for i in range(3)]
+    # heldout with wordings the run never trains on: all of them validate, the one trains.
+    f = FlexoraSettings(val_templates="heldout")
+    assert validation_templates(f, one, 0, others) == (one, others)
+    # train and auto (one template) ignore them.
+    assert validation_templates(FlexoraSettings(val_templates="train"), one, 0, others) == (
+        one,
+        one,
+    )
+    assert validation_templates(FlexoraSettings(), one, 0, others) == (one, one)
+    task = get_task("boolq")
+    path = tmp_path / "set.jsonl"
+    path.write_text(
+        "".join(json.dumps({"template": t.text}) + "\n" for t in [*others, one[0]]),
+        encoding="utf-8",
+    )
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"output_dir={tmp_path}/r", "method=flexora", f"prompts.prompt_set={path}"],
+    )
+    fmt = cfg.data.answer_format(task)
+    got = _validation_set(cfg, task, fmt, one)
+    assert [t.text for t in got] == [t.text for t in others]  # the trained one is left out
+    paft = load_config(
+        TrainConfig,
+        None,
+        [f"output_dir={tmp_path}/r", "method=flexora+paft", f"prompts.prompt_set={path}"],
+    )
+    assert _validation_set(paft, task, fmt, one) is None
+    only = tmp_path / "only.jsonl"
+    only.write_text(json.dumps({"template": one[0].text}) + "\n", encoding="utf-8")
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"output_dir={tmp_path}/r", "method=flexora", f"prompts.prompt_set={only}"],
+    )
+    with pytest.raises(FlexpaftError, match="nothing to validate under"):
+        _validation_set(cfg, task, fmt, one)

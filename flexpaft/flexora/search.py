@@ -144,7 +144,9 @@ class LayerSearch:
             )
 
         o = cfg.optim
-        self.train_templates, self.val_templates = validation_templates(f, templates, cfg.seed)
+        self.train_templates, self.val_templates = validation_templates(
+            f, templates, cfg.seed, _validation_set(cfg, task, fmt, templates)
+        )
         self.val_loss_kind = f.resolved_val_loss(fmt)
         self.val_loss_fn = options_loss if self.val_loss_kind == "options" else answer_loss
         train_loader, self.train_sampler = make_loader(
@@ -496,24 +498,49 @@ class LayerSearch:
         self.model.unload()
 
 
+def _validation_set(
+    cfg: Any, task: TaskSpec, fmt: AnswerFormat, templates: list[Template]
+) -> list[Template] | None:
+    """Plain flexora's validation wordings: its prompt set, when it has one, minus the template
+    it trains on. None for flexora+paft (it holds a slice of its own training set out) and for
+    a plain flexora run without a prompt set."""
+    if cfg.method != "flexora" or not cfg.prompts.prompt_set:
+        return None
+    from ..train.templates import load_valid_set
+
+    trained = {t.text for t in templates}
+    found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]
+    if not found:
+        raise FlexpaftError(
+            f"prompts.prompt_set {cfg.prompts.prompt_set} holds no template but the one flexora "
+            "trains on: nothing to validate under"
+        )
+    return found
+
+
 def validation_templates(
-    f: Any, templates: list[Template], seed: int
+    f: Any, templates: list[Template], seed: int, others: list[Template] | None = None
 ) -> tuple[list[Template], list[Template]]:
     """(templates the inner loop trains on, templates the validation batches are rendered under).
 
     ``heldout`` keeps a seeded share of the prompt set away from the inner loop, so alpha is
     tuned for wordings the LoRA it gates never trained on: the search aims at what the
-    evaluation under unseen templates measures.
+    evaluation under unseen templates measures. ``others``: wordings that the run never trains
+    on at all (plain flexora's prompt set beside its one template); under ``heldout`` they are
+    the validation templates and every training template stays in the inner loop.
     """
     mode = f.val_templates
     if mode == "auto":
         mode = "heldout" if len(templates) >= 4 else "train"
     if mode == "train":
         return templates, templates
+    if others:
+        return templates, others
     if len(templates) < 2:
         raise FlexpaftError(
             "flexora.val_templates=heldout needs a prompt set of at least 2 templates "
-            f"(this run has {len(templates)}): use flexora+paft with a prompt set, or "
+            f"(this run has {len(templates)}): use flexora+paft, or give plain flexora "
+            "prompts.prompt_set (its templates then render the validation batches), or "
             "flexora.val_templates=train"
         )
     order = list(range(len(templates)))

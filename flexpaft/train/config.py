@@ -226,8 +226,10 @@ class FlexoraSettings:
         "auto",
         "Templates the validation batches are rendered under: train (the training templates), "
         "heldout (a slice of the prompt set, val_template_fraction of it, that the search's "
-        "inner loop never trains on, so alpha is tuned for unseen wordings), auto (heldout when "
-        "the prompt set has at least 4 templates, as under flexora+paft; train otherwise).",
+        "inner loop never trains on, so alpha is tuned for unseen wordings; plain flexora, "
+        "which trains on one template, validates under all of prompts.prompt_set instead), "
+        "auto (heldout when the prompt set has at least 4 templates, as under flexora+paft; "
+        "train otherwise).",
     )
     val_template_fraction: float = opt(
         0.25, "Share of the prompt set held out for validation under val_templates=heldout."
