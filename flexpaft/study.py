@@ -450,7 +450,6 @@ class Study:
 
     def _finished(self, cfg) -> dict[str, Any] | None:
         """The manifest of the finished run of ``cfg`` in its output_dir, or None."""
-        from .train.config import TrainConfig
         from .train.trainer import config_dict_hash
 
         out = Path(cfg.output_dir)
@@ -465,7 +464,7 @@ class Study:
         stored = manifest.get("config")
         if not isinstance(stored, dict):
             return None
-        current = _drop_new_defaults(asdict(cfg), stored, asdict(TrainConfig()))
+        current = _drop_new_defaults(asdict(cfg), stored, TRAIN_SETTINGS_ADDED)
         if stored == current:
             return manifest
         # A flexora run records the stage-2 config the search built (block list name, gate
@@ -504,14 +503,13 @@ class Study:
         """
         from .flexora.baselines import lora_drop_scores
         from .flexora.select import select_layers
-        from .train.config import TrainConfig
 
         search = self.flexora_search(seed)
         steps = self.cfg.lora_drop_steps or max(1, int(search.get("inner_steps") or 0))
         cfg = self._train(LORA_DROP_RANK, seed, [f"optim.max_steps={steps}"])
         path = self.run_dir(LORA_DROP_RANK, seed) / LORA_DROP_SCORES
         key = {"train": asdict(cfg), "batches": self.cfg.lora_drop_batches}
-        if _same_config(path, key, {"train": asdict(TrainConfig())}):
+        if _same_config(path, key, {"train": TRAIN_SETTINGS_ADDED}):
             scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
         else:
             adapter = Path(cfg.output_dir) / "adapter"
@@ -529,14 +527,13 @@ class Study:
         """
         from .flexora.baselines import gradient_probe_scores
         from .flexora.select import select_layers
-        from .train.config import TrainConfig
 
         search = self.flexora_search(seed)
         cfg = self._train_config("grad_probe", seed)
         # Beside the run, not in it: the run directory is for the trainer alone.
         path = self.run_dir("grad_probe-rank", seed) / GRAD_PROBE_SCORES
         key = {"train": asdict(cfg), "batches": self.cfg.grad_probe_batches}
-        if _same_config(path, key, {"train": asdict(TrainConfig())}):
+        if _same_config(path, key, {"train": TRAIN_SETTINGS_ADDED}):
             scores = json.loads(path.read_text(encoding="utf-8"))["scores"]
         else:
             scores = gradient_probe_scores(cfg, self.cfg.grad_probe_batches)
@@ -609,7 +606,7 @@ class Study:
             for method, seed in self._runs():
                 cfg = self._eval_config(set_name, method, seed)
                 results = Path(cfg.output_dir) / "results.json"
-                if _same_config(results, asdict(cfg), asdict(type(cfg)())):
+                if _same_config(results, asdict(cfg), EVAL_SETTINGS_ADDED):
                     log.info("eval %s on %s: done, kept", cfg.name, set_name)
                     continue
                 log.info("eval %s (seed %s) on %s -> %s", method, seed, set_name, cfg.output_dir)
@@ -707,26 +704,38 @@ def _layers_override(layers: list[int]) -> str:
     return f"lora.layers_to_transform={json.dumps(sorted(layers))}"
 
 
-def _same_config(path: Path, cfg: dict[str, Any], defaults: dict[str, Any]) -> bool:
+# Settings added to flexpaft after studies had run, with the value that reproduces what runs made
+# before them did. A stored run that lacks such a key is the same run when the key has that value
+# now; a key that is missing and not listed here means a new run. Add every new setting here
+# (its value at the time, which stays right if its default later changes).
+TRAIN_SETTINGS_ADDED: dict[str, Any] = {
+    "optim": {"loss": "answer", "consistency": 0.0},
+    "prompts": {"own_rate": 0.0},
+    "flexora": {"stage2_examples": "train"},
+}
+EVAL_SETTINGS_ADDED: dict[str, Any] = {}
+
+
+def _same_config(path: Path, cfg: dict[str, Any], added: dict[str, Any]) -> bool:
     """True when ``path`` (a manifest or results file) was written for ``cfg``: the same
-    settings, apart from settings added since that are at their ``defaults``."""
+    settings, apart from settings added since (``added``) at their earlier behaviour."""
     if not path.is_file():
         return False
     try:
         stored = json.loads(path.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
         return False  # a damaged file is redone, not trusted
-    return isinstance(stored, dict) and stored == _drop_new_defaults(cfg, stored, defaults)
+    return isinstance(stored, dict) and stored == _drop_new_defaults(cfg, stored, added)
 
 
 def _drop_new_defaults(
     current: dict[str, Any], stored: dict[str, Any], defaults: dict[str, Any]
 ) -> dict[str, Any]:
-    """``current`` without the settings that ``stored`` lacks and that are at their default.
+    """``current`` without the settings that ``stored`` lacks and that are at the value in
+    ``defaults`` (nested like the config: what runs made before the setting existed did).
 
-    A setting added to flexpaft after a run was made is absent from its stored config; its
-    default is by design the behaviour the run had, so a study made before an upgrade is kept
-    rather than retrained. The same setting at any other value still means a new run.
+    So a study made before an upgrade is kept rather than retrained; the same setting at any
+    other value, or a missing one that ``defaults`` does not name, still means a new run.
     """
     out = {}
     for key, value in current.items():

@@ -123,8 +123,12 @@ def test_settings_added_since_a_run_keep_it_when_at_their_default():
     assert _drop_new_defaults({"a": 1, "sub": {"x": 3}}, stored, defaults) != stored
 
 
-def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir):
-    """Runs whose stored configs lack settings added later (at their defaults) are not redone."""
+def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monkeypatch):
+    """Runs whose stored configs lack settings added later (at their earlier behaviour) are not
+    redone."""
+    import flexpaft.study
+
+    monkeypatch.setattr(flexpaft.study, "EVAL_SETTINGS_ADDED", {"max_templates": None})
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["lora", "flexora"], seeds=[0])
     flexora = {"val_examples": 4, "selection": "topk", "k": 2}
     text = path.read_text().replace(
@@ -156,9 +160,12 @@ def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir):
     }
     assert main(["-q", "study", "--config", str(path)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    # The same setting away from its default is a new run.
+    # The same setting away from the value runs had before it existed is a new run.
     st = Study(
         load_config(StudyConfig, str(path), ["train.flexora.stage2_examples=all"]), progress=False
     )
     assert st._finished(st._train_config("lora", 0)) is None
     assert not _same_config(res, {**r["config"], "max_templates": 3}, {"max_templates": 0})
+    assert _same_config(res, {**r["config"], "max_templates": None}, {"max_templates": None})
+    # A missing setting that is not listed as added is a new run, whatever its value.
+    assert not _same_config(res, {**r["config"], "max_templates": None}, {})
