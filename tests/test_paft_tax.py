@@ -104,8 +104,10 @@ def test_own_template_is_added_to_the_training_templates(tmp_path):
     templates2, info2 = training_templates(cfg2, task, fmt, [], None, None)
     assert len(templates2) == 3 and info2["own"]["added"] is False
     assert sampled_own_index(cfg2, task, fmt, templates2) == 1
-    # Off: the prompt set as it is, no own index.
-    cfg3 = load_config(TrainConfig, None, ["method=paft", f"prompts.prompt_set={prompts}"])
+    # Off (0; the default is 0.5): the prompt set as it is, no own index.
+    cfg3 = load_config(
+        TrainConfig, None, ["method=paft", f"prompts.prompt_set={prompts}", "prompts.own_rate=0"]
+    )
     templates3, info3 = training_templates(cfg3, task, fmt, [], None, None)
     assert len(templates3) == 3 and "own" not in info3
     assert sampled_own_index(cfg3, task, fmt, templates3) is None
@@ -250,7 +252,9 @@ def test_training_with_the_new_settings_resumes_bit_identically(tmp_path, tiny_m
     assert m["steps"] == 4 and m["tokens"] > 0 and m["train_seconds"] > 0
     assert json.loads((tmp_path / "full" / "manifest.json").read_text())["config"]["optim"][
         "loss"
-    ] == ("options" if "optim.loss=options" in extra else "answer")
+    ] == ("options" if "optim.loss=options" in extra else "auto")
+    # auto under paft on a scored format is the loss over the options, and the manifest says so.
+    assert m["loss"] == "options"
 
 
 def test_consistency_counts_the_second_views_tokens():
@@ -426,3 +430,24 @@ def test_study_trains_and_scores_under_the_own_template(tmp_path):
     plain = Study(load_config(StudyConfig, None, base), progress=False)
     assert not any(o.startswith("prompts.template") for o in plain._train_overrides("lora", 0))
     assert plain._eval_config("unseen", "paft", 0).reference_template == "default"
+
+
+def test_auto_loss_is_the_options_loss_for_paft_on_scored_formats_only():
+    from flexpaft.tasks import AnswerFormat
+    from flexpaft.train.config import OptimSettings
+
+    auto = OptimSettings()
+    assert auto.loss == "auto"
+    assert auto.resolved_loss("paft", AnswerFormat.LABEL_WORDS) == "options"
+    assert auto.resolved_loss("flexora+paft", AnswerFormat.LETTER) == "options"
+    assert auto.resolved_loss("lora", AnswerFormat.LABEL_WORDS) == "answer"
+    assert auto.resolved_loss("paft", AnswerFormat.GENERATION) == "answer"
+    assert not auto.scores_options("paft", AnswerFormat.GENERATION)
+    assert OptimSettings(loss="options").resolved_loss("lora", AnswerFormat.LETTER) == "options"
+    assert OptimSettings(loss="answer").resolved_loss("paft", AnswerFormat.LETTER) == "answer"
+    # auto never refuses a generation task; an explicit options loss does.
+    load_config(TrainConfig, None, ["method=paft"]).check_format(AnswerFormat.GENERATION)
+    with pytest.raises(FlexpaftError, match="optim.loss=options scores the answer options"):
+        load_config(TrainConfig, None, ["method=paft", "optim.loss=options"]).check_format(
+            AnswerFormat.GENERATION
+        )

@@ -40,11 +40,13 @@ class PromptSettings:
         64, "topaccuracy: examples used to rank the templates on the base model."
     )
     own_rate: float = opt(
-        0.0,
+        0.5,
         "paft, flexora+paft: share of training draws that use the user's own template "
         "(prompts.template, else the task's), added to the prompt set if absent; the other "
-        "draws are uniform over the remaining templates. 0 = plain PAFT. Single-template "
-        "methods train on their one template anyway and ignore it.",
+        "draws are uniform over the remaining templates. 0 = plain PAFT (the default before "
+        "2026-12-07); 0.5 kept PAFT level with one-prompt LoRA under its own prompt in the "
+        "PAFT tax study. Single-template methods train on their one template anyway and "
+        "ignore it.",
     )
 
     def __post_init__(self) -> None:
@@ -107,11 +109,12 @@ class OptimSettings:
         "worker would compete with the training threads for the cores).",
     )
     loss: str = opt(
-        "answer",
+        "auto",
         "Training loss: answer (cross-entropy of the gold answer's tokens over the whole "
-        "vocabulary) or options (cross-entropy over the task's answer options, ranked by summed "
+        "vocabulary), options (cross-entropy over the task's answer options, ranked by summed "
         "log-probability as the evaluator ranks them; label_words, letter and option_text "
-        "formats only).",
+        "formats only), or auto (options for paft and flexora+paft where the format scores "
+        "options, answer otherwise; chosen by the PAFT tax study, docs/RESULTS.md).",
     )
     consistency: float = opt(
         0.0,
@@ -144,13 +147,23 @@ class OptimSettings:
         if not (math.isfinite(self.consistency) and self.consistency >= 0):
             raise ValueError(f"optim.consistency must be 0 or more, got {self.consistency}")
 
-    @property
-    def scores_options(self) -> bool:
+    def resolved_loss(self, method: str, fmt: AnswerFormat) -> str:
+        """``loss`` with auto decided for ``method`` and answer format ``fmt``."""
+        if self.loss != "auto":
+            return self.loss
+        scored = fmt is not AnswerFormat.GENERATION
+        return "options" if scored and method in AUTO_OPTIONS_METHODS else "answer"
+
+    def scores_options(self, method: str, fmt: AnswerFormat) -> bool:
         """Training batches hold every option's answer (the options loss or consistency)."""
-        return self.loss == "options" or self.consistency > 0
+        return self.resolved_loss(method, fmt) == "options" or self.consistency > 0
 
 
-TRAIN_LOSSES = ("answer", "options")
+TRAIN_LOSSES = ("auto", "answer", "options")
+# Where optim.loss=auto means the loss over the options: in the PAFT tax study it lifted PAFT's
+# worst unseen template by 22 points, and with prompts.own_rate=0.5 kept PAFT level with
+# one-prompt LoRA under its own prompt (docs/RESULTS.md).
+AUTO_OPTIONS_METHODS = MULTI_TEMPLATE_METHODS
 
 
 BUDGET_UNITS = ("auto", "rows", "pass")
@@ -375,7 +388,7 @@ class TrainConfig:
 
     def check_format(self, fmt: AnswerFormat) -> None:
         """Refuse, before the model loads, losses that need scored answer options."""
-        if fmt is AnswerFormat.GENERATION and self.optim.scores_options:
+        if fmt is AnswerFormat.GENERATION and self.optim.scores_options(self.method, fmt):
             key = "optim.consistency" if self.optim.consistency > 0 else "optim.loss=options"
             raise FlexpaftError(
                 f"{key} scores the answer options; format generation has none to score "

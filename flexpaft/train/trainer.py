@@ -249,6 +249,8 @@ def _train(
         ),
         "prompt_set_digest": PromptSet(list(templates)).digest(),
         "layers": result["layers"],
+        # optim.loss as it was applied (auto decided for the method and answer format).
+        "loss": cfg.optim.resolved_loss(cfg.method, fmt),
         "flexora": search_info,
         "seed": cfg.seed,
         "world_size": acc.num_processes,
@@ -286,11 +288,14 @@ def started(loader: Any) -> Iterator[Any]:
     return itertools.chain([first], it)
 
 
-def training_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], o: Any) -> torch.Tensor:
-    """The loss ``optim.loss`` and ``optim.consistency`` ask for, on one micro-batch."""
+def training_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], o: Any, kind: str
+) -> torch.Tensor:
+    """The loss ``optim.consistency`` and ``kind`` (``optim.loss`` resolved) ask for, on one
+    micro-batch."""
     if o.consistency > 0:
         return consistency_loss(model, batch, o.consistency)[0]
-    if o.loss == "options":
+    if kind == "options":
         return options_loss(model, batch)
     return answer_loss(model, batch)
 
@@ -321,6 +326,7 @@ def train_lora(
     model = add_lora(model, cfg.lora, layers)
     fingerprint = base_fingerprint(model.get_base_model().config)
 
+    loss_kind = o.resolved_loss(cfg.method, fmt)
     # Batches hold every option's answer for the options loss, and two renderings for consistency;
     # the sampler's plan and the resume position count batches, not items, as before.
     loader, sampler = make_loader(
@@ -332,7 +338,7 @@ def train_lora(
         tok,
         cfg.seed,
         acc,
-        options=o.scores_options,
+        options=o.scores_options(cfg.method, fmt),
         pairs=o.consistency > 0,
     )
     batches_per_epoch = len(sampler.batches(0))
@@ -399,7 +405,7 @@ def train_lora(
         for batch in batches:
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             with acc.accumulate(model):
-                loss = training_loss(model, batch, o)
+                loss = training_loss(model, batch, o, loss_kind)
                 acc.backward(loss)
                 if acc.sync_gradients and o.max_grad_norm > 0:
                     norm = acc.clip_grad_norm_(params, o.max_grad_norm)
