@@ -1,6 +1,6 @@
 """A Flexora study's selection against the *mean* of its random draws, and other pooled rows.
 
-    python experiments/pooled_baselines.py runs/study/flexora_snips [--set unseen]
+    python experiments/pooled_baselines.py runs/study/flexora_snips [--set unseen] [--rows a,b]
 
 The study's report pairs flexora with each random draw separately; the question "does the search
 beat choosing blocks at random?" is about the random baseline as a whole. Here every row's seeds
@@ -59,6 +59,11 @@ def main() -> None:
     ap.add_argument("study", type=Path)
     ap.add_argument("--set", default="unseen", dest="test_set")
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument(
+        "--rows",
+        default="flexora,flexora+paft",
+        help="comma list of the rows compared with every other row (study variants included)",
+    )
     args = ap.parse_args()
     rows = load_rows(args.study, args.test_set)
     n_t, n_x = next(iter(rows.values())).shape
@@ -69,7 +74,7 @@ def main() -> None:
     for k, v in rows.items():
         acc = v.mean(axis=1)
         print(f"| {k} | {100 * acc.mean():.1f} | {100 * acc.min():.1f} |")
-    for a in ("flexora", "flexora+paft"):
+    for a in args.rows.split(","):
         if a not in rows:
             continue
         print(f"\n| {a} vs | Mean {a} - B | Worst {a} - B |\n|---|---:|---:|")

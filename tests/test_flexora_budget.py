@@ -40,22 +40,24 @@ def test_explicit_steps_and_examples_win_over_the_auto_budget():
 
 def test_auto_budget_is_a_share_of_stage_two_compute():
     # Stage 2: 3 epochs x 40 steps = 120 micro-batches; an outer step is 1 training + 1
-    # validation micro-batch; 0.5 (the default) x 120 / 2 = 30.
+    # validation micro-batch; 0.5 x 120 / 2 = 30.
     assert outer_step_cost(FlexoraSettings(), 1) == 2
-    assert length() == 30
+    assert length(search_budget=0.5) == 30
+    # The default, 1: 120 / 2 = 60, but one pass over the training split is 40 steps.
+    assert length() == 40
     # grad_accum 2, val_batches 2: 3 x 20 x 2 = 120 micro-batches, 4 per outer step: 15.
-    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2) == 15
+    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2, search_budget=0.5) == 15
     # max_steps replaces the epochs: 0.5 x 50 / 2 = 12.5 -> 12.
-    assert length(optim=OptimSettings(max_steps=50)) == 12
+    assert length(optim=OptimSettings(max_steps=50), search_budget=0.5) == 12
     # Unrolled: 2 inner steps x 3 + 1 validation = 7 per outer step; 60 / 7 -> 8.
     assert outer_step_cost(FlexoraSettings(unroll=2), 1) == 7
-    assert length(unroll=2) == 8
+    assert length(unroll=2, search_budget=0.5) == 8
     # The old default, 0.1 of stage 2: 12 / 2 = 6.
     assert length(search_budget=0.1) == 6
 
 
 def test_auto_budget_stops_at_one_pass_and_takes_at_least_one_step():
-    # 30 epochs x 10 steps: 0.5 x 300 / 2 = 75 outer steps, but one pass is 10.
+    # 30 epochs x 10 steps: 1 x 300 / 2 = 150 outer steps, but one pass is 10.
     assert length(10, optim=OptimSettings(epochs=30)) == 10
     assert length(1, optim=OptimSettings(epochs=1)) == 1
 
@@ -81,9 +83,11 @@ def test_a_micro_batch_costs_one_unit_per_row_chunk_where_passes_are_the_unit(
 
 
 def test_counting_passes_shortens_the_auto_budget_but_not_explicit_lengths():
-    # Two chunks per micro-batch: an outer step is (1 + 1) x 2 = 4 units; 0.5 x 120 / 4 = 15.
+    # Two chunks per micro-batch: an outer step is (1 + 1) x 2 = 4 units; 0.5 x 120 / 4 = 15,
+    # and at the default (1) 120 / 4 = 30.
     assert outer_step_cost(FlexoraSettings(), 1, passes=2) == 4
-    assert length(passes=2) == 15
+    assert length(passes=2, search_budget=0.5) == 15
+    assert length(passes=2) == 30
     assert length(passes=2, search_steps=7) == 7
     assert length(passes=2, search_examples=100) == 13
     # The unrolled hypergradient runs whole micro-batches: chunks do not enter its cost.

@@ -267,12 +267,11 @@ def test_plain_flexora_validates_under_its_prompt_set_not_its_one_template(tmp_p
     # heldout with wordings the run never trains on: all of them validate, the one trains.
     f = FlexoraSettings(val_templates="heldout")
     assert validation_templates(f, one, 0, others) == (one, others)
-    # train and auto (one template) ignore them.
-    assert validation_templates(FlexoraSettings(val_templates="train"), one, 0, others) == (
-        one,
-        one,
-    )
-    assert validation_templates(FlexoraSettings(), one, 0, others) == (one, one)
+    # auto uses them too (plain flexora given a prompt set); train ignores them.
+    assert validation_templates(FlexoraSettings(), one, 0, others) == (one, others)
+    train_only = FlexoraSettings(val_templates="train")
+    assert validation_templates(train_only, one, 0, others) == (one, one)
+    assert validation_templates(FlexoraSettings(), one, 0) == (one, one)
     task = get_task("boolq")
     path = tmp_path / "set.jsonl"
     path.write_text(

@@ -531,7 +531,7 @@ def validation_templates(
     """
     mode = f.val_templates
     if mode == "auto":
-        mode = "heldout" if len(templates) >= 4 else "train"
+        mode = "heldout" if len(templates) >= 4 or others else "train"
     if mode == "train":
         return templates, templates
     if others:
