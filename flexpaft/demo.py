@@ -206,10 +206,13 @@ def run(args: argparse.Namespace) -> int:
     # PAFT trains first: the stage with the highest peak (its long templates) then starts from a
     # clean process, and the one-prompt run, which peaks lower, carries what the first run left
     # resident (about 0.5 GB: oneDNN's kernel cache and other one-time state).
+    # The user's own prompt: one-prompt LoRA trains on it, and PAFT draws it for half of its
+    # examples (prompts.own_rate, 0.5 by default).
+    own = [f"prompts.template={args.own_template}"] if args.own_template else []
     if args.paft:
         say(
-            f"[3/5] fine-tuning on {args.train_examples} examples with PAFT (a template drawn "
-            "from the training set for every example)"
+            f"[3/5] fine-tuning on {args.train_examples} examples with PAFT (your own prompt "
+            "for half of them, a template drawn from the training set for the rest)"
         )
         t = train(
             load_config(
@@ -220,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
                     "method=paft",
                     f"prompts.prompt_set={out / 'templates' / 'train.jsonl'}",
                     f"output_dir={out / 'paft'}",
+                    *own,
                     # PAFT's long templates set the demo's peak (3.3 GB at 4 x 2 without this).
                     # Recomputing activations in the backward pass gives the same gradients for
                     # about a third more compute on this one run.
@@ -233,7 +237,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         say(f"[3/5] fine-tuning with one prompt on {args.train_examples} examples")
     # The demo owns its subdirectories: a rerun with other settings replaces its own runs.
-    own = [f"prompts.template={args.own_template}"] if args.own_template else []
     t = train(
         load_config(
             TrainConfig, None, train_common + ["method=lora", f"output_dir={out / 'lora'}", *own]

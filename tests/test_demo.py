@@ -128,3 +128,20 @@ def test_bf16_choice():
     if not torch.cuda.is_available():
         # auto follows oneDNN's test for native bf16, so an emulating CPU stays on fp32.
         assert use_bf16("auto") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_demo_paft_draws_the_users_own_prompt(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """--own-template is the prompt one-prompt LoRA trains on and the one PAFT draws for half of
+    its examples (prompts.own_rate's default), not the task's template."""
+    monkeypatch.setenv("FLEXPAFT_BIGBENCH_ARCHIVE", str(_archive(tmp_path / "bb.tar.gz")))
+    own = "Claim: {input}\nPlausible?"
+    argv = ["-q", "demo", "--task", "bigbench:toydemo", "--model", str(tiny_model_dir)]
+    argv += ["--train-examples", "16", "--test-examples", "8", "--test-templates", "3"]
+    argv += ["--epochs", "1", "--paft", "--own-template", own, "--out", str(tmp_path / "demo")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    paft = json.loads((tmp_path / "demo" / "paft" / "manifest.json").read_text())
+    lora = json.loads((tmp_path / "demo" / "lora" / "manifest.json").read_text())
+    assert paft["config"]["prompts"]["template"] == own == lora["config"]["prompts"]["template"]
+    assert paft["templates"]["own"]["rate"] == 0.5 and paft["templates"]["own"]["added"] is True
+    assert paft["loss"] == "options" and lora["loss"] == "answer"
