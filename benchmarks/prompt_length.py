@@ -198,13 +198,8 @@ def time_templates(
             started = time.perf_counter()
             score(t)
             seconds[key].append(time.perf_counter() - started)
-    return {
-        tid: {
-            "seconds": statistics.median(v),
-            "examples_per_s": len(examples) / statistics.median(v),
-        }
-        for tid, v in seconds.items()
-    }
+    medians = {key: statistics.median(v) for key, v in seconds.items()}
+    return {key: {"seconds": m, "examples_per_s": len(examples) / m} for key, m in medians.items()}
 
 
 def add_timing(result: dict[str, Any], timing: dict[str, dict[str, float]], run: str) -> None:

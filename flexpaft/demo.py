@@ -8,8 +8,9 @@
    the training set (``--no-paft`` to skip it);
 5. base and fine-tuned models evaluated under every held-out template; a table and a plot.
 
-On 2 CPU cores README command (1), installs included, took 5 min 43 s and 2.5 GiB of memory
-on a fresh clone (docs/RESULTS.md): PAFT trains first, with gradient checkpointing, because its long templates set the peak.
+On 2 CPU cores README command (1), installs included, took 5 min 36 s and 2.4 GiB of memory
+on a fresh clone (docs/RESULTS.md): PAFT trains first, with gradient checkpointing, because its
+long templates set the peak.
 On a GPU the evaluation uses 50 held-out templates instead of 8.
 """
 
@@ -203,12 +204,12 @@ def run(args: argparse.Namespace) -> int:
     )
     dequantize_apart(args.model)
     runs = {}
-    # PAFT trains first: the stage with the highest peak (its long templates) then starts from a
-    # clean process, and the one-prompt run, which peaks lower, carries what the first run left
-    # resident (about 0.5 GB: oneDNN's kernel cache and other one-time state).
     # The user's own prompt: one-prompt LoRA trains on it, and PAFT draws it for half of its
     # examples (prompts.own_rate, 0.5 by default).
     own = [f"prompts.template={args.own_template}"] if args.own_template else []
+    # PAFT trains first: the stage with the highest peak (its long templates) then starts from a
+    # clean process, and the one-prompt run, which peaks lower, carries what the first run left
+    # resident (about 0.5 GB: oneDNN's kernel cache and other one-time state).
     if args.paft:
         say(
             f"[3/5] fine-tuning on {args.train_examples} examples with PAFT (your own prompt "

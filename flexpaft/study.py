@@ -227,8 +227,9 @@ class Study:
     def _train_overrides(self, label: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
         variant = self.cfg.variants.get(label)
         method = variant["method"] if variant else _method_of(label)
+        train_method = variant["method"] if variant else _train_method(label)
         o = self._common() + [
-            f"method={method if variant else _train_method(label)}",
+            f"method={train_method}",
             f"seed={seed}",
             f"output_dir={self.run_dir(label, seed)}",
             "data.skip=0",
@@ -464,7 +465,7 @@ class Study:
         stored = manifest.get("config")
         if not isinstance(stored, dict):
             return None
-        current = _drop_new_defaults(asdict(cfg), stored, TRAIN_SETTINGS_ADDED)
+        current = _without_added_settings(asdict(cfg), stored, TRAIN_SETTINGS_ADDED)
         if stored == current:
             return manifest
         # A flexora run records the stage-2 config the search built (block list name, gate
@@ -725,14 +726,14 @@ def _same_config(path: Path, cfg: dict[str, Any], added: dict[str, Any]) -> bool
         stored = json.loads(path.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
         return False  # a damaged file is redone, not trusted
-    return isinstance(stored, dict) and stored == _drop_new_defaults(cfg, stored, added)
+    return isinstance(stored, dict) and stored == _without_added_settings(cfg, stored, added)
 
 
-def _drop_new_defaults(
-    current: dict[str, Any], stored: dict[str, Any], defaults: dict[str, Any]
+def _without_added_settings(
+    current: dict[str, Any], stored: dict[str, Any], added: dict[str, Any]
 ) -> dict[str, Any]:
     """``current`` without the settings that ``stored`` lacks and that are at the value in
-    ``defaults`` (nested like the config: what runs made before the setting existed did).
+    ``added`` (nested like the config: what runs made before the setting existed did).
 
     So a study made before an upgrade is kept rather than retrained; the same setting at any
     other value, or a missing one that ``defaults`` does not name, still means a new run.
@@ -740,12 +741,14 @@ def _drop_new_defaults(
     out = {}
     for key, value in current.items():
         if key not in stored:
-            if key in defaults and value == defaults[key]:
+            if key in added and value == added[key]:
                 continue
             out[key] = value
         elif isinstance(value, dict) and isinstance(stored[key], dict):
-            sub = defaults.get(key)
-            out[key] = _drop_new_defaults(value, stored[key], sub if isinstance(sub, dict) else {})
+            sub = added.get(key)
+            out[key] = _without_added_settings(
+                value, stored[key], sub if isinstance(sub, dict) else {}
+            )
         else:
             out[key] = value
     return out

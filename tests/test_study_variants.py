@@ -13,7 +13,7 @@ from test_study import _study_yaml
 from flexpaft.cli import main
 from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.study import Study, StudyConfig, _drop_new_defaults, _same_config
+from flexpaft.study import Study, StudyConfig, _same_config, _without_added_settings
 
 
 def _study(tmp_path, *overrides):
@@ -108,19 +108,22 @@ def test_settings_added_since_a_run_keep_it_when_at_their_default():
     stored = {"a": 2, "sub": {"x": 3}}
     # New keys at their defaults are dropped: the stored run is the same run.
     assert (
-        _drop_new_defaults(
+        _without_added_settings(
             {"a": 2, "new": 0.0, "sub": {"x": 3, "added": "train"}}, stored, defaults
         )
         == stored
     )
     # A new key set away from its default is a different run.
-    changed = _drop_new_defaults(
+    changed = _without_added_settings(
         {"a": 2, "new": 0.5, "sub": {"x": 3, "added": "train"}}, stored, defaults
     )
     assert changed != stored and changed["new"] == 0.5
-    assert _drop_new_defaults({"a": 2, "sub": {"x": 3, "added": "all"}}, stored, defaults) != stored
+    assert (
+        _without_added_settings({"a": 2, "sub": {"x": 3, "added": "all"}}, stored, defaults)
+        != stored
+    )
     # A changed old key is a different run too.
-    assert _drop_new_defaults({"a": 1, "sub": {"x": 3}}, stored, defaults) != stored
+    assert _without_added_settings({"a": 1, "sub": {"x": 3}}, stored, defaults) != stored
 
 
 def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monkeypatch):
