@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 CHOICES_HELP = (
     "Chat template: 'none' (raw prompt), 'auto' (the tokenizer's chat template when it has "

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from .config import add_config_arguments, config_from_args
-from .errors import FlexpaftError
+from flexpaft.config import add_config_arguments, config_from_args
+from flexpaft.errors import FlexpaftError
 
 log = logging.getLogger("flexpaft")
 
@@ -23,10 +23,10 @@ ALLOW_OVERLAP_HELP = (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import TrainConfig
+    from flexpaft.train.config import TrainConfig
 
     cfg = config_from_args(TrainConfig, _flags(args), ("method", "output_dir"))
-    from .train.trainer import train  # after the config is checked: this loads torch
+    from flexpaft.train.trainer import train  # after the config is checked: this loads torch
 
     res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     m = res.manifest
@@ -39,13 +39,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate.config import EvalConfig
+    from flexpaft.evaluate.config import EvalConfig
 
     cfg = config_from_args(
         EvalConfig, _flags(args), ("adapter", "output_dir", "reference_template")
     )
-    from .evaluate.evaluator import markdown_table  # after the config is checked: loads torch
-    from .evaluate.run import run_eval
+    from flexpaft.evaluate.evaluator import (
+        markdown_table,
+    )  # after the config is checked: loads torch
+    from flexpaft.evaluate.run import run_eval
 
     res = run_eval(cfg, progress=not args.quiet, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
@@ -76,7 +78,7 @@ def _ranges(layers: list[int]) -> str:
 
 
 def _cmd_prompts(args: argparse.Namespace) -> int:
-    from . import prompts_cmd
+    from flexpaft import prompts_cmd
 
     return prompts_cmd.run(args)
 
@@ -84,9 +86,9 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # Only config classes and argument definitions load here, none of torch, transformers or
     # peft: `--help` and a mistyped flag answer in a fraction of a second (tests/test_help.py).
-    from . import __version__, prompts_cmd
-    from .evaluate.config import EvalConfig
-    from .train.config import TrainConfig
+    from flexpaft import __version__, prompts_cmd
+    from flexpaft.evaluate.config import EvalConfig
+    from flexpaft.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="flexpaft",
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         _stdout_gone()
         return 1
     except OSError as e:
-        from .os_errors import describe_os_error
+        from flexpaft.os_errors import describe_os_error
 
         print(f"flexpaft: error: {describe_os_error(e)}", file=sys.stderr)
         return 2

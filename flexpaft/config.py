@@ -17,8 +17,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import FlexpaftError, short_repr
-from .yaml_input import YamlRefused, load_yaml
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.yaml_input import YamlRefused, load_yaml
 
 T = TypeVar("T")
 
@@ -258,7 +258,7 @@ def _target_type(cls: type, keys: list[str]) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    from .validate import check_input_file
+    from flexpaft.validate import check_input_file
 
     path = check_input_file(path, "config file")
     try:
@@ -339,7 +339,7 @@ def load_config(
                 raise FlexpaftError(f"--set {text}: {k} is not a section")
             node = nxt
         node[keys[-1]] = value
-    from .validate import check_ranges
+    from flexpaft.validate import check_ranges
 
     cfg = from_dict(cls, data)
     check_ranges(cfg)

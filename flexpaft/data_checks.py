@@ -12,9 +12,9 @@ import logging
 from collections import Counter
 from typing import Any
 
-from .errors import FlexpaftError
-from .prompts.template import Template
-from .tasks.spec import AnswerFormat, Example, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.prompts.template import Template
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def ex_answer(ex: Example) -> str:
 
 def warn_duplicates(examples: list[Example], role: str) -> int:
     """Warn when examples repeat (same fields and options); returns how many are repeats."""
-    from .splits import example_hash
+    from flexpaft.splits import example_hash
 
     counts = Counter(example_hash(ex) for ex in examples)
     repeats = sum(n - 1 for n in counts.values() if n > 1)
@@ -82,7 +82,7 @@ def warn_long_prompts(
 ) -> int:
     """Warn when rendered prompts (plus the gold answer and ``eos``, for training) exceed
     ``max_length`` tokens and will be cut from the left; returns how many of the checked do."""
-    from .render import encode_answer, encode_prompt, render
+    from flexpaft.render import encode_answer, encode_prompt, render
 
     pairs = sampled_pairs(examples, templates)
     over = []

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .errors import FlexpaftError
-from .io import atomic_write_text
+from flexpaft.config import load_config
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_write_text
 
 # The SNIPS intents (7, as one-token label words): the corpus behind BIG-bench's
 # intent_recognition, the demo's task until its archive left PyPI; a one-prompt LoRA learns it
@@ -122,7 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before the first download or training step (and before torch
     loads: a size left at None is decided later, by ``resolve_sizes``)."""
-    from .validate import check_writable_dir
+    from flexpaft.validate import check_writable_dir
 
     for name, low in (("train_examples", 1), ("test_templates", 1), ("test_examples", 0)):
         value = getattr(args, name)
@@ -153,12 +153,12 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     import torch
 
-    from .evaluate.config import EvalConfig
-    from .evaluate.run import run_eval
-    from .paft import generate_offline
-    from .tasks import load_task
-    from .train.config import TrainConfig
-    from .train.trainer import train
+    from flexpaft.evaluate.config import EvalConfig
+    from flexpaft.evaluate.run import run_eval
+    from flexpaft.paft import generate_offline
+    from flexpaft.tasks import load_task
+    from flexpaft.train.config import TrainConfig
+    from flexpaft.train.trainer import train
 
     resolve_sizes(args, torch.cuda.is_available())
     out = Path(args.out)
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     skip = 0 if task.packaged_data else args.train_examples
     test_slice = [f"data.skip={skip}"]
     if args.balance_test:
-        from .settings import balanced_window
+        from flexpaft.settings import balanced_window
 
         probe = load_config(EvalConfig, None, data).data
         window = balanced_window(probe, skip, args.test_examples or 10**9)
@@ -288,9 +288,9 @@ def run(args: argparse.Namespace) -> int:
         results[name] = out / "eval" / slug
 
     say("[5/5] report")
-    from .report import build_report, render_markdown
-    from .report.plots import plot_per_template
-    from .report.robustness import load_run
+    from flexpaft.report import build_report, render_markdown
+    from flexpaft.report.plots import plot_per_template
+    from flexpaft.report.robustness import load_run
 
     loaded = [(name, load_run(str(path))[1]) for name, path in results.items()]
     report = build_report(loaded, thresholds=(0.6, 0.7))
@@ -315,7 +315,7 @@ def dequantize_apart(model: str) -> None:
     """
     import multiprocessing
 
-    from .models import is_gguf
+    from flexpaft.models import is_gguf
 
     if not is_gguf(model):
         return
@@ -327,7 +327,7 @@ def dequantize_apart(model: str) -> None:
 def _dequantize_child(model: str) -> None:
     import logging
 
-    from .models import resolve_model
+    from flexpaft.models import resolve_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -357,7 +357,7 @@ def _ci(d: dict[str, Any]) -> str:
 
 def console_summary(report: dict[str, Any]) -> str:
     """The interval table and the paired differences, as the terminal shows them."""
-    from .report.report_cmd import (
+    from flexpaft.report.report_cmd import (
         _markdown_table,
         comparison_table,
         interval_note,

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 
 def push_adapter(
@@ -31,7 +31,7 @@ def push_adapter(
 
     # Here, after the argument checks: the model card reads models.py, which loads torch, and
     # `flexpaft push --help` or a mistyped path should not wait for that.
-    from .modelcard import write_model_card
+    from flexpaft.modelcard import write_model_card
 
     token = get_token()
     if not token:

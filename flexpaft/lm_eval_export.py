@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import FlexpaftError
-from .io import atomic_write_text
-from .prompts import PromptSet
-from .tasks import AnswerFormat, TaskSpec
-from .tasks.spec import OPTION_SLOT
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_write_text
+from flexpaft.prompts import PromptSet
+from flexpaft.tasks import AnswerFormat, TaskSpec
+from flexpaft.tasks.spec import OPTION_SLOT
 
 UTILS = '''"""Written by `flexpaft prompts export-lm-eval`: renders each template with flexpaft."""
 
@@ -87,7 +87,7 @@ def export_lm_eval(
     out = Path(out)
     base = f"{prefix}_{task.name.replace(':', '_')}"
     if not source and task.packaged_data:
-        from .tasks.data import packaged_path
+        from flexpaft.tasks.data import packaged_path
 
         source = str(packaged_path(task, split or task.hf_split))
     if source:

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 try:
     import fcntl
@@ -99,7 +99,7 @@ def run_dir_lock(directory: str | os.PathLike, command: str) -> Iterator[None]:
     Raises :class:`RunDirBusy` at once when another live process holds it. A directory this
     call created is removed again if the block leaves it empty (a run refused by a later
     check leaves nothing behind)."""
-    from .validate import check_writable_dir
+    from flexpaft.validate import check_writable_dir
 
     out = Path(directory)
     check_writable_dir(out)

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
-from .models import EMBEDDED_ALIASES
+from flexpaft.io import atomic_write_text
+from flexpaft.models import EMBEDDED_ALIASES
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

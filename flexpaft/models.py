@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from .errors import FlexpaftError
-from .io import atomic_directory
-from .locks import cache_entry_lock
-from .memory import releases_memory
-from .paths import cache_dir
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_directory
+from flexpaft.locks import cache_entry_lock
+from flexpaft.memory import releases_memory
+from flexpaft.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

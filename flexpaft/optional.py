@@ -11,7 +11,7 @@ import importlib
 import logging
 from types import ModuleType
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 
 def cache_dir() -> Path:

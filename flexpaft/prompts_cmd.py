@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import FlexpaftError
-from .prompts import PromptSet
-from .tasks import AnswerFormat, load_task
+from flexpaft.errors import FlexpaftError
+from flexpaft.prompts import PromptSet
+from flexpaft.tasks import AnswerFormat, load_task
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = sub.add_parser(
         "generate", help="PAFT stage 1: build candidate templates (offline grammar or LLMs)"
     )
-    from .paft import generate_cmd
+    from flexpaft.paft import generate_cmd
 
     generate_cmd.add_arguments(g)
 
@@ -65,10 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     action = args.prompts_command
     if action == "generate":
-        from .paft import generate_cmd
+        from flexpaft.paft import generate_cmd
 
         return generate_cmd.run(args)
-    from .validate import check_writable_dir, check_writable_file
+    from flexpaft.validate import check_writable_dir, check_writable_file
 
     # Output places are checked before any work, so a bad --out never costs a run.
     if action == "split":
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         for t, reasons in bad:
             print(f"INVALID {t.id}: {'; '.join(reasons)}  |  {t.text[:70]!r}")
         if args.data:
-            from .tasks.check_rows import check_rows
+            from flexpaft.tasks.check_rows import check_rows
 
             rows = check_rows(task, fmt, args.data)
             print(f"{rows} rows of {args.data} fit task {task.name} ({fmt.value})")
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(train)} train and {len(test)} test templates in {out}")
         return 0
     if action == "export-lm-eval":
-        from .lm_eval_export import export_lm_eval
+        from flexpaft.lm_eval_export import export_lm_eval
 
         task = load_task(args.task)
         fmt = AnswerFormat.parse(args.format) if args.format else task.default_format

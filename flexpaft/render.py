@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .prompts.template import Template
-from .tasks.spec import OPTION_SLOT, AnswerFormat, Example, TaskSpec
+from flexpaft.prompts.template import Template
+from flexpaft.tasks.spec import OPTION_SLOT, AnswerFormat, Example, TaskSpec
 
 if TYPE_CHECKING:
-    from .chat import ChatFormat
+    from flexpaft.chat import ChatFormat
 
 
 @dataclass

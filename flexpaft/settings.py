@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .chat import CHOICES_HELP
-from .config import opt
-from .errors import FlexpaftError
-from .tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
+from flexpaft.chat import CHOICES_HELP
+from flexpaft.config import opt
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ModelSettings:
 
     def load(self, device: Any = None) -> tuple[Any, Any]:
         """(model, tokenizer) as these settings describe them."""
-        from .models import load_model
+        from flexpaft.models import load_model
 
         return load_model(self.name, self.dtype, device, self.trust_remote_code, self.gguf_dtype)
 
@@ -113,7 +113,7 @@ class DataSettings:
         fmt = self.answer_format(task)
         split = self.split or (task.hf_train_split if role == "train" else task.hf_split)
         if role == "train":
-            from .splits import check_training_split
+            from flexpaft.splits import check_training_split
 
             check_training_split(task, self.source, split, self.allow_overlap)
         examples = load_examples(
@@ -130,7 +130,7 @@ class DataSettings:
         if self.limit:
             examples = examples[: self.limit]
         if self.balance_labels:
-            from .data_checks import check_one_label
+            from flexpaft.data_checks import check_one_label
 
             check_one_label(
                 examples, f"{self.source or task.name} (skip={self.skip}, limit={self.limit})"

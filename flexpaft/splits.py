@@ -15,10 +15,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import FlexpaftError, short_repr
-from .io import atomic_write_text
-from .stored import damaged
-from .tasks.spec import Example, TaskSpec
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import atomic_write_text
+from flexpaft.stored import damaged
+from flexpaft.tasks.spec import Example, TaskSpec
 
 TRAIN_HASHES = "train_hashes.txt"
 _HASH = re.compile(r"[0-9a-f]{16}")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import FlexpaftError, short_repr
+from flexpaft.errors import FlexpaftError, short_repr
 
 
 def damaged(path: str | Path, what: str, remedy: str) -> FlexpaftError:
@@ -66,7 +66,7 @@ def _is_count(x: Any) -> bool:
 def check_template_result(d: Any) -> str | None:
     """What is wrong with one stored per-template result (results.json's ``per_template``
     entries, partial.jsonl's ``result``), or None when it can be trusted."""
-    from .evaluate.evaluator import TemplateResult
+    from flexpaft.evaluate.evaluator import TemplateResult
 
     if not isinstance(d, dict):
         return f"a result is {short_repr(d, 40)}, not an object"

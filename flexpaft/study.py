@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import add_config_arguments, config_from_args, load_config, opt, section
-from .errors import FlexpaftError, short_repr
-from .io import atomic_write_json
-from .settings import DataSettings, ModelSettings, balanced_window
+from flexpaft.config import add_config_arguments, config_from_args, load_config, opt, section
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import atomic_write_json
+from flexpaft.settings import DataSettings, ModelSettings, balanced_window
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class Study:
         return o + _flat("", self.cfg.train) + own + list(extra)
 
     def _train_config(self, label: str, seed: int, extra: Sequence[str] = ()):
-        from .train.config import TrainConfig
+        from flexpaft.train.config import TrainConfig
 
         return load_config(TrainConfig, None, self._train_overrides(label, seed, extra))
 
@@ -269,8 +269,8 @@ class Study:
     # -- validation before any expensive step --------------------------------------------------
     def check(self) -> None:
         """Every input the study depends on, checked before the first forward pass."""
-        from .train.config import TrainConfig
-        from .train.templates import load_valid_set
+        from flexpaft.train.config import TrainConfig
+        from flexpaft.train.templates import load_valid_set
 
         task, fmt, examples = self.cfg.data.load()
         need = self.cfg.train_examples + 1
@@ -330,7 +330,7 @@ class Study:
 
     # -- the steps ---------------------------------------------------------------------------
     def generate(self) -> None:
-        from .cli import main
+        from flexpaft.cli import main
 
         if (self.prompts_dir / "test.jsonl").is_file():
             log.info("prompts: %s exists, kept", self.prompts_dir)
@@ -364,9 +364,9 @@ class Study:
         the prompts step) is kept: evaluations already done used it, and they are keyed by its
         path, not its content.
         """
-        from .paft.adversarial import make_adversarial
-        from .prompts import PromptSet
-        from .tasks import load_task
+        from flexpaft.paft.adversarial import make_adversarial
+        from flexpaft.prompts import PromptSet
+        from flexpaft.tasks import load_task
 
         p = self.cfg.prompts
         if not p.adversarial:
@@ -391,8 +391,8 @@ class Study:
 
     def _split_candidates(self, main) -> None:
         """A given pool, validated for the task, split at template level like generated ones."""
-        from .paft.adversarial import make_adversarial
-        from .train.templates import load_valid_set
+        from flexpaft.paft.adversarial import make_adversarial
+        from flexpaft.train.templates import load_valid_set
 
         p = self.cfg.prompts
         if not Path(p.candidates).is_file():
@@ -414,7 +414,7 @@ class Study:
         log.info("prompts: %d train, %d unseen test from %s", len(train), len(test), p.candidates)
 
     def train_all(self) -> None:
-        from .flexora.select import bottom_half_layers, top_half_layers
+        from flexpaft.flexora.select import bottom_half_layers, top_half_layers
 
         # flexora before the baselines that take their block count from it.
         methods = [m for m in self.cfg.methods if m != "base"]
@@ -439,7 +439,7 @@ class Study:
 
     def _train(self, label: str, seed: int, extra: Sequence[str] = ()):
         """Train run ``label`` of ``seed`` unless it is done for these settings; its config."""
-        from .train.trainer import train
+        from flexpaft.train.trainer import train
 
         cfg = self._train_config(label, seed, extra)
         if self._finished(cfg) is not None:
@@ -451,7 +451,7 @@ class Study:
 
     def _finished(self, cfg) -> dict[str, Any] | None:
         """The manifest of the finished run of ``cfg`` in its output_dir, or None."""
-        from .train.trainer import config_dict_hash
+        from flexpaft.train.trainer import config_dict_hash
 
         out = Path(cfg.output_dir)
         if not (out / "adapter").is_dir():
@@ -489,7 +489,7 @@ class Study:
 
     def random_layers(self, seed: int) -> list[list[int]]:
         """``random_draws`` selections of as many blocks as flexora selected for ``seed``."""
-        from .flexora.select import random_selections
+        from flexpaft.flexora.select import random_selections
 
         search = self.flexora_search(seed)
         k, n = len(search["layers"]), int(search["n_blocks"])
@@ -502,8 +502,8 @@ class Study:
         same seed, so both selections cost about the same; the scores are kept in
         ``train/lora_drop-rank-sS/lora_drop.json`` and reused for the same settings.
         """
-        from .flexora.baselines import lora_drop_scores
-        from .flexora.select import select_layers
+        from flexpaft.flexora.baselines import lora_drop_scores
+        from flexpaft.flexora.select import select_layers
 
         search = self.flexora_search(seed)
         steps = self.cfg.lora_drop_steps or max(1, int(search.get("inner_steps") or 0))
@@ -526,8 +526,8 @@ class Study:
         Scored on ``grad_probe_batches`` training batches of the lora run's own settings, with
         no optimizer step; the scores are kept in ``train/grad_probe-rank-sS/grad_probe.json``.
         """
-        from .flexora.baselines import gradient_probe_scores
-        from .flexora.select import select_layers
+        from flexpaft.flexora.baselines import gradient_probe_scores
+        from flexpaft.flexora.select import select_layers
 
         search = self.flexora_search(seed)
         cfg = self._train_config("grad_probe", seed)
@@ -545,7 +545,7 @@ class Study:
 
     def n_blocks(self) -> int:
         """Transformer blocks of the study's model, as the search counts them."""
-        from .flexora.blocks import count_blocks
+        from flexpaft.flexora.blocks import count_blocks
 
         if self._n_blocks is None:
             m = self.cfg.model
@@ -555,7 +555,7 @@ class Study:
 
     def _eval_config(self, set_name: str, method: str, seed: int | None):
         """Evaluation of run ``method`` (a run label: ``random-d0`` for a random draw)."""
-        from .evaluate.run import EvalConfig
+        from flexpaft.evaluate.run import EvalConfig
 
         run = "base" if seed is None else f"{method}-s{seed}"
         o = self._common() + [
@@ -581,7 +581,7 @@ class Study:
         """Examples skipped before the test slice: none where the task ships its own test split
         (the packaged snips: training reads its train file, evaluation its test file), else the
         training slice, so the test examples come after it in the one shuffled file."""
-        from .tasks import load_task
+        from flexpaft.tasks import load_task
 
         d = self.cfg.data
         separate = not d.source and not d.split and load_task(d.task).packaged_data
@@ -601,7 +601,7 @@ class Study:
         return self._window
 
     def eval_all(self) -> None:
-        from .evaluate.run import run_eval
+        from flexpaft.evaluate.run import run_eval
 
         for set_name in self.test_sets():
             for method, seed in self._runs():
@@ -629,7 +629,7 @@ class Study:
         ]
 
     def report_all(self) -> dict[str, Path]:
-        from .cli import main
+        from flexpaft.cli import main
 
         written = {}
         for set_name in self.test_sets():
@@ -759,7 +759,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .locks import run_dir_lock
+    from flexpaft.locks import run_dir_lock
 
     cfg = config_from_args(StudyConfig, args)
     # One study per directory: two would retrain and re-evaluate over each other's runs.

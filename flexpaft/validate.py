@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 # Allowed ranges of numeric config values, by dotted key; they apply to every config class that
 # has the key (train, eval and search share ``data.*`` and ``model.*``). (low, high, low_open):

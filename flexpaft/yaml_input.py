@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 # Far above any real config or prompt set (a 450-template set is ~1,000 nodes and ~100 KB) and
 # far below what hangs: walking 10^6 nodes takes about a second.

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import opt, section
-from ..settings import DataSettings, ModelSettings
+from flexpaft.config import opt, section
+from flexpaft.settings import DataSettings, ModelSettings
 
 
 @dataclass

@@ -12,9 +12,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..prompts import Template
-from . import metrics
-from .evaluator import EvalResult
+from flexpaft.evaluate import metrics
+from flexpaft.evaluate.evaluator import EvalResult
+from flexpaft.prompts import Template
 
 
 def process_state() -> Any:

@@ -13,14 +13,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..chat import ChatFormat
-from ..errors import FlexpaftError
-from ..models import base_fingerprint
-from ..prompts import Template
-from ..render import render
-from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from . import metrics
-from .scoring import (
+from flexpaft.chat import ChatFormat
+from flexpaft.errors import FlexpaftError
+from flexpaft.evaluate import metrics
+from flexpaft.evaluate.scoring import (
     Scored,
     TokenCache,
     generate_answers,
@@ -28,6 +24,10 @@ from .scoring import (
     score_first_token,
     single_token_answers,
 )
+from flexpaft.models import base_fingerprint
+from flexpaft.prompts import Template
+from flexpaft.render import render
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,8 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
     """Wrap ``model`` with a saved PEFT adapter; refuse one trained on another base model."""
     from peft import PeftModel
 
-    from ..stored import read_adapter_info
-    from ..validate import check_adapter_dir
+    from flexpaft.stored import read_adapter_info
+    from flexpaft.validate import check_adapter_dir
 
     path = check_adapter_dir(adapter_dir)
     info = read_adapter_info(path)

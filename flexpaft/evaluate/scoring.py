@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..render import Rendered, encode_answer, encode_prompt
-from ..tasks.spec import LETTERS
+from flexpaft.render import Rendered, encode_answer, encode_prompt
+from flexpaft.tasks.spec import LETTERS
 
 
 @dataclass

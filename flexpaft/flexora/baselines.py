@@ -12,10 +12,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
-from ..train.config import TrainConfig
-from .blocks import find_blocks
-from .select import lora_drop_ranking
+from flexpaft.errors import FlexpaftError
+from flexpaft.flexora.blocks import find_blocks
+from flexpaft.flexora.select import lora_drop_ranking
+from flexpaft.train.config import TrainConfig
 
 
 def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, list]:
@@ -23,9 +23,9 @@ def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, l
     run draws them: the same data slice, templates and seed."""
     from accelerate import Accelerator
 
-    from ..tasks.data import split_examples
-    from ..train.data import make_loader
-    from ..train.templates import training_templates
+    from flexpaft.tasks.data import split_examples
+    from flexpaft.train.data import make_loader
+    from flexpaft.train.templates import training_templates
 
     if batches < 1:
         raise FlexpaftError(f"{what} needs at least one batch, not {batches}")
@@ -42,7 +42,7 @@ def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, l
 def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) -> list[float]:
     """LoRA-drop importance per block of ``adapter`` (trained with ``cfg``), over ``batches``
     training batches drawn as that run drew them (same data slice, templates and seed)."""
-    from ..evaluate.evaluator import load_adapter
+    from flexpaft.evaluate.evaluator import load_adapter
 
     model, drawn = _training_batches(cfg, batches, "LoRA-drop")
     return lora_drop_ranking(load_adapter(model, adapter).eval(), drawn)
@@ -53,9 +53,9 @@ def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
     over its first ``batches`` training batches, with LoRA on every block and no step taken."""
     import dataclasses
 
-    from ..train.data import answer_loss
-    from ..train.lora import add_lora
-    from .select import gradient_probe_ranking
+    from flexpaft.flexora.select import gradient_probe_ranking
+    from flexpaft.train.data import answer_loss
+    from flexpaft.train.lora import add_lora
 
     model, drawn = _training_batches(cfg, batches, "the gradient probe")
     layout = find_blocks(model)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def count_blocks(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models import resolve_model
+    from flexpaft.models import resolve_model
 
     path = resolve_model(name_or_path, gguf_dtype)
     try:

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import FlexpaftError
-from ..io import atomic_directory
-from ..train.checkpoint import (
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_directory
+from flexpaft.train.checkpoint import (
     load_lora_state,
     load_states,
     read_state_json,

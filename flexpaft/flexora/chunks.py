@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..errors import FlexpaftError
-from ..train.data import answer_targets
-from ..train.options import is_options_batch, option_chunks
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.data import answer_targets
+from flexpaft.train.options import is_options_batch, option_chunks
 
 Batch = dict[str, torch.Tensor]
 

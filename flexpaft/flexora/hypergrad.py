@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.data import answer_loss
-from .chunks import weighted_chunks
-from .gates import LayerGates
+from flexpaft.flexora.chunks import weighted_chunks
+from flexpaft.flexora.gates import LayerGates
+from flexpaft.train.data import answer_loss
 
 Batch = dict[str, torch.Tensor]
 Params = dict[str, torch.Tensor]

@@ -11,11 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from ..io import atomic_write_json, sha256_json
-from ..tasks.spec import Example
-from ..train.config import LoraSettings, TrainConfig
-from ..train.lora import lora_config
-from .blocks import BlockLayout
+from flexpaft.flexora.blocks import BlockLayout
+from flexpaft.io import atomic_write_json, sha256_json
+from flexpaft.tasks.spec import Example
+from flexpaft.train.config import LoraSettings, TrainConfig
+from flexpaft.train.lora import lora_config
 
 
 @dataclass

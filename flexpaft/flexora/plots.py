@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_output
+from flexpaft.io import atomic_output
 
 
 def plot_alpha(records: list[dict[str, Any]], path: Path) -> None:
     """alpha per block against the outer step, written atomically (Agg canvas, no pyplot state)."""
-    from ..optional import available
+    from flexpaft.optional import available
 
     if not available("matplotlib", "alpha plot"):
         return

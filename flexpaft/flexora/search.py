@@ -34,24 +34,17 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..errors import FlexpaftError
-from ..io import atomic_write_text
-from ..memory import peak_memory
-from ..prompts import Template
-from ..tasks.data import split_examples
-from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from ..train.compute import attention_without_cudnn, checkpointing_paused
-from ..train.config import TrainConfig
-from ..train.data import answer_loss, make_loader
-from ..train.distributed import check_search_backend, fill_deepspeed_batch_size
-from ..train.lora import add_lora
-from ..train.options import options_loss
-from .blocks import find_blocks, modules_by_block
-from .budget import StableSelection, passes_per_micro_batch, search_length
-from .checkpoint import load_search_checkpoint, read_search_position, save_search_checkpoint
-from .chunks import chunked_loss_backward, search_rows
-from .gates import GateHooks, LayerGates
-from .hypergrad import (  # noqa: F401  (the math's names stay importable from here)
+from flexpaft.errors import FlexpaftError
+from flexpaft.flexora.blocks import find_blocks, modules_by_block
+from flexpaft.flexora.budget import StableSelection, passes_per_micro_batch, search_length
+from flexpaft.flexora.checkpoint import (
+    load_search_checkpoint,
+    read_search_position,
+    save_search_checkpoint,
+)
+from flexpaft.flexora.chunks import chunked_loss_backward, search_rows
+from flexpaft.flexora.gates import GateHooks, LayerGates
+from flexpaft.flexora.hypergrad import (  # noqa: F401  (the math's names stay importable from here)
     Batch,
     _WithParams,
     adam_surrogate_update,
@@ -60,16 +53,27 @@ from .hypergrad import (  # noqa: F401  (the math's names stay importable from h
     sgd_update,
     unrolled_hypergradient,
 )
-from .outcome import (
+from flexpaft.flexora.outcome import (
     SearchOutcome,
     block_patterns,
     peft_layers_pattern,
     search_config_hash,
     write_selection,
 )
-from .plots import plot_alpha
-from .select import RANK_RULES, gate_ranks, overlap, select_layers
-from .stream import BatchStream, FixedBatches
+from flexpaft.flexora.plots import plot_alpha
+from flexpaft.flexora.select import RANK_RULES, gate_ranks, overlap, select_layers
+from flexpaft.flexora.stream import BatchStream, FixedBatches
+from flexpaft.io import atomic_write_text
+from flexpaft.memory import peak_memory
+from flexpaft.prompts import Template
+from flexpaft.tasks.data import split_examples
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
+from flexpaft.train.compute import attention_without_cudnn, checkpointing_paused
+from flexpaft.train.config import TrainConfig
+from flexpaft.train.data import answer_loss, make_loader
+from flexpaft.train.distributed import check_search_backend, fill_deepspeed_batch_size
+from flexpaft.train.lora import add_lora
+from flexpaft.train.options import options_loss
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +510,7 @@ def _validation_set(
     a plain flexora run without a prompt set."""
     if cfg.method != "flexora" or not cfg.prompts.prompt_set:
         return None
-    from ..train.templates import load_valid_set
+    from flexpaft.train.templates import load_valid_set
 
     trained = {t.text for t in templates}
     found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]

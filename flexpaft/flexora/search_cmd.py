@@ -12,9 +12,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args
-from ..errors import FlexpaftError
-from ..train.config import TrainConfig
+from flexpaft.config import add_config_arguments, config_from_args
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.config import TrainConfig
 
 # The search needs to know whether templates come from a prompt set (PAFT) or are single.
 SEARCH_METHOD = {
@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
             f"to them), got {cfg.method!r}"
         )
     cfg = dataclasses.replace(cfg, method=SEARCH_METHOD[cfg.method])
-    from ..validate import check_writable_dir
+    from flexpaft.validate import check_writable_dir
 
     check_writable_dir(cfg.output_dir)
     if os.environ.get("RANK", "0") != "0":  # under a launcher the main process holds it
         return _search(cfg, args)
-    from ..locks import run_dir_lock
+    from flexpaft.locks import run_dir_lock
 
     with run_dir_lock(cfg.output_dir, "flexpaft search"):
         return _search(cfg, args)
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
 def _search(cfg: TrainConfig, args: argparse.Namespace) -> int:
     from accelerate.utils import set_seed
 
-    from ..train.compute import check_compute, load_for_training
-    from ..train.templates import training_templates
-    from ..train.trainer import make_accelerator
-    from .search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
+    from flexpaft.flexora.search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
+    from flexpaft.train.compute import check_compute, load_for_training
+    from flexpaft.train.templates import training_templates
+    from flexpaft.train.trainer import make_accelerator
 
     acc = make_accelerator(cfg)
     check_compute(cfg.compute, acc.device)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FlexpaftError
-from .blocks import BlockLayout, adapted_modules, find_blocks, modules_by_block
-from .gates import gate_values
+from flexpaft.errors import FlexpaftError
+from flexpaft.flexora.blocks import BlockLayout, adapted_modules, find_blocks, modules_by_block
+from flexpaft.flexora.gates import gate_values
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import FlexpaftError
-from ..train.sampling import PromptBatchSampler
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.sampling import PromptBatchSampler
 
 Batch = dict[str, torch.Tensor]
 

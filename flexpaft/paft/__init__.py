@@ -1,9 +1,9 @@
 """PAFT stage 1: candidate prompts (offline grammar, LLM generators), filters, adversarial set."""
 
-from .adversarial import make_adversarial
-from .filters import FilterReport, filter_candidates
-from .llm import HFChat, OpenAIChat, ReplyCache, generate_with_llms, parse_reply
-from .offline import generate_offline
+from flexpaft.paft.adversarial import make_adversarial
+from flexpaft.paft.filters import FilterReport, filter_candidates
+from flexpaft.paft.llm import HFChat, OpenAIChat, ReplyCache, generate_with_llms, parse_reply
+from flexpaft.paft.offline import generate_offline
 
 __all__ = [
     "FilterReport",

@@ -12,10 +12,10 @@ import random
 import re
 from collections.abc import Callable
 
-from ..prompts.promptset import PromptSet
-from ..prompts.template import Template, parse_template
-from ..tasks.spec import LETTERS, AnswerFormat, TaskSpec
-from .phrasings import enumeration_slots, escape_literal, load_bank
+from flexpaft.paft.phrasings import enumeration_slots, escape_literal, load_bank
+from flexpaft.prompts.promptset import PromptSet
+from flexpaft.prompts.template import Template, parse_template
+from flexpaft.tasks.spec import LETTERS, AnswerFormat, TaskSpec
 
 Pieces = list[tuple[str, str | None]]
 

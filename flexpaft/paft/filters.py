@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..prompts.promptset import PromptSet
-from ..prompts.template import Template
-from ..tasks.spec import AnswerFormat, TaskSpec
+from flexpaft.prompts.promptset import PromptSet
+from flexpaft.prompts.template import Template
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 
 # Drop reasons, in the order the filters run.
 INVALID, TOO_SHORT, TOO_LONG = "invalid", "too_short", "too_long"

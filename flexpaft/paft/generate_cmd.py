@@ -14,14 +14,14 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from ..errors import FlexpaftError
-from ..io import atomic_write_json, atomic_write_text
-from ..prompts.promptset import PromptSet
-from ..tasks import AnswerFormat, load_task
-from .adversarial import make_adversarial
-from .filters import filter_candidates
-from .llm import MAX_RETRY_WAIT, ChatModel, HFChat, OpenAIChat, generate_with_llms
-from .offline import generate_offline
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_write_json, atomic_write_text
+from flexpaft.paft.adversarial import make_adversarial
+from flexpaft.paft.filters import filter_candidates
+from flexpaft.paft.llm import MAX_RETRY_WAIT, ChatModel, HFChat, OpenAIChat, generate_with_llms
+from flexpaft.paft.offline import generate_offline
+from flexpaft.prompts.promptset import PromptSet
+from flexpaft.tasks import AnswerFormat, load_task
 
 GENERATORS = ("offline", "openai", "hf")
 
@@ -188,9 +188,9 @@ def _base_accuracy(args: argparse.Namespace, task, fmt: AnswerFormat):
     """A score_fn: the base model's accuracy under each template on a few examples."""
     if not args.score_data:
         raise FlexpaftError("--min-base-accuracy needs --score-data (examples to score on)")
-    from ..evaluate.evaluator import evaluate_templates
-    from ..models import load_model
-    from ..tasks import load_examples
+    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.models import load_model
+    from flexpaft.tasks import load_examples
 
     examples = load_examples(task, args.score_data, shuffle=True, seed=args.seed)
     examples = examples[: args.score_examples]
@@ -207,7 +207,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Numbers and names checked before any model is loaded or request sent."""
     import re
 
-    from ..validate import check_writable_dir
+    from flexpaft.validate import check_writable_dir
 
     for flag, value, low in (
         ("--per-request", args.per_request, 1),
@@ -244,7 +244,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     check_writable_dir(args.out)
     if args.cache is not None:
-        from ..validate import check_writable_file
+        from flexpaft.validate import check_writable_file
 
         check_writable_file(args.cache, "reply cache (--cache)")
 

@@ -32,12 +32,12 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import FlexpaftError
-from ..io import write_error
-from ..prompts.promptset import PromptSet, template_id
-from ..prompts.template import Template
-from ..tasks.spec import OPTION_SLOT, AnswerFormat, TaskSpec
-from .phrasings import enumeration_slots
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import write_error
+from flexpaft.paft.phrasings import enumeration_slots
+from flexpaft.prompts.promptset import PromptSet, template_id
+from flexpaft.prompts.template import Template
+from flexpaft.tasks.spec import OPTION_SLOT, AnswerFormat, TaskSpec
 
 log = logging.getLogger(__name__)
 

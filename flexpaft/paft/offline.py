@@ -22,11 +22,18 @@ import random
 import re
 from dataclasses import dataclass, replace
 
-from ..prompts.promptset import PromptSet
-from ..prompts.template import Template, parse_template
-from ..tasks.spec import LETTERS, OPTION_SLOT, AnswerFormat, TaskSpec
-from .filters import normalize_text
-from .phrasings import BodyPart, TaskBank, enumeration_slots, escape_literal, load_bank, task_bank
+from flexpaft.paft.filters import normalize_text
+from flexpaft.paft.phrasings import (
+    BodyPart,
+    TaskBank,
+    enumeration_slots,
+    escape_literal,
+    load_bank,
+    task_bank,
+)
+from flexpaft.prompts.promptset import PromptSet
+from flexpaft.prompts.template import Template, parse_template
+from flexpaft.tasks.spec import LETTERS, OPTION_SLOT, AnswerFormat, TaskSpec
 
 # Draws per requested candidate before giving up: the grammar is large, so running out means the
 # bank is too small for ``n``, and the caller gets fewer candidates rather than a hang.

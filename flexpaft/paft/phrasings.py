@@ -12,8 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from ..tasks.spec import AnswerFormat, TaskSpec
-from ..yaml_input import load_yaml
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
+from flexpaft.yaml_input import load_yaml
 
 # Which instruction list stands in when a format has none of its own.
 _INSTRUCTION_FALLBACK = {

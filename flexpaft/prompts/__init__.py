@@ -1,6 +1,6 @@
 """Prompt templates and prompt sets."""
 
-from .promptset import PromptSet
-from .template import Template, TemplateError
+from flexpaft.prompts.promptset import PromptSet
+from flexpaft.prompts.template import Template, TemplateError
 
 __all__ = ["PromptSet", "Template", "TemplateError"]

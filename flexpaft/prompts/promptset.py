@@ -16,12 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import FlexpaftError, short_repr
-from ..io import atomic_output, atomic_write_text
-from ..optional import require
-from ..tasks.spec import AnswerFormat, TaskSpec
-from ..yaml_input import load_yaml
-from .template import Template
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import atomic_output, atomic_write_text
+from flexpaft.optional import require
+from flexpaft.prompts.template import Template
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
+from flexpaft.yaml_input import load_yaml
 
 FORMATS = ("jsonl", "yaml", "txt", "csv", "xlsx")
 _TEXT_KEYS = ("template", "prompt", "text")

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from ..errors import FlexpaftError
-from ..tasks.spec import AnswerFormat, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 
 MAX_TEMPLATE_CHARS = 4000
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_output
-from ..optional import available
+from flexpaft.io import atomic_output
+from flexpaft.optional import available
 
 DPI = 150
 

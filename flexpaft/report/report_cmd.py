@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
-from ..io import atomic_write_json, atomic_write_text
-from .robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_write_json, atomic_write_text
+from flexpaft.report.robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -460,8 +460,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..validate import check_writable_dir
-    from .plots import plot_per_template
+    from flexpaft.report.plots import plot_per_template
+    from flexpaft.validate import check_writable_dir
 
     check_writable_dir(args.out)
     thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FlexpaftError
-from ..evaluate import metrics
-from ..stored import check_template_result
-from . import intervals
+from flexpaft.errors import FlexpaftError
+from flexpaft.evaluate import metrics
+from flexpaft.report import intervals
+from flexpaft.stored import check_template_result
 
 if TYPE_CHECKING:  # evaluator.py loads torch; `flexpaft report --help` should not
-    from ..evaluate.evaluator import EvalResult
+    from flexpaft.evaluate.evaluator import EvalResult
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
 
@@ -68,7 +68,7 @@ def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
     for i, entry in enumerate(data["per_template"], 1):
         if problem := check_template_result(entry):
             raise FlexpaftError(f"{where} is damaged: template {i}: {problem}")
-    from ..evaluate.evaluator import EvalResult
+    from flexpaft.evaluate.evaluator import EvalResult
 
     fields = {k: data[k] for k in (*keys, "summary") if k in data}
     try:

@@ -1,8 +1,8 @@
 """Tasks: specs (fields, choices, gold answer, answer format) and their data."""
 
-from .builtin import BUILTIN_TASKS, get_task
-from .data import load_examples, load_task, read_records, split_examples
-from .spec import AnswerFormat, Example, TaskSpec
+from flexpaft.tasks.builtin import BUILTIN_TASKS, get_task
+from flexpaft.tasks.data import load_examples, load_task, read_records, split_examples
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 
 __all__ = [
     "BUILTIN_TASKS",

@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
-from ..io import atomic_write_text
-from .spec import AnswerFormat, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_write_text
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 
 PACKAGE = "bigbench==1.0.0"
 ARCHIVE_ENV = "FLEXPAFT_BIGBENCH_ARCHIVE"
@@ -49,7 +49,7 @@ def _task_name(name: str) -> str:
 
 def _cache_root(cache_dir: Path | None) -> Path:
     if cache_dir is None:
-        from ..paths import cache_dir as default_cache_dir
+        from flexpaft.paths import cache_dir as default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "bigbench"
@@ -83,7 +83,7 @@ def check_known_task(task: str) -> None:
     """Refuse a name that is not a BIG-bench JSON task before the archive is downloaded."""
     import difflib
 
-    from .bigbench_names import JSON_TASKS
+    from flexpaft.tasks.bigbench_names import JSON_TASKS
 
     top = task.split("/", 1)[0]
     if top in JSON_TASKS:

@@ -7,8 +7,8 @@ Slot aliases follow the PAFT paper's released templates (OpenCompass reader name
 
 from __future__ import annotations
 
-from ..errors import FlexpaftError
-from .spec import AnswerFormat, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 
 LET, WORDS, CLOZE, GEN = (
     AnswerFormat.LETTER,
@@ -252,7 +252,7 @@ def get_task(name: str) -> TaskSpec:
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name]
     if name.startswith("bigbench:"):
-        from .bigbench import bigbench_task
+        from flexpaft.tasks.bigbench import bigbench_task
 
         return bigbench_task(name.split(":", 1)[1])
     raise FlexpaftError(

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
-from .data import read_records
-from .spec import AnswerFormat, RecordError, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks.data import read_records
+from flexpaft.tasks.spec import AnswerFormat, RecordError, TaskSpec
 
 
 def check_rows(task: TaskSpec, fmt: AnswerFormat, source: str) -> int:

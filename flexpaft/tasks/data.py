@@ -10,10 +10,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError
-from ..yaml_input import load_yaml
-from .builtin import get_task
-from .spec import Example, RecordError, TaskSpec
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks.builtin import get_task
+from flexpaft.tasks.spec import Example, RecordError, TaskSpec
+from flexpaft.yaml_input import load_yaml
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -22,7 +22,7 @@ def load_task(name_or_path: str) -> TaskSpec:
     """A built-in task name, ``bigbench:<task>``, or a YAML file describing a custom task."""
     p = Path(name_or_path)
     if p.suffix.lower() in (".yaml", ".yml"):
-        from ..validate import check_input_file
+        from flexpaft.validate import check_input_file
 
         check_input_file(p, "task file")
         try:
@@ -120,7 +120,7 @@ def load_examples(
     if source:
         records = read_records(source, split, config_name, revision)
     elif task.name.startswith("bigbench:"):
-        from .bigbench import bigbench_records_path
+        from flexpaft.tasks.bigbench import bigbench_records_path
 
         records = read_records(str(bigbench_records_path(task.name)))
     elif task.packaged_data:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..errors import FlexpaftError, short_repr
+from flexpaft.errors import FlexpaftError, short_repr
 
 LETTERS = string.ascii_uppercase
 

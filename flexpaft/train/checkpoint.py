@@ -21,8 +21,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..errors import FlexpaftError, short_repr
-from ..io import atomic_directory
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import atomic_directory
 
 STATE_FILE = "trainer_state.json"
 ADAPTER_FILE = "adapter.safetensors"

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config import opt
-from ..errors import FlexpaftError
+from flexpaft.config import opt
+from flexpaft.errors import FlexpaftError
 
 if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
     import torch
@@ -195,7 +195,7 @@ def prepare_for_training(model: torch.nn.Module, settings: ComputeSettings) -> t
 
 def load_for_training(model: Any, settings: ComputeSettings, device: torch.device) -> tuple:
     """(model, tokenizer) for ``ModelSettings`` ``model`` with the memory options applied."""
-    from ..models import load_model
+    from flexpaft.models import load_model
 
     check_compute(settings, device)
     base, tok = load_model(

@@ -6,14 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import opt, section
-from ..errors import FlexpaftError, short_repr
-from ..settings import DataSettings, ModelSettings
-from ..tasks.spec import AnswerFormat
-from .compute import ComputeSettings
-from .optim import OPTIMIZERS, SCHEDULERS
-from .tracking import REPORT_TO_HELP
-from .validation import ValidationSettings
+from flexpaft.config import opt, section
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.settings import DataSettings, ModelSettings
+from flexpaft.tasks.spec import AnswerFormat
+from flexpaft.train.compute import ComputeSettings
+from flexpaft.train.optim import OPTIMIZERS, SCHEDULERS
+from flexpaft.train.tracking import REPORT_TO_HELP
+from flexpaft.train.validation import ValidationSettings
 
 METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
 MULTI_TEMPLATE_METHODS = ("paft", "flexora+paft")

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..chat import ChatFormat, resolve_chat
-from ..prompts.template import Template
-from ..render import encode_for_training, render
-from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from .sampling import PromptBatchSampler
+from flexpaft.chat import ChatFormat, resolve_chat
+from flexpaft.prompts.template import Template
+from flexpaft.render import encode_for_training, render
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
+from flexpaft.train.sampling import PromptBatchSampler
 
 
 @dataclass
@@ -139,16 +139,16 @@ def make_loader(
     """
     from torch.utils.data import DataLoader
 
-    from .templates import sampled_own_index
+    from flexpaft.train.templates import sampled_own_index
 
     o = cfg.optim
     # options=True: items carry every option's answer, for the loss over options (options.py).
     if pairs:
-        from .consistency import PairedCollator, PairedOptionsDataset
+        from flexpaft.train.consistency import PairedCollator, PairedOptionsDataset
 
         dataset_cls, collator_cls = PairedOptionsDataset, PairedCollator
     elif options:
-        from .options import OptionsCollator, OptionsDataset
+        from flexpaft.train.options import OptionsCollator, OptionsDataset
 
         dataset_cls, collator_cls = OptionsDataset, OptionsCollator
     else:

@@ -15,8 +15,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin
 
-from ..errors import FlexpaftError
-from .compute import ComputeSettings, accelerator_kwargs
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.compute import ComputeSettings, accelerator_kwargs
 
 
 def _env_true(name: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 
 class DivergenceError(FlexpaftError):

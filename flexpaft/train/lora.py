@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..errors import FlexpaftError
-from .config import LoraSettings
+from flexpaft.errors import FlexpaftError
+from flexpaft.train.config import LoraSettings
 
 
 def lora_config(settings: LoraSettings, layers: list[int] | None = None) -> LoraConfig:

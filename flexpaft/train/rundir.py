@@ -13,9 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
-from ..errors import FlexpaftError
-from ..io import recover_directory
-from ..validate import check_writable_dir
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import recover_directory
+from flexpaft.validate import check_writable_dir
 
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FlexpaftError
+from flexpaft.errors import FlexpaftError
 
 MODES = ("example", "steps")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import FlexpaftError
-from ..prompts import PromptSet, Template
-from ..prompts.promptset import template_id
-from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from .config import MULTI_TEMPLATE_METHODS, TrainConfig
+from flexpaft.errors import FlexpaftError
+from flexpaft.prompts import PromptSet, Template
+from flexpaft.prompts.promptset import template_id
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
+from flexpaft.train.config import MULTI_TEMPLATE_METHODS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ def training_templates(
             raise FlexpaftError(
                 "method topaccuracy needs prompts.prompt_set (the candidate templates)"
             )
-        from ..evaluate.evaluator import evaluate_templates
+        from flexpaft.evaluate.evaluator import evaluate_templates
 
         ps = load_valid_set(cfg.prompts.prompt_set, task, fmt)
         probe = examples[: cfg.prompts.topaccuracy_examples]
-        from ..chat import resolve_chat
+        from flexpaft.chat import resolve_chat
 
         chat = resolve_chat(cfg.model.chat_template, tokenizer)
         result = evaluate_templates(

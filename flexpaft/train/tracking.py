@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlexpaftError, short_repr
-from ..io import atomic_output, atomic_write_text
-from ..optional import available
-from ..stored import damaged, read_jsonl_objects
+from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import atomic_output, atomic_write_text
+from flexpaft.optional import available
+from flexpaft.stored import damaged, read_jsonl_objects
 
 log = logging.getLogger(__name__)
 

@@ -26,19 +26,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..chat import chat_record, resolve_chat
-from ..data_checks import warn_duplicates, warn_long_prompts
-from ..errors import FlexpaftError
-from ..io import atomic_directory, atomic_write_json, sha256_json
-from ..locks import run_dir_lock
-from ..memory import peak_memory, release_memory, releases_memory
-from ..modelcard import write_model_card
-from ..models import base_fingerprint
-from ..prompts import PromptSet, Template
-from ..splits import TRAIN_HASHES, write_hashes
-from ..tasks.spec import AnswerFormat, Example, TaskSpec
-from .checkpoint import (
+from flexpaft import __version__
+from flexpaft.chat import chat_record, resolve_chat
+from flexpaft.data_checks import warn_duplicates, warn_long_prompts
+from flexpaft.errors import FlexpaftError
+from flexpaft.io import atomic_directory, atomic_write_json, sha256_json
+from flexpaft.locks import run_dir_lock
+from flexpaft.memory import peak_memory, release_memory, releases_memory
+from flexpaft.modelcard import write_model_card
+from flexpaft.models import base_fingerprint
+from flexpaft.prompts import PromptSet, Template
+from flexpaft.splits import TRAIN_HASHES, write_hashes
+from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
+from flexpaft.train.checkpoint import (
     Position,
     load_checkpoint,
     read_position,
@@ -46,30 +46,30 @@ from .checkpoint import (
     saved_rng_states,
     set_rng_states,
 )
-from .compute import (
+from flexpaft.train.compute import (
     attention_without_cudnn,
     check_compute,
     compute_summary,
     load_for_training,
 )
-from .config import TrainConfig
-from .consistency import batch_tokens, consistency_loss
-from .data import answer_loss, make_loader
-from .distributed import (
+from flexpaft.train.config import TrainConfig
+from flexpaft.train.consistency import batch_tokens, consistency_loss
+from flexpaft.train.data import answer_loss, make_loader
+from flexpaft.train.distributed import (
     adapter_state_dict,
     build_accelerator,
     fill_deepspeed_batch_size,
     weights_sharded,
 )
-from .guard import DivergenceGuard
-from .guard import grad_norm as total_grad_norm
-from .lora import adapted_layers, add_lora
-from .optim import make_optimizer, make_scheduler
-from .options import options_loss
-from .rundir import check_run_dir, finish_run_dir, prepare_run_dir
-from .templates import training_templates
-from .tracking import RunLog, tracker_names
-from .validation import Validator, eval_templates
+from flexpaft.train.guard import DivergenceGuard
+from flexpaft.train.guard import grad_norm as total_grad_norm
+from flexpaft.train.lora import adapted_layers, add_lora
+from flexpaft.train.optim import make_optimizer, make_scheduler
+from flexpaft.train.options import options_loss
+from flexpaft.train.rundir import check_run_dir, finish_run_dir, prepare_run_dir
+from flexpaft.train.templates import training_templates
+from flexpaft.train.tracking import RunLog, tracker_names
+from flexpaft.train.validation import Validator, eval_templates
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _train(
         warn_duplicates(examples, "training")
     v = cfg.validation
     if v.enabled:
-        from ..tasks.data import split_examples
+        from flexpaft.tasks.data import split_examples
 
         # Held out before anything looks at the data (topaccuracy's ranking, the layer search).
         examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
@@ -213,7 +213,7 @@ def _train(
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
     if cfg.method.startswith("flexora"):
-        from ..flexora.search import search_layers
+        from flexpaft.flexora.search import search_layers
 
         outcome = search_layers(
             cfg, model, tok, task, fmt, examples, templates, acc, progress=progress
@@ -265,7 +265,7 @@ def _train(
         write_model_card(out / "adapter", manifest)
         finish_run_dir(out)
         if cfg.push_to_hub:
-            from ..hub import push_adapter
+            from flexpaft.hub import push_adapter
 
             url = push_adapter(out / "adapter", cfg.hub_model_id, cfg.hub_private)
             log.info("pushed the adapter to %s", url)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import opt
-from ..errors import FlexpaftError
+from flexpaft.config import opt
+from flexpaft.errors import FlexpaftError
 
 if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
     import torch
 
-    from ..prompts import Template
-    from ..tasks.spec import AnswerFormat, Example, TaskSpec
+    from flexpaft.prompts import Template
+    from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ValidationSettings:
 def eval_templates(
     settings: ValidationSettings, task: TaskSpec, fmt: AnswerFormat, training: list[Template]
 ) -> list[Template]:
-    from .templates import load_valid_set
+    from flexpaft.train.templates import load_valid_set
 
     found = (
         list(load_valid_set(settings.eval_templates, task, fmt))
@@ -138,8 +138,8 @@ class Validator:
     def _measure(self, model: torch.nn.Module) -> dict[str, Any]:
         import torch
 
-        from ..evaluate.evaluator import evaluate_templates
-        from .data import PadCollator, RenderedDataset, answer_loss
+        from flexpaft.evaluate.evaluator import evaluate_templates
+        from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
 
         device = self.acc.device
         was_training = model.training
@@ -236,7 +236,7 @@ class Validator:
     def save(self, directory: Path, step: int) -> None:
         from safetensors.torch import save_file
 
-        from ..io import atomic_directory
+        from flexpaft.io import atomic_directory
 
         with atomic_directory(directory) as tmp:
             state = {
