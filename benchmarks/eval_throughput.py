@@ -74,10 +74,10 @@ from flexpaft.evaluate.scoring import (  # noqa: E402
     score_naive,
     single_token_answers,
 )
-from flexpaft.paft.offline import generate_offline  # noqa: E402
+from flexpaft.methods.templates import default_template  # noqa: E402
+from flexpaft.prompts.generate.offline import generate_offline  # noqa: E402
 from flexpaft.render import encode_answer, encode_prompt, render  # noqa: E402
 from flexpaft.tasks import AnswerFormat, Example, get_task, load_examples  # noqa: E402
-from flexpaft.train.templates import default_template  # noqa: E402
 
 REF = "naive per-choice"
 PER_OPTION = "flexpaft per-option"

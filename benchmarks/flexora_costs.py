@@ -67,16 +67,16 @@ from common import (  # noqa: E402
 )
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-import flexpaft.flexora.search as search_mod  # noqa: E402
+import flexpaft.methods.flexora.search as search_mod  # noqa: E402
 import flexpaft.train.trainer as trainer_mod  # noqa: E402
-from flexpaft.settings import DataSettings, ModelSettings  # noqa: E402
-from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
-from flexpaft.train.config import (  # noqa: E402
+from flexpaft.settings.common import DataSettings, ModelSettings  # noqa: E402
+from flexpaft.settings.train import (  # noqa: E402
     FlexoraSettings,
     LoraSettings,
     OptimSettings,
     TrainConfig,
 )
+from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
 from flexpaft.train.data import PadCollator, answer_loss  # noqa: E402
 from flexpaft.train.lora import lora_config  # noqa: E402
 
@@ -266,8 +266,8 @@ def memory_probe(args: Any, device: torch.device, layers: list[int]) -> dict[str
     """
     from accelerate import Accelerator
 
+    from flexpaft.methods.templates import training_templates
     from flexpaft.tasks.data import split_examples
-    from flexpaft.train.templates import training_templates
 
     n = args.mem_steps
     cfg = flexora_config(args, Path(tempfile.mkdtemp()), search_steps=n, stable_steps=0)
@@ -330,7 +330,7 @@ def compare_accuracy(args: Any, device: torch.device, runs: list[dict[str, Any]]
     import numpy as np
 
     from flexpaft.evaluate.evaluator import evaluate_templates, load_adapter
-    from flexpaft.train.templates import default_template
+    from flexpaft.methods.templates import default_template
 
     data = DataSettings(
         task=args.task,
@@ -556,7 +556,7 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
     """The paper's search length (one pass over the training split, no early stop), search only."""
     from accelerate import Accelerator
 
-    from flexpaft.train.templates import training_templates
+    from flexpaft.methods.templates import training_templates
 
     task, fmt, examples = cfg.data.load()
     model, tok = load_bench_model(args.model, device, args.dtype, args.tokenizer)
@@ -578,8 +578,8 @@ def full_search(args: Any, device: torch.device, cfg: TrainConfig) -> dict[str, 
 def parse_settings(spec: str) -> dict[str, Any]:
     """'budget_unit=rows,search_budget=0.15' -> flexora keyword arguments, parsed and checked as
     ``--set flexora.KEY=VALUE`` would be (unknown keys, types and choices refused)."""
-    from flexpaft.config import from_dict, parse_override
     from flexpaft.errors import FlexpaftError
+    from flexpaft.settings.schema import from_dict, parse_override
 
     try:
         pairs = (parse_override(item) for item in filter(None, spec.split(",")))

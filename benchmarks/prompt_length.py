@@ -222,9 +222,9 @@ def _load(arg: str) -> tuple[str, dict[str, Any]]:
 def _examples_and_task(data: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
     """The evaluated examples, reloaded from the run's own data settings and checked against its
     digest, so the lengths are those of what was scored."""
-    from flexpaft.config import from_dict
     from flexpaft.io import sha256_json
-    from flexpaft.settings import DataSettings
+    from flexpaft.settings.common import DataSettings
+    from flexpaft.settings.schema import from_dict
 
     cfg = data.get("config") or {}
     if not isinstance(cfg.get("data"), dict):
@@ -249,9 +249,9 @@ def prompt_lengths(task, fmt, templates, examples, tok, chat=None) -> dict[str, 
 
 def _served_model(data: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
     """The base model and adapter of an evaluated run, loaded as its evaluation loaded them."""
-    from flexpaft.config import from_dict
     from flexpaft.evaluate.evaluator import load_adapter
-    from flexpaft.settings import ModelSettings
+    from flexpaft.settings.common import ModelSettings
+    from flexpaft.settings.schema import from_dict
 
     cfg = data.get("config") or {}
     model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {"name": tok_name}
@@ -263,9 +263,9 @@ def _served_model(data: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from flexpaft.chat import resolve_chat
+    from flexpaft.methods.templates import default_template
     from flexpaft.models import load_tokenizer, resolve_model
     from flexpaft.prompts import Template
-    from flexpaft.train.templates import default_template
 
     runs = [_load(a) for a in args.runs]
     names = [n for n, _ in runs]

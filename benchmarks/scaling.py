@@ -49,13 +49,13 @@ from common import (  # noqa: E402
 )
 
 from flexpaft.evaluate.evaluator import evaluate_templates  # noqa: E402
-from flexpaft.paft.offline import generate_offline  # noqa: E402
+from flexpaft.methods.templates import default_template  # noqa: E402
+from flexpaft.prompts.generate.offline import generate_offline  # noqa: E402
+from flexpaft.settings.train import LoraSettings  # noqa: E402
 from flexpaft.tasks import get_task, load_examples  # noqa: E402
 from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
-from flexpaft.train.config import LoraSettings  # noqa: E402
 from flexpaft.train.data import PadCollator, answer_loss  # noqa: E402
 from flexpaft.train.lora import add_lora  # noqa: E402
-from flexpaft.train.templates import default_template  # noqa: E402
 
 
 def ints(s: str) -> list[int]:

@@ -25,7 +25,7 @@ echo "flexora selected $COUNT blocks: $LAYERS"
 BASE_ARGS=("${COMMON[@]}" --set "data.limit=$((TRAIN - VAL))" --set "optim.epochs=$EPOCHS" --set "optim.lr=$LR")
 flexpaft train --method lora -o "$OUT/all" "${BASE_ARGS[@]}"
 for seed in 0 1 2; do
-  RAND=$(python -c "from flexpaft.flexora.select import random_layers; print(random_layers($BLOCKS, $COUNT, $seed))")
+  RAND=$(python -c "from flexpaft.methods.flexora.select import random_layers; print(random_layers($BLOCKS, $COUNT, $seed))")
   flexpaft train --method lora -o "$OUT/random$seed" "${BASE_ARGS[@]}" --set "lora.layers_to_transform=$RAND"
 done
 # LoRA-drop-style baseline: the COUNT blocks with the largest LoRA output norm in the all-block run.

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from flexpaft.config import load_config
-from flexpaft.flexora.baselines import lora_drop_scores
-from flexpaft.flexora.select import select_layers
-from flexpaft.train.config import TrainConfig
+from flexpaft.methods.flexora.baselines import lora_drop_scores
+from flexpaft.methods.flexora.select import select_layers
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import TrainConfig
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from flexpaft.config import add_config_arguments, config_from_args
 from flexpaft.errors import FlexpaftError
+from flexpaft.settings.schema import add_config_arguments, config_from_args
 
 log = logging.getLogger("flexpaft")
 
@@ -23,7 +23,7 @@ ALLOW_OVERLAP_HELP = (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flexpaft.train.config import TrainConfig
+    from flexpaft.settings.train import TrainConfig
 
     cfg = config_from_args(TrainConfig, _flags(args), ("method", "output_dir"))
     from flexpaft.train.trainer import train  # after the config is checked: this loads torch
@@ -39,7 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from flexpaft.evaluate.config import EvalConfig
+    from flexpaft.settings.evaluate import EvalConfig
 
     cfg = config_from_args(
         EvalConfig, _flags(args), ("adapter", "output_dir", "reference_template")
@@ -78,7 +78,7 @@ def _ranges(layers: list[int]) -> str:
 
 
 def _cmd_prompts(args: argparse.Namespace) -> int:
-    from flexpaft import prompts_cmd
+    from flexpaft.commands import prompts as prompts_cmd
 
     return prompts_cmd.run(args)
 
@@ -86,9 +86,10 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # Only config classes and argument definitions load here, none of torch, transformers or
     # peft: `--help` and a mistyped flag answer in a fraction of a second (tests/test_help.py).
-    from flexpaft import __version__, prompts_cmd
-    from flexpaft.evaluate.config import EvalConfig
-    from flexpaft.train.config import TrainConfig
+    from flexpaft import __version__
+    from flexpaft.commands import prompts as prompts_cmd
+    from flexpaft.settings.evaluate import EvalConfig
+    from flexpaft.settings.train import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="flexpaft",
@@ -154,17 +155,17 @@ def _optional_commands() -> list[tuple[str, object, str]]:
     for name, modname, helptext in [
         (
             "search",
-            "flexpaft.flexora.search_cmd",
+            "flexpaft.commands.search",
             "Flexora: search which layers get LoRA (bilevel, unrolled differentiation)",
         ),
         (
             "report",
-            "flexpaft.report.report_cmd",
+            "flexpaft.commands.report",
             "robustness report: several runs side by side over unseen templates",
         ),
         (
             "study",
-            "flexpaft.study",
+            "flexpaft.workflows.study",
             "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
             "evaluation, reports with 95% intervals",
         ),
@@ -175,7 +176,7 @@ def _optional_commands() -> list[tuple[str, object, str]]:
         ),
         (
             "demo",
-            "flexpaft.demo",
+            "flexpaft.workflows.demo",
             "offline demo: fine-tune the embedded model, evaluate across held-out templates",
         ),
     ]:

@@ -7,9 +7,9 @@ import torch
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.config import TrainConfig
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import TrainConfig
 from flexpaft.train.optim import OPTIMIZERS, make_optimizer
 
 

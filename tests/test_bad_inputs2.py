@@ -18,8 +18,8 @@ from conftest import boolq_rows
 from test_bad_inputs import TEMPLATES, Case, _snapshot, shared  # noqa: F401  (shared: fixture)
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.settings.schema import load_config
 
 # Nine lines, under 1 KB: expands to 9^9 (387 million) strings.
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
@@ -252,7 +252,7 @@ def test_bad_input2(case, tmp_path, shared, capsys, monkeypatch):  # noqa: F811
     ],
 )
 def test_output_dir_is_taken_as_typed(typed, meant):
-    from flexpaft.train.config import TrainConfig
+    from flexpaft.settings.train import TrainConfig
 
     assert load_config(TrainConfig, None, [f"output_dir={typed}"]).output_dir == meant
 
@@ -260,8 +260,8 @@ def test_output_dir_is_taken_as_typed(typed, meant):
 def test_cli_output_flag_is_taken_as_typed(tmp_path):
     import argparse
 
-    from flexpaft.config import config_from_args
     from flexpaft.evaluate.run import EvalConfig
+    from flexpaft.settings.schema import config_from_args
 
     args = argparse.Namespace(config=None, set=["name=no"], adapter="", output_dir="exp #3")
     cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir"))
@@ -269,7 +269,7 @@ def test_cli_output_flag_is_taken_as_typed(tmp_path):
 
 
 def test_home_and_variables_are_expanded_in_paths_only(monkeypatch, tmp_path):
-    from flexpaft.train.config import TrainConfig
+    from flexpaft.settings.train import TrainConfig
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("RUN_DIR", "/srv/runs")
@@ -287,7 +287,7 @@ def test_home_and_variables_are_expanded_in_paths_only(monkeypatch, tmp_path):
 
 
 def test_yaml_file_strings_and_merge_key(tmp_path):
-    from flexpaft.study import StudyConfig
+    from flexpaft.workflows.study import StudyConfig
 
     f = tmp_path / "s.yaml"
     f.write_text(
@@ -295,7 +295,7 @@ def test_yaml_file_strings_and_merge_key(tmp_path):
         "output_dir: 'exp #3'\n"
         "eval:\n  <<: *d\n  max_length: 128\n"
     )
-    from flexpaft.config import read_yaml
+    from flexpaft.settings.schema import read_yaml
 
     data = read_yaml(f)
     assert data["eval"] == {"batch_size": 8, "max_length": 128}
@@ -358,8 +358,8 @@ def test_prompt_entry_error_echo_is_capped(tmp_path):
 
 # ---- late errors --------------------------------------------------------------------------------
 def test_selection_rules_match_the_selector():
-    from flexpaft.flexora import select
-    from flexpaft.train import config
+    from flexpaft.methods.flexora import select
+    from flexpaft.settings import train as config
 
     assert config.SELECTION_RULES == select.RULES and config.RANK_RULES == select.RANK_RULES
 
@@ -418,7 +418,7 @@ def test_checkpoint_of_the_same_shapes_still_loads(tmp_path, lora_pair):
 
 def test_checkpoint_past_the_runs_last_step_is_damaged(tmp_path, shared, capsys):  # noqa: F811
     """Same configuration (the hash matches), but a step the run can never have reached."""
-    from flexpaft.train.config import TrainConfig
+    from flexpaft.settings.train import TrainConfig
     from flexpaft.train.trainer import config_hash
 
     c = Case(tmp_path, shared)

@@ -304,10 +304,10 @@ def test_generate_with_base_accuracy_floor(tmp_path, tiny, tiny_model_dir, boolq
 
 
 def test_interrupted_evaluation_resumes_per_template(tmp_path, tiny_model_dir, boolq_files, capsys):
-    from flexpaft.config import load_config
     from flexpaft.evaluate.evaluator import TemplateResult
     from flexpaft.evaluate.run import EvalConfig, PartialResults, _resume_key
     from flexpaft.prompts import PromptSet
+    from flexpaft.settings.schema import load_config
 
     data, prompts = boolq_files
     sets = [

@@ -11,11 +11,12 @@ from conftest import boolq_rows, build_model, build_tokenizer, write_jsonl
 from test_flexora_search import TEMPLATES, examples
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import find_blocks
-from flexpaft.flexora.gates import LayerGates
-from flexpaft.flexora.search import alpha_gradient
+from flexpaft.methods.flexora.blocks import find_blocks
+from flexpaft.methods.flexora.gates import LayerGates
+from flexpaft.methods.flexora.search import alpha_gradient
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.train.compute import (
     ComputeSettings,
@@ -24,7 +25,6 @@ from flexpaft.train.compute import (
     prepare_for_training,
     quantization_config,
 )
-from flexpaft.train.config import LoraSettings, TrainConfig
 from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
 from flexpaft.train.distributed import build_accelerator
 from flexpaft.train.lora import add_lora
@@ -186,7 +186,7 @@ def test_checkpointing_does_not_change_the_checkpoint_identity(tmp_path, tiny_mo
 
 
 def test_attention_implementation_reaches_the_model(tiny_model_dir):
-    from flexpaft.settings import ModelSettings
+    from flexpaft.settings.common import ModelSettings
 
     model, _ = load_for_training(
         ModelSettings(name=str(tiny_model_dir)), ComputeSettings(attn_implementation="eager"), CPU
@@ -265,7 +265,7 @@ def test_unrolled_hypergradient_is_unchanged_by_checkpointing(tmp_path, tok):
     from accelerate import Accelerator
     from test_flexora_search import config
 
-    from flexpaft.flexora.search import LayerSearch
+    from flexpaft.methods.flexora.search import LayerSearch
 
     alphas = {}
     for ckpt in ("false", "true"):

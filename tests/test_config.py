@@ -1,8 +1,8 @@
 import pytest
 
-from flexpaft.config import describe, load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.config import TrainConfig
+from flexpaft.settings.schema import describe, load_config
+from flexpaft.settings.train import TrainConfig
 
 
 def test_defaults_yaml_and_overrides(tmp_path):
@@ -73,7 +73,7 @@ def test_shipped_example_configs_load():
     from pathlib import Path
 
     from flexpaft.evaluate.run import EvalConfig
-    from flexpaft.study import StudyConfig
+    from flexpaft.workflows.study import StudyConfig
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs

@@ -75,7 +75,7 @@ def test_demo_help_says_how_to_run_full_size(capsys):
 
 
 def test_conclusion_reports_separation_from_the_intervals(tmp_path):
-    from flexpaft.demo import conclusion
+    from flexpaft.workflows.demo import conclusion
 
     def method(name, mean, low):
         return {
@@ -119,7 +119,7 @@ def test_conclusion_reports_separation_from_the_intervals(tmp_path):
 
 
 def test_bf16_choice():
-    from flexpaft.demo import use_bf16
+    from flexpaft.workflows.demo import use_bf16
 
     assert use_bf16("on") is True
     assert use_bf16("off") is False

@@ -10,14 +10,14 @@ from conftest import build_tokenizer
 from test_flexora_search import config, run_search
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.budget import (
+from flexpaft.methods.flexora.budget import (
     StableSelection,
     outer_step_cost,
     passes_per_micro_batch,
     search_length,
 )
+from flexpaft.settings.train import FlexoraSettings, OptimSettings
 from flexpaft.train import data as data_mod
-from flexpaft.train.config import FlexoraSettings, OptimSettings
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
 def test_alpha_pass_runs_with_lora_weights_frozen_and_restores_them():
     from test_flexora_search import gated_float64_model, random_batches
 
-    from flexpaft.flexora.hypergrad import alpha_gradient
+    from flexpaft.methods.flexora.hypergrad import alpha_gradient
 
     model, gates, _ = gated_float64_model()
     lora = [p for p in model.parameters() if p.requires_grad]

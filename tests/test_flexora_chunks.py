@@ -8,9 +8,9 @@ from conftest import build_model, build_tokenizer
 from test_flexora_search import config, float64_answer_loss, gated_float64_model, run_search
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.chunks import chunked_loss_backward, search_rows, split_rows
-from flexpaft.flexora.hypergrad import alpha_gradient
-from flexpaft.train.config import LoraSettings
+from flexpaft.methods.flexora.chunks import chunked_loss_backward, search_rows, split_rows
+from flexpaft.methods.flexora.hypergrad import alpha_gradient
+from flexpaft.settings.train import LoraSettings
 from flexpaft.train.data import PadCollator, answer_loss
 from flexpaft.train.lora import add_lora
 

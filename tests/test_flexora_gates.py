@@ -7,9 +7,9 @@ import torch
 from conftest import build_model
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import find_blocks, modules_by_block
-from flexpaft.flexora.gates import LayerGates, gate_values
-from flexpaft.train.config import LoraSettings
+from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
+from flexpaft.methods.flexora.gates import LayerGates, gate_values
+from flexpaft.settings.train import LoraSettings
 from flexpaft.train.lora import add_lora
 
 VOCAB = 120

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import boolq_rows, build_model, write_jsonl
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import find_blocks, modules_by_block
-from flexpaft.flexora.outcome import block_patterns
-from flexpaft.flexora.select import gate_ranks
-from flexpaft.train.config import LoraSettings, TrainConfig
+from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
+from flexpaft.methods.flexora.outcome import block_patterns
+from flexpaft.methods.flexora.select import gate_ranks
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.train.lora import add_lora, check_adapted, lora_ranks
 from flexpaft.train.trainer import train
 

@@ -9,11 +9,10 @@ import torch
 from conftest import boolq_rows, build_model, build_tokenizer, recording_cudnn_flag
 from safetensors.torch import load_file
 
-from flexpaft.config import load_config
-from flexpaft.flexora import search as search_mod
-from flexpaft.flexora.blocks import find_blocks
-from flexpaft.flexora.gates import LayerGates
-from flexpaft.flexora.search import (
+from flexpaft.methods.flexora import search as search_mod
+from flexpaft.methods.flexora.blocks import find_blocks
+from flexpaft.methods.flexora.gates import LayerGates
+from flexpaft.methods.flexora.search import (
     LayerSearch,
     adam_surrogate_update,
     alpha_gradient,
@@ -22,8 +21,9 @@ from flexpaft.flexora.search import (
     unrolled_hypergradient,
 )
 from flexpaft.prompts import Template
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.config import LoraSettings, TrainConfig
 from flexpaft.train.data import PadCollator
 from flexpaft.train.lora import add_lora
 
@@ -390,7 +390,7 @@ def test_search_command_writes_selection_and_prints_layers(tmp_path, tiny_model_
 def test_search_command_never_runs_cudnn_attention(tmp_path, tiny_model_dir, monkeypatch):
     """``flexpaft search`` calls search_layers without train(): it keeps cuDNN attention out of
     its forwards and backwards too (compute.attention_without_cudnn)."""
-    import flexpaft.flexora.search as search_mod
+    import flexpaft.methods.flexora.search as search_mod
     from flexpaft.cli import main
 
     seen = {"forward": [], "backward": []}

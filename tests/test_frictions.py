@@ -7,9 +7,9 @@ import pytest
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate.config import EvalConfig
+from flexpaft.settings.evaluate import EvalConfig
+from flexpaft.settings.schema import load_config
 
 TEMPLATES = [
     "{passage}\nQuestion: {question}?\nAnswer:",
@@ -115,8 +115,8 @@ VARIED = [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]]
 
 
 def test_std_ratio_with_zero_stds_says_why_it_has_no_value():
+    from flexpaft.report.tables import comparison_table
     from flexpaft.report import build_report
-    from flexpaft.report.report_cmd import comparison_table
 
     runs = [("flat", _run("flat", FLAT_HALF)), ("flat2", _run("flat2", FLAT_3Q))]
     runs.append(("varied", _run("varied", VARIED)))

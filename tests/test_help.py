@@ -115,7 +115,7 @@ def test_argument_and_config_errors_fail_before_torch(tmp_path):
 
 
 def test_demo_sizes_default_to_the_machine_at_run_time():
-    from flexpaft.demo import CPU_SIZE, GPU_SIZE, resolve_sizes
+    from flexpaft.workflows.demo import CPU_SIZE, GPU_SIZE, resolve_sizes
 
     args = build_parser().parse_args(["demo", "--test-templates", "5"])
     # Left at None by the parser (no torch there), with both settings in the help.

@@ -18,16 +18,16 @@ from test_flexora_search import (
     run_search,
 )
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluate.scoring import score_naive
-from flexpaft.flexora.hypergrad import alpha_gradient
-from flexpaft.flexora.search import validation_templates
-from flexpaft.flexora.select import overlap
+from flexpaft.methods.flexora.hypergrad import alpha_gradient
+from flexpaft.methods.flexora.search import validation_templates
+from flexpaft.methods.flexora.select import overlap
 from flexpaft.prompts import Template
 from flexpaft.render import render
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import FlexoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.config import FlexoraSettings, TrainConfig
 from flexpaft.train.options import (
     OptionsCollator,
     OptionsDataset,
@@ -195,7 +195,7 @@ def test_the_search_tunes_alpha_on_options_under_held_out_templates(tmp_path, to
     )
     from accelerate import Accelerator
 
-    from flexpaft.flexora.search import LayerSearch
+    from flexpaft.methods.flexora.search import LayerSearch
 
     search = LayerSearch(
         cfg,
@@ -260,7 +260,7 @@ def test_stage2_trains_on_all_examples_unless_told_otherwise(
 
 
 def test_plain_flexora_validates_under_its_prompt_set_not_its_one_template(tmp_path):
-    from flexpaft.flexora.search import _validation_set
+    from flexpaft.methods.flexora.search import _validation_set
 
     one = [Template(TEMPLATES[0].text)]
     others = [Template(f"T{i}: {{question}}\nAnswer:") for i in range(3)]

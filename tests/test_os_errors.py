@@ -167,7 +167,7 @@ def test_appends_on_a_full_disk_name_their_file(tmp_path, monkeypatch):
     """The LLM reply cache and eval's partial results append outside the atomic writers."""
     from flexpaft.evaluate.evaluator import TemplateResult
     from flexpaft.evaluate.run import PartialResults
-    from flexpaft.paft.llm import ReplyCache
+    from flexpaft.prompts.generate.llm import ReplyCache
 
     enospc_on_fsync(monkeypatch)
     cache = ReplyCache(tmp_path / "replies.jsonl")
@@ -208,7 +208,7 @@ def test_safetensors_io_errors_become_os_errors_naming_the_path(tmp_path):
 def test_a_stray_os_or_safetensors_error_is_still_one_line(monkeypatch, capsys):
     from safetensors import SafetensorError
 
-    import flexpaft.prompts_cmd as prompts_cmd
+    import flexpaft.commands.prompts as prompts_cmd
 
     for exc, needle in [
         (SafetensorError("Error while serializing: I/O error: No space left (os error 28)"), "I/O"),
@@ -297,7 +297,7 @@ def test_generate_option_values_are_checked_first(tmp_path, capsys, flag, value,
 
 
 def test_retry_after_is_capped_and_announced(caplog):
-    from flexpaft.paft.llm import MAX_RETRY_WAIT, OpenAIChat, _Retryable
+    from flexpaft.prompts.generate.llm import MAX_RETRY_WAIT, OpenAIChat, _Retryable
 
     sleeps: list[float] = []
     chat = OpenAIChat("m", "http://127.0.0.1:9/v1", sleep=sleeps.append, max_retry_after=7)
@@ -310,7 +310,7 @@ def test_retry_after_is_capped_and_announced(caplog):
         return r
 
     chat._post = post
-    with caplog.at_level(logging.WARNING, logger="flexpaft.paft.llm"):
+    with caplog.at_level(logging.WARNING, logger="flexpaft.prompts.generate.llm"):
         assert chat.complete([{"role": "user", "content": "hi"}]) == ["ok"]
     assert sleeps == [7]
     (record,) = caplog.records

@@ -1,8 +1,8 @@
 import random
 import re
 
-from flexpaft.paft.adversarial import make_adversarial, perturb
-from flexpaft.paft.filters import normalize_text
+from flexpaft.prompts.generate.adversarial import make_adversarial, perturb
+from flexpaft.prompts.generate.filters import normalize_text
 from flexpaft.prompts.promptset import PromptSet
 from flexpaft.prompts.template import Template
 from flexpaft.tasks import BUILTIN_TASKS, AnswerFormat

@@ -2,7 +2,12 @@ import json
 
 import pytest
 
-from flexpaft.paft.filters import char_ngrams, filter_candidates, jaccard, normalize_text
+from flexpaft.prompts.generate.filters import (
+    char_ngrams,
+    filter_candidates,
+    jaccard,
+    normalize_text,
+)
 from flexpaft.prompts.promptset import PromptSet
 from flexpaft.tasks import BUILTIN_TASKS, AnswerFormat
 

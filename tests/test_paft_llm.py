@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.paft.llm import (
+from flexpaft.prompts.generate.llm import (
     HFChat,
     OpenAIChat,
     RateLimiter,
@@ -344,7 +344,7 @@ def test_hf_generator_in_a_run_with_stubbed_output(tmp_path):
 def test_generate_command_with_openai_stub_and_offline(tmp_path, monkeypatch):
     import argparse
 
-    from flexpaft.paft import generate_cmd
+    from flexpaft.commands import prompts_generate as generate_cmd
     from flexpaft.prompts.promptset import PromptSet
 
     monkeypatch.setenv("MY_GEN_KEY", SECRET)

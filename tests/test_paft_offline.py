@@ -3,9 +3,9 @@ import re
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.paft.filters import normalize_text
-from flexpaft.paft.offline import generate_offline, recase
-from flexpaft.paft.phrasings import load_bank
+from flexpaft.prompts.generate.filters import normalize_text
+from flexpaft.prompts.generate.offline import generate_offline, recase
+from flexpaft.prompts.generate.phrasings import load_bank
 from flexpaft.prompts.template import Template
 from flexpaft.tasks import BUILTIN_TASKS, AnswerFormat, TaskSpec
 
@@ -154,7 +154,7 @@ def test_recase_changes_literal_text_only():
 def _cli(argv):
     import argparse
 
-    from flexpaft.paft import generate_cmd
+    from flexpaft.commands import prompts_generate as generate_cmd
 
     parser = argparse.ArgumentParser()
     generate_cmd.add_arguments(parser)

@@ -12,9 +12,9 @@ import torch
 from conftest import boolq_rows, write_jsonl
 from test_trainer import _cfg  # the trainer tests' tiny-run config
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.config import TrainConfig
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import TrainConfig
 from flexpaft.train.sampling import PromptBatchSampler, plan_epoch
 
 TEXTS = [
@@ -81,9 +81,9 @@ def test_own_rate_is_validated():
 
 
 def test_own_template_is_added_to_the_training_templates(tmp_path):
+    from flexpaft.methods.templates import sampled_own_index, training_templates
     from flexpaft.tasks.builtin import BUILTIN_TASKS
     from flexpaft.tasks.spec import AnswerFormat
-    from flexpaft.train.templates import sampled_own_index, training_templates
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"template": t} for t in TEXTS])
     task, fmt = BUILTIN_TASKS["boolq"], AnswerFormat.LABEL_WORDS
@@ -383,8 +383,8 @@ def test_own_prompt_from_a_named_test_template_and_over_seeds():
 
 def test_eval_accepts_own_template_as_the_reference(tmp_path):
     from flexpaft.cli import build_parser
-    from flexpaft.config import config_from_args
-    from flexpaft.evaluate.config import EvalConfig
+    from flexpaft.settings.evaluate import EvalConfig
+    from flexpaft.settings.schema import config_from_args
 
     text = "{goal}\nA: {sol1}\nB: {sol2}\nAnswer:"
     args = build_parser().parse_args(["eval", "--own-template", text])
@@ -396,8 +396,8 @@ def test_eval_accepts_own_template_as_the_reference(tmp_path):
 
 def test_demo_and_report_print_the_own_prompt_table(tmp_path, capsys):
     from flexpaft.cli import main
-    from flexpaft.demo import console_summary
     from flexpaft.report import build_report
+    from flexpaft.workflows.demo import console_summary
 
     runs = [
         ("lora", _results("lora", LORA, [1, 1, 1, 1])),
@@ -418,7 +418,7 @@ def test_demo_and_report_print_the_own_prompt_table(tmp_path, capsys):
 
 
 def test_study_trains_and_scores_under_the_own_template(tmp_path):
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.workflows.study import Study, StudyConfig
 
     own = "{question}? ({passage})\nAnswer:"
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
@@ -433,8 +433,8 @@ def test_study_trains_and_scores_under_the_own_template(tmp_path):
 
 
 def test_auto_loss_is_the_options_loss_for_paft_on_scored_formats_only():
+    from flexpaft.settings.train import OptimSettings
     from flexpaft.tasks import AnswerFormat
-    from flexpaft.train.config import OptimSettings
 
     auto = OptimSettings()
     assert auto.loss == "auto"

@@ -52,7 +52,7 @@ TEXTS = {
 
 def _results(tmp_path: Path, model_dir: Path, name: str, accs: dict[str, float]) -> Path:
     from flexpaft.io import sha256_json
-    from flexpaft.settings import DataSettings
+    from flexpaft.settings.common import DataSettings
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(6))
     settings = {"task": "boolq", "source": str(data)}
@@ -82,7 +82,7 @@ def test_script_end_to_end_on_fabricated_results(tmp_path, tiny_model_dir):
     from flexpaft.models import load_tokenizer
     from flexpaft.prompts import Template
     from flexpaft.render import encode_prompt, render
-    from flexpaft.settings import DataSettings
+    from flexpaft.settings.common import DataSettings
 
     lora = _results(tmp_path, tiny_model_dir, "lora", {"short": 0.5, "mid": 0.6, "long": 0.9})
     paft = _results(tmp_path, tiny_model_dir, "paft", {"short": 0.82, "mid": 0.80, "long": 0.81})

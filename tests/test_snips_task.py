@@ -10,7 +10,7 @@ import pytest
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings import DataSettings
+from flexpaft.settings.common import DataSettings
 from flexpaft.tasks import bigbench as bigbench_mod
 from flexpaft.tasks import get_task, load_examples
 from flexpaft.tasks.builtin import SNIPS_INTENTS
@@ -69,7 +69,7 @@ def test_the_demo_runs_on_the_packaged_task_and_never_tests_on_a_trained_row(
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "[1/5] task snips" in text and "lora (one prompt)" in text
-    from flexpaft.evaluate.config import EvalConfig
+    from flexpaft.settings.evaluate import EvalConfig
     from flexpaft.splits import example_hash, read_hashes
 
     trained = read_hashes(out / "lora" / "adapter" / "train_hashes.txt")

@@ -5,7 +5,7 @@ import json
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
-from flexpaft.settings import DataSettings
+from flexpaft.settings.common import DataSettings
 from flexpaft.splits import TRAIN_HASHES, example_hash
 from flexpaft.tasks.spec import Example
 

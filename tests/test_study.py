@@ -8,7 +8,7 @@ import yaml
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
-from flexpaft.settings import balance_by_gold
+from flexpaft.settings.common import balance_by_gold
 from flexpaft.tasks import Example
 
 
@@ -96,9 +96,9 @@ def test_balance_by_gold_by_hand():
 
 
 def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
-    from flexpaft.config import load_config
     from flexpaft.prompts import PromptSet
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.settings.schema import load_config
+    from flexpaft.workflows.study import Study, StudyConfig
 
     pool = write_jsonl(
         tmp_path / "pool.jsonl",
@@ -123,8 +123,8 @@ def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
 def test_balanced_slices_stay_inside_their_window(tmp_path, tiny_model_dir):
     from dataclasses import replace
 
-    from flexpaft.config import load_config
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.settings.schema import load_config
+    from flexpaft.workflows.study import Study, StudyConfig
 
     # 'yes' on every 3rd row only: 1 in 3 answers is 'yes'.
     rows = [{"question": f"q{i}", "passage": f"p{i}", "answer": i % 3 == 0} for i in range(60)]

@@ -11,10 +11,10 @@ from conftest import boolq_rows, build_model, build_tokenizer, write_jsonl
 from test_flexora_search import random_batches
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
-from flexpaft.flexora.blocks import find_blocks
-from flexpaft.flexora.select import bottom_half_layers, gradient_probe_ranking
-from flexpaft.train.config import LoraSettings
+from flexpaft.methods.flexora.blocks import find_blocks
+from flexpaft.methods.flexora.select import bottom_half_layers, gradient_probe_ranking
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings
 from flexpaft.train.data import answer_loss
 from flexpaft.train.lora import add_lora
 
@@ -89,7 +89,7 @@ def test_study_trains_grad_probe_and_bottom_half(tmp_path, tiny_model_dir):
 
 
 def test_a_study_on_the_packaged_task_tests_on_its_test_split(tmp_path):
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.workflows.study import Study, StudyConfig
 
     study = Study(
         load_config(

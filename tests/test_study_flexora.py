@@ -12,7 +12,7 @@ from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.select import random_layers, random_selections, top_half_layers
+from flexpaft.methods.flexora.select import random_layers, random_selections, top_half_layers
 
 FLEXORA_METHODS = [
     "base",
@@ -71,7 +71,7 @@ def test_random_draws_differ_and_repeat_per_seed():
 
 
 def test_top_half_by_hand(tiny_model_dir):
-    from flexpaft.flexora.blocks import count_blocks
+    from flexpaft.methods.flexora.blocks import count_blocks
 
     assert top_half_layers(4) == [2, 3]
     assert top_half_layers(5) == [3, 4]  # the last 5 // 2 blocks
@@ -106,8 +106,8 @@ def test_a_flexora_held_out_set_as_large_as_the_training_slice_is_refused_first(
 
 
 def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_model_dir, caplog):
-    from flexpaft.config import load_config
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.settings.schema import load_config
+    from flexpaft.workflows.study import Study, StudyConfig
 
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["base"])
     study = Study(load_config(StudyConfig, path), progress=False)
@@ -129,15 +129,15 @@ def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_mode
     # Two variants per template asked for after the prompts step: the file is kept (evaluations
     # used it) and the mismatch is said.
     study2 = Study(load_config(StudyConfig, path, ["prompts.adversarial=2"]), progress=False)
-    with caplog.at_level(logging.WARNING, logger="flexpaft.study"):
+    with caplog.at_level(logging.WARNING, logger="flexpaft.workflows.study"):
         study2.generate()
     assert adv.read_text() == original
     assert "made with other settings than prompts.adversarial=2" in caplog.text
 
 
 def test_flexora_study_trains_every_baseline_and_reports_them(tmp_path, tiny_model_dir, capsys):
-    from flexpaft.config import load_config
-    from flexpaft.study import Study, StudyConfig
+    from flexpaft.settings.schema import load_config
+    from flexpaft.workflows.study import Study, StudyConfig
 
     path = _study_yaml(tmp_path, tiny_model_dir)
     assert main(["-q", "study", "--config", str(path)]) == 0

@@ -11,9 +11,9 @@ import yaml
 from test_study import _study_yaml
 
 from flexpaft.cli import main
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
-from flexpaft.study import Study, StudyConfig, _same_config, _without_added_settings
+from flexpaft.settings.schema import load_config
+from flexpaft.workflows.study import Study, StudyConfig, _same_config, _without_added_settings
 
 
 def _study(tmp_path, *overrides):
@@ -129,9 +129,9 @@ def test_settings_added_since_a_run_keep_it_when_at_their_default():
 def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monkeypatch):
     """Runs whose stored configs lack settings added later (at their earlier behaviour) are not
     redone."""
-    import flexpaft.study
+    import flexpaft.workflows.study
 
-    monkeypatch.setattr(flexpaft.study, "EVAL_SETTINGS_ADDED", {"max_templates": None})
+    monkeypatch.setattr(flexpaft.workflows.study, "EVAL_SETTINGS_ADDED", {"max_templates": None})
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["lora", "flexora"], seeds=[0])
     flexora = {"val_examples": 4, "selection": "topk", "k": 2}
     text = path.read_text().replace(

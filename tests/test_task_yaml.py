@@ -44,8 +44,8 @@ def _cli(capsys, *argv):
 
 # ---- the shipped example ---------------------------------------------------------------------
 def test_example_task_reads_its_data_through_the_config_path():
-    from flexpaft.config import load_config
-    from flexpaft.train.config import TrainConfig
+    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.train import TrainConfig
 
     cfg = load_config(
         TrainConfig, None, [f"data.task={EXAMPLE_TASK}", f"data.source={EXAMPLE_DATA}"]

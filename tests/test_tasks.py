@@ -162,7 +162,7 @@ def test_builtin_tasks_read_shared_data(name):
 
 
 def test_max_field_chars_shortens_at_word_boundary(tmp_path):
-    from flexpaft.settings import DataSettings, shorten
+    from flexpaft.settings.common import DataSettings, shorten
 
     assert shorten("the quick brown fox jumps", 12) == "the quick..."
     assert shorten("short", 12) == "short"

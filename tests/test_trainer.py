@@ -6,12 +6,12 @@ from conftest import boolq_rows, recording_cudnn_flag, write_jsonl
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
 from flexpaft.prompts import Template
 from flexpaft.render import Rendered, encode_for_training, render
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.config import LoraSettings, TrainConfig
 from flexpaft.train.data import PadCollator, answer_loss
 from flexpaft.train.lora import add_lora
 from flexpaft.train.trainer import train
@@ -179,7 +179,7 @@ def test_topaccuracy_trains_on_the_base_models_best_template(tmp_path, tiny_mode
     from flexpaft.evaluate.evaluator import evaluate_templates
     from flexpaft.models import load_model
     from flexpaft.prompts import PromptSet
-    from flexpaft.settings import DataSettings
+    from flexpaft.settings.common import DataSettings
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
     texts = [
@@ -288,7 +288,7 @@ def test_training_never_runs_cudnn_attention_and_restores_the_flag(
 ):
     """cuDNN's SDPA backward gives NaN gradients on left-padded batches (pytorch#196678): off for
     every training forward and backward, the Flexora search's included; back on afterwards."""
-    import flexpaft.flexora.search as search_mod
+    import flexpaft.methods.flexora.search as search_mod
     import flexpaft.train.trainer as trainer_mod
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))

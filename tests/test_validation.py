@@ -8,11 +8,11 @@ from accelerate import Accelerator
 from conftest import boolq_rows, build_model, build_tokenizer, write_jsonl
 from test_flexora_search import TEMPLATES, examples
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluate.evaluator import evaluate_templates, load_adapter
+from flexpaft.settings.schema import load_config
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.config import LoraSettings, TrainConfig
 from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
 from flexpaft.train.lora import add_lora
 from flexpaft.train.trainer import train
@@ -110,7 +110,7 @@ def _cfg(tiny_model_dir, data, out, *extra):
 
 def test_saved_adapter_is_the_best_one_and_the_manifest_says_so(tmp_path, tiny_model_dir):
     from flexpaft.models import load_model
-    from flexpaft.settings import DataSettings
+    from flexpaft.settings.common import DataSettings
     from flexpaft.tasks.data import split_examples
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(32))
@@ -136,7 +136,7 @@ def test_saved_adapter_is_the_best_one_and_the_manifest_says_so(tmp_path, tiny_m
     base, tok = load_model(str(tiny_model_dir), device="cpu")
     model = load_adapter(base, tmp_path / "run" / "adapter")
     settings = ValidationSettings(eval_every=1, eval_examples=8)
-    from flexpaft.train.templates import default_template
+    from flexpaft.methods.templates import default_template
 
     v = Validator(settings, task, fmt, held, [default_template(task, fmt)], tok, Accelerator(), 64)
     assert v.measure(model)["loss"] == pytest.approx(best["loss"], rel=1e-5)

@@ -11,9 +11,6 @@ from pathlib import Path
 from flexpaft.chat import chat_record, resolve_chat
 from flexpaft.data_checks import warn_long_prompts
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate.config import (
-    EvalConfig,
-)  # defined apart (no torch); still importable from here
 from flexpaft.evaluate.distributed import evaluate_sharded, process_state
 from flexpaft.evaluate.evaluator import (
     EvalResult,
@@ -25,11 +22,14 @@ from flexpaft.evaluate.evaluator import (
 from flexpaft.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
 from flexpaft.locks import run_dir_lock
 from flexpaft.memory import releases_memory
+from flexpaft.methods.templates import default_template, load_valid_set
 from flexpaft.prompts import PromptSet, Template
 from flexpaft.prompts.promptset import template_id
+from flexpaft.settings.evaluate import (
+    EvalConfig,
+)  # defined apart (no torch); still importable from here
 from flexpaft.splits import check_disjoint
 from flexpaft.stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
-from flexpaft.train.templates import default_template, load_valid_set
 from flexpaft.validate import check_adapter_dir, check_eval_output, check_writable_dir
 
 log = logging.getLogger(__name__)

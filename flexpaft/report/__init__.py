@@ -1,15 +1,12 @@
 """Robustness reports: several eval runs side by side over the same unseen templates."""
 
-from flexpaft.report.report_cmd import (
-    generation_table,
-    per_template_csv,
-    render_html,
-    render_markdown,
-    summary_table,
-)
+from flexpaft.report.render import per_template_csv, render_html, render_markdown
 from flexpaft.report.robustness import build_report, load_run, method_metrics, parse_thresholds
+from flexpaft.report.tables import generation_table, summary_table
+from flexpaft.report.write import Report, write_report
 
 __all__ = [
+    "Report",
     "build_report",
     "generation_table",
     "load_run",
@@ -19,4 +16,5 @@ __all__ = [
     "render_html",
     "render_markdown",
     "summary_table",
+    "write_report",
 ]

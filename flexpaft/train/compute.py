@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flexpaft.config import opt
 from flexpaft.errors import FlexpaftError
+from flexpaft.settings.schema import opt
 
 if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
     import torch

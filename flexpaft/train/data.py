@@ -139,7 +139,7 @@ def make_loader(
     """
     from torch.utils.data import DataLoader
 
-    from flexpaft.train.templates import sampled_own_index
+    from flexpaft.methods.templates import sampled_own_index
 
     o = cfg.optim
     # options=True: items carry every option's answer, for the loss over options (options.py).

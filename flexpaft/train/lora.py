@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.config import LoraSettings
+from flexpaft.settings.train import LoraSettings
 
 
 def lora_config(settings: LoraSettings, layers: list[int] | None = None) -> LoraConfig:

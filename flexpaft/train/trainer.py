@@ -33,9 +33,11 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_directory, atomic_write_json, sha256_json
 from flexpaft.locks import run_dir_lock
 from flexpaft.memory import peak_memory, release_memory, releases_memory
+from flexpaft.methods.templates import training_templates
 from flexpaft.modelcard import write_model_card
 from flexpaft.models import base_fingerprint
 from flexpaft.prompts import PromptSet, Template
+from flexpaft.settings.train import TrainConfig
 from flexpaft.splits import TRAIN_HASHES, write_hashes
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 from flexpaft.train.checkpoint import (
@@ -52,7 +54,6 @@ from flexpaft.train.compute import (
     compute_summary,
     load_for_training,
 )
-from flexpaft.train.config import TrainConfig
 from flexpaft.train.consistency import batch_tokens, consistency_loss
 from flexpaft.train.data import answer_loss, make_loader
 from flexpaft.train.distributed import (
@@ -67,7 +68,6 @@ from flexpaft.train.lora import adapted_layers, add_lora
 from flexpaft.train.optim import make_optimizer, make_scheduler
 from flexpaft.train.options import options_loss
 from flexpaft.train.rundir import check_run_dir, finish_run_dir, prepare_run_dir
-from flexpaft.train.templates import training_templates
 from flexpaft.train.tracking import RunLog, tracker_names
 from flexpaft.train.validation import Validator, eval_templates
 
@@ -213,7 +213,7 @@ def _train(
     layers = cfg.lora.layers_to_transform
     search_info: dict[str, Any] = {}
     if cfg.method.startswith("flexora"):
-        from flexpaft.flexora.search import search_layers
+        from flexpaft.methods.flexora.search import search_layers
 
         outcome = search_layers(
             cfg, model, tok, task, fmt, examples, templates, acc, progress=progress

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flexpaft.config import opt
 from flexpaft.errors import FlexpaftError
+from flexpaft.settings.schema import opt
 
 if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
     import torch
@@ -75,7 +75,7 @@ class ValidationSettings:
 def eval_templates(
     settings: ValidationSettings, task: TaskSpec, fmt: AnswerFormat, training: list[Template]
 ) -> list[Template]:
-    from flexpaft.train.templates import load_valid_set
+    from flexpaft.methods.templates import load_valid_set
 
     found = (
         list(load_valid_set(settings.eval_templates, task, fmt))

@@ -12,9 +12,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from flexpaft.config import add_config_arguments, config_from_args
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.config import TrainConfig
+from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.settings.train import TrainConfig
 
 # The search needs to know whether templates come from a prompt set (PAFT) or are single.
 SEARCH_METHOD = {
@@ -52,9 +52,15 @@ def run(args: argparse.Namespace) -> int:
 def _search(cfg: TrainConfig, args: argparse.Namespace) -> int:
     from accelerate.utils import set_seed
 
-    from flexpaft.flexora.search import ALPHA_LOG, ALPHA_PLOT, SEARCH_DIR, SELECTION, search_layers
+    from flexpaft.methods.flexora.search import (
+        ALPHA_LOG,
+        ALPHA_PLOT,
+        SEARCH_DIR,
+        SELECTION,
+        search_layers,
+    )
+    from flexpaft.methods.templates import training_templates
     from flexpaft.train.compute import check_compute, load_for_training
-    from flexpaft.train.templates import training_templates
     from flexpaft.train.trainer import make_accelerator
 
     acc = make_accelerator(cfg)

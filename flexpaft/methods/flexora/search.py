@@ -35,16 +35,18 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import find_blocks, modules_by_block
-from flexpaft.flexora.budget import StableSelection, passes_per_micro_batch, search_length
-from flexpaft.flexora.checkpoint import (
+from flexpaft.io import atomic_write_text
+from flexpaft.memory import peak_memory
+from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
+from flexpaft.methods.flexora.budget import StableSelection, passes_per_micro_batch, search_length
+from flexpaft.methods.flexora.checkpoint import (
     load_search_checkpoint,
     read_search_position,
     save_search_checkpoint,
 )
-from flexpaft.flexora.chunks import chunked_loss_backward, search_rows
-from flexpaft.flexora.gates import GateHooks, LayerGates
-from flexpaft.flexora.hypergrad import (  # noqa: F401  (the math's names stay importable from here)
+from flexpaft.methods.flexora.chunks import chunked_loss_backward, search_rows
+from flexpaft.methods.flexora.gates import GateHooks, LayerGates
+from flexpaft.methods.flexora.hypergrad import (  # noqa: F401  (the math's names stay importable from here)
     Batch,
     _WithParams,
     adam_surrogate_update,
@@ -53,23 +55,21 @@ from flexpaft.flexora.hypergrad import (  # noqa: F401  (the math's names stay i
     sgd_update,
     unrolled_hypergradient,
 )
-from flexpaft.flexora.outcome import (
+from flexpaft.methods.flexora.outcome import (
     SearchOutcome,
     block_patterns,
     peft_layers_pattern,
     search_config_hash,
     write_selection,
 )
-from flexpaft.flexora.plots import plot_alpha
-from flexpaft.flexora.select import RANK_RULES, gate_ranks, overlap, select_layers
-from flexpaft.flexora.stream import BatchStream, FixedBatches
-from flexpaft.io import atomic_write_text
-from flexpaft.memory import peak_memory
+from flexpaft.methods.flexora.plots import plot_alpha
+from flexpaft.methods.flexora.select import RANK_RULES, gate_ranks, overlap, select_layers
+from flexpaft.methods.flexora.stream import BatchStream, FixedBatches
 from flexpaft.prompts import Template
+from flexpaft.settings.train import TrainConfig
 from flexpaft.tasks.data import split_examples
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 from flexpaft.train.compute import attention_without_cudnn, checkpointing_paused
-from flexpaft.train.config import TrainConfig
 from flexpaft.train.data import answer_loss, make_loader
 from flexpaft.train.distributed import check_search_backend, fill_deepspeed_batch_size
 from flexpaft.train.lora import add_lora
@@ -510,7 +510,7 @@ def _validation_set(
     a plain flexora run without a prompt set."""
     if cfg.method != "flexora" or not cfg.prompts.prompt_set:
         return None
-    from flexpaft.train.templates import load_valid_set
+    from flexpaft.methods.templates import load_valid_set
 
     trained = {t.text for t in templates}
     found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]

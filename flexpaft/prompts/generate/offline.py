@@ -22,8 +22,8 @@ import random
 import re
 from dataclasses import dataclass, replace
 
-from flexpaft.paft.filters import normalize_text
-from flexpaft.paft.phrasings import (
+from flexpaft.prompts.generate.filters import normalize_text
+from flexpaft.prompts.generate.phrasings import (
     BodyPart,
     TaskBank,
     enumeration_slots,

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import Callable
 
-from flexpaft.paft.phrasings import enumeration_slots, escape_literal, load_bank
+from flexpaft.prompts.generate.phrasings import enumeration_slots, escape_literal, load_bank
 from flexpaft.prompts.promptset import PromptSet
 from flexpaft.prompts.template import Template, parse_template
 from flexpaft.tasks.spec import LETTERS, AnswerFormat, TaskSpec

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from flexpaft.config import opt, section
-from flexpaft.settings import DataSettings, ModelSettings
+from flexpaft.settings.common import DataSettings, ModelSettings
+from flexpaft.settings.schema import opt, section
 
 
 @dataclass

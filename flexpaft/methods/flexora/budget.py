@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.gates import gate_values
-from flexpaft.flexora.select import select_layers
-from flexpaft.train.config import FlexoraSettings, OptimSettings
+from flexpaft.methods.flexora.gates import gate_values
+from flexpaft.methods.flexora.select import select_layers
+from flexpaft.settings.train import FlexoraSettings, OptimSettings
 
 # Forward+backward micro-batches of work per training micro-batch of an unrolled outer step: the
 # differentiable inner step (a backward with create_graph), the backward through it, the commit.

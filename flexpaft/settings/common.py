@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from flexpaft.chat import CHOICES_HELP
-from flexpaft.config import opt
 from flexpaft.errors import FlexpaftError
+from flexpaft.settings.schema import opt
 from flexpaft.tasks import AnswerFormat, Example, TaskSpec, load_examples, load_task
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from flexpaft.errors import FlexpaftError
 from flexpaft.prompts import PromptSet, Template
 from flexpaft.prompts.promptset import template_id
+from flexpaft.settings.train import MULTI_TEMPLATE_METHODS, TrainConfig
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
-from flexpaft.train.config import MULTI_TEMPLATE_METHODS, TrainConfig
 
 log = logging.getLogger(__name__)
 

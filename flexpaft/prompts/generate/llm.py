@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import write_error
-from flexpaft.paft.phrasings import enumeration_slots
+from flexpaft.prompts.generate.phrasings import enumeration_slots
 from flexpaft.prompts.promptset import PromptSet, template_id
 from flexpaft.prompts.template import Template
 from flexpaft.tasks.spec import OPTION_SLOT, AnswerFormat, TaskSpec

@@ -31,10 +31,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flexpaft.config import add_config_arguments, config_from_args, load_config, opt, section
 from flexpaft.errors import FlexpaftError, short_repr
 from flexpaft.io import atomic_write_json
-from flexpaft.settings import DataSettings, ModelSettings, balanced_window
+from flexpaft.settings.common import DataSettings, ModelSettings, balanced_window
+from flexpaft.settings.schema import (
+    add_config_arguments,
+    config_from_args,
+    load_config,
+    opt,
+    section,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +253,7 @@ class Study:
         return o + _flat("", self.cfg.train) + own + list(extra)
 
     def _train_config(self, label: str, seed: int, extra: Sequence[str] = ()):
-        from flexpaft.train.config import TrainConfig
+        from flexpaft.settings.train import TrainConfig
 
         return load_config(TrainConfig, None, self._train_overrides(label, seed, extra))
 
@@ -269,8 +275,8 @@ class Study:
     # -- validation before any expensive step --------------------------------------------------
     def check(self) -> None:
         """Every input the study depends on, checked before the first forward pass."""
-        from flexpaft.train.config import TrainConfig
-        from flexpaft.train.templates import load_valid_set
+        from flexpaft.methods.templates import load_valid_set
+        from flexpaft.settings.train import TrainConfig
 
         task, fmt, examples = self.cfg.data.load()
         need = self.cfg.train_examples + 1
@@ -364,8 +370,8 @@ class Study:
         the prompts step) is kept: evaluations already done used it, and they are keyed by its
         path, not its content.
         """
-        from flexpaft.paft.adversarial import make_adversarial
         from flexpaft.prompts import PromptSet
+        from flexpaft.prompts.generate.adversarial import make_adversarial
         from flexpaft.tasks import load_task
 
         p = self.cfg.prompts
@@ -391,8 +397,8 @@ class Study:
 
     def _split_candidates(self, main) -> None:
         """A given pool, validated for the task, split at template level like generated ones."""
-        from flexpaft.paft.adversarial import make_adversarial
-        from flexpaft.train.templates import load_valid_set
+        from flexpaft.methods.templates import load_valid_set
+        from flexpaft.prompts.generate.adversarial import make_adversarial
 
         p = self.cfg.prompts
         if not Path(p.candidates).is_file():
@@ -414,7 +420,7 @@ class Study:
         log.info("prompts: %d train, %d unseen test from %s", len(train), len(test), p.candidates)
 
     def train_all(self) -> None:
-        from flexpaft.flexora.select import bottom_half_layers, top_half_layers
+        from flexpaft.methods.flexora.select import bottom_half_layers, top_half_layers
 
         # flexora before the baselines that take their block count from it.
         methods = [m for m in self.cfg.methods if m != "base"]
@@ -489,7 +495,7 @@ class Study:
 
     def random_layers(self, seed: int) -> list[list[int]]:
         """``random_draws`` selections of as many blocks as flexora selected for ``seed``."""
-        from flexpaft.flexora.select import random_selections
+        from flexpaft.methods.flexora.select import random_selections
 
         search = self.flexora_search(seed)
         k, n = len(search["layers"]), int(search["n_blocks"])
@@ -502,8 +508,8 @@ class Study:
         same seed, so both selections cost about the same; the scores are kept in
         ``train/lora_drop-rank-sS/lora_drop.json`` and reused for the same settings.
         """
-        from flexpaft.flexora.baselines import lora_drop_scores
-        from flexpaft.flexora.select import select_layers
+        from flexpaft.methods.flexora.baselines import lora_drop_scores
+        from flexpaft.methods.flexora.select import select_layers
 
         search = self.flexora_search(seed)
         steps = self.cfg.lora_drop_steps or max(1, int(search.get("inner_steps") or 0))
@@ -526,8 +532,8 @@ class Study:
         Scored on ``grad_probe_batches`` training batches of the lora run's own settings, with
         no optimizer step; the scores are kept in ``train/grad_probe-rank-sS/grad_probe.json``.
         """
-        from flexpaft.flexora.baselines import gradient_probe_scores
-        from flexpaft.flexora.select import select_layers
+        from flexpaft.methods.flexora.baselines import gradient_probe_scores
+        from flexpaft.methods.flexora.select import select_layers
 
         search = self.flexora_search(seed)
         cfg = self._train_config("grad_probe", seed)
@@ -545,7 +551,7 @@ class Study:
 
     def n_blocks(self) -> int:
         """Transformer blocks of the study's model, as the search counts them."""
-        from flexpaft.flexora.blocks import count_blocks
+        from flexpaft.methods.flexora.blocks import count_blocks
 
         if self._n_blocks is None:
             m = self.cfg.model

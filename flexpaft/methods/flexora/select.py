@@ -17,8 +17,13 @@ import torch
 from torch import nn
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import BlockLayout, adapted_modules, find_blocks, modules_by_block
-from flexpaft.flexora.gates import gate_values
+from flexpaft.methods.flexora.blocks import (
+    BlockLayout,
+    adapted_modules,
+    find_blocks,
+    modules_by_block,
+)
+from flexpaft.methods.flexora.gates import gate_values
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,10 @@
-"""``flexpaft report RUN...``: several eval runs side by side, as Markdown, HTML, CSV and a plot."""
+"""The report's tables: (header, rows) pairs built from ``build_report``'s dict, shared by the
+Markdown, HTML and console renderings."""
 
 from __future__ import annotations
 
-import argparse
-import base64
-import csv
-import html
-import io
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-from flexpaft.errors import FlexpaftError
-from flexpaft.io import atomic_write_json, atomic_write_text
-from flexpaft.report.robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -128,7 +118,7 @@ def generation_table(report: dict[str, Any]) -> Table | None:
     return headers, rows
 
 
-def _markdown_table(table: Table) -> list[str]:
+def markdown_lines(table: Table) -> list[str]:
     headers, rows = table
     esc = [[c.replace("|", "\\|") for c in r] for r in [headers, *rows]]
     lines = [
@@ -139,14 +129,14 @@ def _markdown_table(table: Table) -> list[str]:
     return lines
 
 
-def _overview(report: dict[str, Any]) -> str:
+def overview(report: dict[str, Any]) -> str:
     return (
         f"{len(report['methods'])} methods, {len(report['templates'])} unseen test templates, "
         f"{report['examples']} examples per template, scoring: {', '.join(report['modes'])}."
     )
 
 
-def _references(report: dict[str, Any]) -> list[str]:
+def reference_lines(report: dict[str, Any]) -> list[str]:
     return [
         f"- {m['name']}: {m['reference']}, accuracy {_pct(m['reference_accuracy'])}%"
         for m in report["methods"]
@@ -300,213 +290,3 @@ def interval_note(report: dict[str, Any]) -> str:
             f"{_pct(report['majority_rate'])}% on these examples."
         )
     return " ".join(parts)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The whole report as Markdown; tables are ready to paste into a paper."""
-    out = [f"# Robustness report: {report['task']} ({report['format']})", "", _overview(report), ""]
-    for w in report["warnings"]:
-        out.append(f"> **Warning:** {w}")
-    if report["warnings"]:
-        out.append("")
-    out += ["## Accuracy across unseen templates (%)", "", *_markdown_table(summary_table(report))]
-    out += ["", "Best value per column in bold.", ""]
-    ivt = interval_table(report)
-    if ivt:
-        out += ["## With 95% intervals (%)", "", *_markdown_table(ivt), ""]
-        cmp = comparison_table(report)
-        if cmp:
-            out += ["## Paired differences", "", *_markdown_table(cmp), ""]
-        out += [interval_note(report), ""]
-    own = own_section(report)
-    if own:
-        out += ["## Under the user's own prompt (%)", ""]
-        for t in own:
-            out += [*_markdown_table(t), ""]
-        out += [OWN_NOTE, ""]
-    refs = _references(report)
-    if refs:
-        out += ["Reference template for PDR:", "", *refs, ""]
-    out += ["### How to read", ""]
-    out += [f"- **{name}**: {text}" for name, text in HOW_TO_READ]
-    gen = generation_table(report)
-    if gen:
-        out += ["", "## Generation cost: an output-length effect", "", OUTPUT_LENGTH_NOTE, ""]
-        out += _markdown_table(gen)
-    return "\n".join(out) + "\n"
-
-
-def _html_table(table: Table) -> str:
-    headers, rows = table
-
-    def cell(tag: str, text: str) -> str:
-        bold = text.startswith("**") and text.endswith("**")
-        text = html.escape(text.strip("*") if bold else text)
-        return f"<{tag}>{'<b>' + text + '</b>' if bold else text}</{tag}>"
-
-    head = "<tr>" + "".join(cell("th", h) for h in headers) + "</tr>"
-    body = "".join("<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows)
-    return f"<table>{head}{body}</table>"
-
-
-def render_html(report: dict[str, Any], png: Path | None = None) -> str:
-    """A self-contained page: the tables, definitions and the plot as an inline PNG."""
-    esc = html.escape
-    parts = [
-        f"<h1>Robustness report: {esc(report['task'])} ({esc(report['format'])})</h1>",
-        f"<p>{esc(_overview(report))}</p>",
-        *[f"<p class='warn'>Warning: {esc(w)}</p>" for w in report["warnings"]],
-        "<h2>Accuracy across unseen templates (%)</h2>",
-        _html_table(summary_table(report)),
-        "<p>Best value per column in bold.</p>",
-    ]
-    ivt = interval_table(report)
-    if ivt:
-        parts += ["<h2>With 95% intervals (%)</h2>", _html_table(ivt)]
-        cmp = comparison_table(report)
-        if cmp:
-            parts += ["<h2>Paired differences</h2>", _html_table(cmp)]
-        parts.append(f"<p>{esc(interval_note(report))}</p>")
-    own = own_section(report)
-    if own:
-        parts += ["<h2>Under the user's own prompt (%)</h2>", *[_html_table(t) for t in own]]
-        parts.append(f"<p>{esc(OWN_NOTE)}</p>")
-    refs = _references(report)
-    if refs:
-        items = "".join(f"<li>{esc(r[2:])}</li>" for r in refs)
-        parts.append(f"<p>Reference template for PDR:</p><ul>{items}</ul>")
-    if png is not None and png.is_file():
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<img alt='per-template accuracy' src='data:image/png;base64,{data}'>")
-    items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in HOW_TO_READ)
-    parts.append(f"<h3>How to read</h3><ul>{items}</ul>")
-    gen = generation_table(report)
-    if gen:
-        parts += [
-            "<h2>Generation cost: an output-length effect</h2>",
-            f"<p>{esc(OUTPUT_LENGTH_NOTE)}</p>",
-            _html_table(gen),
-        ]
-    style = (
-        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-        "th:first-child,td:first-child{text-align:left}.warn{color:#a40}img{max-width:100%}"
-    )
-    title = esc(f"flexpaft report: {report['task']}")
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
-
-
-def per_template_csv(report: dict[str, Any]) -> str:
-    """Template id x method accuracy matrix (empty cell: the method lacks that template)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["template", *[m["name"] for m in report["methods"]]])
-    for tid in report["templates"]:
-        row = [m["per_template"].get(tid) for m in report["methods"]]
-        writer.writerow([tid, *["" if a is None else f"{a:.6g}" for a in row]])
-    return buf.getvalue()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "runs",
-        nargs="+",
-        metavar="RUN",
-        help="eval output directory or results.json; NAME=PATH sets the label "
-        "(default: the run's name)",
-    )
-    parser.add_argument("--out", "-o", default="runs/report", help="output directory")
-    parser.add_argument(
-        "--thresholds",
-        action="append",
-        metavar="T,T,...",
-        # One comma-separated value, so the option never swallows the RUN arguments after it.
-        help="Top@t thresholds, e.g. 0.6,0.7 for small models or 60,70 in percent "
-        "(default 0.8,0.85,0.9)",
-    )
-    parser.add_argument(
-        "--reference-template",
-        metavar="ID",
-        help="test template to measure PDR against when a run has no reference entry",
-    )
-    parser.add_argument(
-        "--allow-mismatch",
-        action="store_true",
-        help="report runs with different tasks, formats, templates or example counts anyway",
-    )
-    parser.add_argument(
-        "--html", action="store_true", help="also write a self-contained report.html"
-    )
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=2000,
-        metavar="B",
-        help="bootstrap replicates for the 95%% intervals (0 = no intervals)",
-    )
-    parser.add_argument(
-        "--seeds",
-        action="store_true",
-        help="runs that share a label (NAME=PATH with the same NAME) are seeds of one method: "
-        "one row, averaged, with mean ± std over seeds",
-    )
-    parser.add_argument(
-        "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from flexpaft.report.plots import plot_per_template
-    from flexpaft.validate import check_writable_dir
-
-    check_writable_dir(args.out)
-    thresholds = parse_thresholds(args.thresholds or DEFAULT_THRESHOLDS)
-    if args.bootstrap < 0:
-        raise FlexpaftError(
-            f"--bootstrap must be 0 (off) or a positive count, not {args.bootstrap}"
-        )
-    loaded = [load_run(r) for r in args.runs]
-    report = build_report(
-        [(name, data) for name, data, _ in loaded],
-        thresholds,
-        args.reference_template,
-        args.allow_mismatch,
-        n_boot=args.bootstrap,
-        seed=args.bootstrap_seed,
-        group_seeds=args.seeds,
-    )
-    for method, (_, _, source) in zip(report["methods"], loaded):
-        method["source"] = source
-    out = Path(args.out)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report))
-    atomic_write_text(out / "per_template.csv", per_template_csv(report))
-    png = plot_per_template(report, out / "per_template.png")
-    written = ["report.json", "report.md", "per_template.csv"] + (
-        ["per_template.png"] if png else []
-    )
-    if args.html:
-        atomic_write_text(out / "report.html", render_html(report, png))
-        written.append("report.html")
-    for w in report["warnings"]:
-        print(f"flexpaft: warning: {w}", file=sys.stderr)
-    if not getattr(args, "quiet", False):
-        print("\n".join(_markdown_table(summary_table(report, mark_best=False))))
-    ivt = interval_table(report)
-    if ivt:
-        print("\n".join(["", *_markdown_table(ivt)]))
-        cmp = comparison_table(report)
-        if cmp:
-            print("\n".join(["", *_markdown_table(cmp)]))
-        print(interval_note(report))
-    own = own_section(report)
-    if own:
-        print("\nUnder the user's own prompt (%):")
-        for t in own:
-            print("\n".join(["", *_markdown_table(t)]))
-    print(f"report: {out}/ ({', '.join(written)})")
-    return 0

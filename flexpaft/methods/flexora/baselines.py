@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.flexora.blocks import find_blocks
-from flexpaft.flexora.select import lora_drop_ranking
-from flexpaft.train.config import TrainConfig
+from flexpaft.methods.flexora.blocks import find_blocks
+from flexpaft.methods.flexora.select import lora_drop_ranking
+from flexpaft.settings.train import TrainConfig
 
 
 def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, list]:
@@ -23,9 +23,9 @@ def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, l
     run draws them: the same data slice, templates and seed."""
     from accelerate import Accelerator
 
+    from flexpaft.methods.templates import training_templates
     from flexpaft.tasks.data import split_examples
     from flexpaft.train.data import make_loader
-    from flexpaft.train.templates import training_templates
 
     if batches < 1:
         raise FlexpaftError(f"{what} needs at least one batch, not {batches}")
@@ -53,7 +53,7 @@ def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
     over its first ``batches`` training batches, with LoRA on every block and no step taken."""
     import dataclasses
 
-    from flexpaft.flexora.select import gradient_probe_ranking
+    from flexpaft.methods.flexora.select import gradient_probe_ranking
     from flexpaft.train.data import answer_loss
     from flexpaft.train.lora import add_lora
 

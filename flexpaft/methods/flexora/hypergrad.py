@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexpaft.flexora.chunks import weighted_chunks
-from flexpaft.flexora.gates import LayerGates
+from flexpaft.methods.flexora.chunks import weighted_chunks
+from flexpaft.methods.flexora.gates import LayerGates
 from flexpaft.train.data import answer_loss
 
 Batch = dict[str, torch.Tensor]

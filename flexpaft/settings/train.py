@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from flexpaft.config import opt, section
 from flexpaft.errors import FlexpaftError, short_repr
-from flexpaft.settings import DataSettings, ModelSettings
+from flexpaft.settings.common import DataSettings, ModelSettings
+from flexpaft.settings.schema import opt, section
 from flexpaft.tasks.spec import AnswerFormat
 from flexpaft.train.compute import ComputeSettings
 from flexpaft.train.optim import OPTIMIZERS, SCHEDULERS

@@ -11,10 +11,10 @@ from typing import Any
 
 from torch import nn
 
-from flexpaft.flexora.blocks import BlockLayout
 from flexpaft.io import atomic_write_json, sha256_json
+from flexpaft.methods.flexora.blocks import BlockLayout
+from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks.spec import Example
-from flexpaft.train.config import LoraSettings, TrainConfig
 from flexpaft.train.lora import lora_config
 
 

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = sub.add_parser(
         "generate", help="PAFT stage 1: build candidate templates (offline grammar or LLMs)"
     )
-    from flexpaft.paft import generate_cmd
+    from flexpaft.commands import prompts_generate as generate_cmd
 
     generate_cmd.add_arguments(g)
 
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     action = args.prompts_command
     if action == "generate":
-        from flexpaft.paft import generate_cmd
+        from flexpaft.commands import prompts_generate as generate_cmd
 
         return generate_cmd.run(args)
     from flexpaft.validate import check_writable_dir, check_writable_file

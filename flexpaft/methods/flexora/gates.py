@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from flexpaft.flexora.blocks import BlockLayout, adapted_modules, modules_by_block
+from flexpaft.methods.flexora.blocks import BlockLayout, adapted_modules, modules_by_block
 
 
 def gate_values(alpha: torch.Tensor) -> torch.Tensor:

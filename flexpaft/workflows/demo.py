@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flexpaft.config import load_config
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_write_text
+from flexpaft.settings.schema import load_config
 
 # The SNIPS intents (7, as one-token label words): the corpus behind BIG-bench's
 # intent_recognition, the demo's task until its archive left PyPI; a one-prompt LoRA learns it
@@ -153,11 +153,11 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     import torch
 
-    from flexpaft.evaluate.config import EvalConfig
     from flexpaft.evaluate.run import run_eval
-    from flexpaft.paft import generate_offline
+    from flexpaft.prompts.generate import generate_offline
+    from flexpaft.settings.evaluate import EvalConfig
+    from flexpaft.settings.train import TrainConfig
     from flexpaft.tasks import load_task
-    from flexpaft.train.config import TrainConfig
     from flexpaft.train.trainer import train
 
     resolve_sizes(args, torch.cuda.is_available())
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     skip = 0 if task.packaged_data else args.train_examples
     test_slice = [f"data.skip={skip}"]
     if args.balance_test:
-        from flexpaft.settings import balanced_window
+        from flexpaft.settings.common import balanced_window
 
         probe = load_config(EvalConfig, None, data).data
         window = balanced_window(probe, skip, args.test_examples or 10**9)
@@ -357,29 +357,29 @@ def _ci(d: dict[str, Any]) -> str:
 
 def console_summary(report: dict[str, Any]) -> str:
     """The interval table and the paired differences, as the terminal shows them."""
-    from flexpaft.report.report_cmd import (
-        _markdown_table,
+    from flexpaft.report.tables import (
         comparison_table,
         interval_note,
         interval_table,
+        markdown_lines,
         own_section,
         summary_table,
     )
 
-    lines = ["Accuracy (%) across the held-out templates:", *_markdown_table(summary_table(report))]
+    lines = ["Accuracy (%) across the held-out templates:", *markdown_lines(summary_table(report))]
     ivt = interval_table(report)
     if ivt:
-        lines += ["", "With 95% intervals:", *_markdown_table(ivt)]
+        lines += ["", "With 95% intervals:", *markdown_lines(ivt)]
         cmp = comparison_table(report)
         if cmp:
-            lines += ["", *_markdown_table(cmp)]
+            lines += ["", *markdown_lines(cmp)]
         lines += ["", interval_note(report)]
     own = own_section(report)
     if own:
         # The wording tax: what each method gives up from the user's own prompt to unseen ones.
         lines += ["", "Under your own prompt (%):"]
         for t in own:
-            lines += ["", *_markdown_table(t)]
+            lines += ["", *markdown_lines(t)]
     return "\n".join(lines)
 
 

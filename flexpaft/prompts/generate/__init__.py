@@ -1,0 +1,24 @@
+"""PAFT stage 1: candidate prompts (offline grammar, LLM generators), filters, adversarial set."""
+
+from flexpaft.prompts.generate.adversarial import make_adversarial
+from flexpaft.prompts.generate.filters import FilterReport, filter_candidates
+from flexpaft.prompts.generate.llm import (
+    HFChat,
+    OpenAIChat,
+    ReplyCache,
+    generate_with_llms,
+    parse_reply,
+)
+from flexpaft.prompts.generate.offline import generate_offline
+
+__all__ = [
+    "FilterReport",
+    "HFChat",
+    "OpenAIChat",
+    "ReplyCache",
+    "filter_candidates",
+    "generate_offline",
+    "generate_with_llms",
+    "make_adversarial",
+    "parse_reply",
+]
