@@ -30,7 +30,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flexpaft.cli import main as flexpaft  # noqa: E402
-from flexpaft.evaluate import metrics  # noqa: E402
+from flexpaft.evaluation import metrics  # noqa: E402
 from flexpaft.prompts import PromptSet  # noqa: E402
 
 

@@ -67,15 +67,15 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from flexpaft.evaluate.evaluator import evaluate_templates  # noqa: E402
-from flexpaft.evaluate.scoring import (  # noqa: E402
+from flexpaft.evaluation.evaluator import evaluate_templates  # noqa: E402
+from flexpaft.evaluation.scoring import (  # noqa: E402
     TokenCache,
     score_continuations,
     score_naive,
     single_token_answers,
 )
-from flexpaft.methods.templates import default_template  # noqa: E402
 from flexpaft.prompts.generate.offline import generate_offline  # noqa: E402
+from flexpaft.prompts.task_templates import default_template  # noqa: E402
 from flexpaft.render import encode_answer, encode_prompt, render  # noqa: E402
 from flexpaft.tasks import AnswerFormat, Example, get_task, load_examples  # noqa: E402
 

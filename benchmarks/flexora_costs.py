@@ -1,6 +1,6 @@
 """Flexora's costs: the layer search against stage-2 training, and what skipping blocks saves.
 
-Part 1 runs ``flexpaft.train.trainer.train`` with method=flexora at the default search settings
+Part 1 runs ``flexpaft.recipe.train`` with method=flexora at the default search settings
 (length: flexora.search_budget of stage 2's compute, at most one pass; early stop once the
 selection is stable for flexora.stable_steps) and reads the manifest: search seconds against
 stage-2 seconds, wall and CPU seconds of this process (on shared cores wall time also counts the
@@ -68,7 +68,8 @@ from common import (  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import flexpaft.methods.flexora.search as search_mod  # noqa: E402
-import flexpaft.train.trainer as trainer_mod  # noqa: E402
+import flexpaft.recipe as recipe_mod  # noqa: E402
+import flexpaft.training.loop as trainer_mod  # noqa: E402
 from flexpaft.settings.common import DataSettings, ModelSettings  # noqa: E402
 from flexpaft.settings.train import (  # noqa: E402
     FlexoraSettings,
@@ -76,9 +77,9 @@ from flexpaft.settings.train import (  # noqa: E402
     OptimSettings,
     TrainConfig,
 )
-from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
-from flexpaft.train.data import PadCollator, answer_loss  # noqa: E402
-from flexpaft.train.lora import lora_config  # noqa: E402
+from flexpaft.training.compute import attention_without_cudnn  # noqa: E402
+from flexpaft.training.data import PadCollator, answer_loss  # noqa: E402
+from flexpaft.training.lora import lora_config  # noqa: E402
 
 
 def instrument(device: torch.device, peaks: dict[str, Any]) -> None:
@@ -157,7 +158,7 @@ def flexora_run(args: Any, device: torch.device, name: str, **flexora: Any) -> d
     peaks: dict[str, Any] = {}
     instrument(device, peaks)
     out = Path(tempfile.mkdtemp(prefix=f"flexora_costs_{name}_"))
-    manifest = trainer_mod.train(flexora_config(args, out, **flexora), progress=False).manifest
+    manifest = recipe_mod.train(flexora_config(args, out, **flexora), progress=False).manifest
     fx = manifest["flexora"]
     search_s, train_s = fx["search_seconds"], manifest["train_seconds"]
     row = {
@@ -329,8 +330,8 @@ def compare_accuracy(args: Any, device: torch.device, runs: list[dict[str, Any]]
     """
     import numpy as np
 
-    from flexpaft.evaluate.evaluator import evaluate_templates, load_adapter
-    from flexpaft.methods.templates import default_template
+    from flexpaft.evaluation.evaluator import evaluate_templates, load_adapter
+    from flexpaft.prompts.task_templates import default_template
 
     data = DataSettings(
         task=args.task,

@@ -66,14 +66,14 @@ from common import (  # noqa: E402
 from flexpaft.errors import FlexpaftError  # noqa: E402
 from flexpaft.settings.common import ModelSettings  # noqa: E402
 from flexpaft.settings.train import LoraSettings  # noqa: E402
-from flexpaft.train.compute import (  # noqa: E402
+from flexpaft.training.compute import (  # noqa: E402
     ComputeSettings,
     attention_without_cudnn,
     load_for_training,
 )
-from flexpaft.train.data import answer_loss  # noqa: E402
-from flexpaft.train.distributed import build_accelerator  # noqa: E402
-from flexpaft.train.lora import add_lora  # noqa: E402
+from flexpaft.training.data import answer_loss  # noqa: E402
+from flexpaft.training.distributed import build_accelerator  # noqa: E402
+from flexpaft.training.lora import add_lora  # noqa: E402
 
 TOKENS = {
     "gc": {"gradient_checkpointing": True},

@@ -182,7 +182,7 @@ def time_templates(
     import statistics
     import time
 
-    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.evaluation.evaluator import evaluate_templates
 
     def score(t: Any) -> None:
         evaluate_templates(
@@ -213,7 +213,7 @@ def add_timing(result: dict[str, Any], timing: dict[str, dict[str, float]], run:
 
 
 def _load(arg: str) -> tuple[str, dict[str, Any]]:
-    from flexpaft.report.robustness import load_run
+    from flexpaft.reporting.robustness import load_run
 
     name, data, _ = load_run(arg)
     return name, data
@@ -249,7 +249,7 @@ def prompt_lengths(task, fmt, templates, examples, tok, chat=None) -> dict[str, 
 
 def _served_model(data: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
     """The base model and adapter of an evaluated run, loaded as its evaluation loaded them."""
-    from flexpaft.evaluate.evaluator import load_adapter
+    from flexpaft.evaluation.evaluator import load_adapter
     from flexpaft.settings.common import ModelSettings
     from flexpaft.settings.schema import from_dict
 
@@ -263,9 +263,9 @@ def _served_model(data: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from flexpaft.chat import resolve_chat
-    from flexpaft.methods.templates import default_template
     from flexpaft.models import load_tokenizer, resolve_model
     from flexpaft.prompts import Template
+    from flexpaft.prompts.task_templates import default_template
 
     runs = [_load(a) for a in args.runs]
     names = [n for n, _ in runs]

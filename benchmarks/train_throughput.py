@@ -56,15 +56,15 @@ from common import (  # noqa: E402
 )
 from torch.utils.data import DataLoader  # noqa: E402
 
-from flexpaft.methods.templates import default_template  # noqa: E402
 from flexpaft.prompts.generate.offline import generate_offline  # noqa: E402
+from flexpaft.prompts.task_templates import default_template  # noqa: E402
 from flexpaft.render import encode_for_training, render  # noqa: E402
 from flexpaft.settings.train import LoraSettings  # noqa: E402
 from flexpaft.tasks import get_task, load_examples  # noqa: E402
-from flexpaft.train.compute import attention_without_cudnn  # noqa: E402
-from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss  # noqa: E402
-from flexpaft.train.lora import add_lora  # noqa: E402
-from flexpaft.train.sampling import PromptBatchSampler  # noqa: E402
+from flexpaft.training.compute import attention_without_cudnn  # noqa: E402
+from flexpaft.training.data import PadCollator, RenderedDataset, answer_loss  # noqa: E402
+from flexpaft.training.lora import add_lora  # noqa: E402
+from flexpaft.training.sampling import PromptBatchSampler  # noqa: E402
 
 Batch = dict[str, torch.Tensor]
 

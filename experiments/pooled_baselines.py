@@ -6,7 +6,7 @@ The study's report pairs flexora with each random draw separately; the question 
 beat choosing blocks at random?" is about the random baseline as a whole. Here every row's seeds
 are averaged example by example (as the report does), the random draws are averaged into one row
 ``random (mean of draws)``, and flexora (and flexora+paft) are compared with every row by the
-report's own paired bootstrap (flexpaft.report.intervals.compare: templates and examples
+report's own paired bootstrap (flexpaft.reporting.intervals.compare: templates and examples
 resampled with the same indices). No model is run. Prints Markdown.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexpaft.report import intervals
+from flexpaft.reporting import intervals
 
 
 def correct_matrix(results: Path, template_ids: list[str] | None) -> tuple[np.ndarray, list[str]]:

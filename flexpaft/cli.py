@@ -1,191 +1,55 @@
-"""The ``flexpaft`` command line: train, eval, search, report, prompts, demo.
+"""The ``flexpaft`` command line: it builds the parser and runs one command module.
 
-Every command takes a YAML config (``--config``) plus ``--set key=value`` overrides; user mistakes
-print one line and exit with status 2, never a traceback.
+Every command (``flexpaft.commands.<verb>``) is a thin layer over the Python API; each takes a
+YAML config (``--config``) plus ``--set key=value`` overrides, and user mistakes print one line
+and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import add_config_arguments, config_from_args
 
 log = logging.getLogger("flexpaft")
 
-ALLOW_OVERLAP_HELP = (
-    "shortcut for --set data.allow_overlap=true: train on a task's evaluation split, or "
-    "evaluate an adapter on examples it was trained on"
+# (verb, command module under flexpaft.commands). Each module has HELP, add_arguments(parser)
+# and run(args), and imports only argparse and config classes at module level: building the
+# parser must not load torch (tests/test_help.py).
+COMMANDS = (
+    ("train", "train"),
+    ("eval", "eval"),
+    ("prompts", "prompts"),
+    ("search", "search"),
+    ("report", "report"),
+    ("study", "study"),
+    ("push", "push"),
+    ("demo", "demo"),
 )
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from flexpaft.settings.train import TrainConfig
-
-    cfg = config_from_args(TrainConfig, _flags(args), ("method", "output_dir"))
-    from flexpaft.train.trainer import train  # after the config is checked: this loads torch
-
-    res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
-    m = res.manifest
-    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
-        print(
-            f"adapter: {res.adapter_dir}  ({m['steps']} steps, {m['train_seconds']} s, "
-            f"{m['tokens_per_second']} tokens/s, layers {_ranges(m['layers'])})"
-        )
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from flexpaft.settings.evaluate import EvalConfig
-
-    cfg = config_from_args(
-        EvalConfig, _flags(args), ("adapter", "output_dir", "reference_template")
-    )
-    from flexpaft.evaluate.evaluator import (
-        markdown_table,
-    )  # after the config is checked: loads torch
-    from flexpaft.evaluate.run import run_eval
-
-    res = run_eval(cfg, progress=not args.quiet, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch / torchrun
-        print(markdown_table(res, cfg.name or cfg.adapter or "base"))
-        print(f"results: {cfg.output_dir}/results.json")
-    return 0
-
-
-def _flags(args: argparse.Namespace) -> argparse.Namespace:
-    """Boolean flags as ``--set`` overrides placed before the user's own (which win)."""
-    if getattr(args, "allow_overlap", False):
-        args.set = ["data.allow_overlap=true", *args.set]
-    return args
-
-
-def _ranges(layers: list[int]) -> str:
-    if not layers:
-        return "-"
-    out, start, prev = [], layers[0], layers[0]
-    for x in layers[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
-
-
-def _cmd_prompts(args: argparse.Namespace) -> int:
-    from flexpaft.commands import prompts as prompts_cmd
-
-    return prompts_cmd.run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    # Only config classes and argument definitions load here, none of torch, transformers or
-    # peft: `--help` and a mistyped flag answer in a fraction of a second (tests/test_help.py).
     from flexpaft import __version__
-    from flexpaft.commands import prompts as prompts_cmd
-    from flexpaft.settings.evaluate import EvalConfig
-    from flexpaft.settings.train import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="flexpaft",
-        description="Robust, efficient LoRA fine-tuning: PAFT (prompt-agnostic) and Flexora (layer search).",
+        description="Robust, efficient LoRA fine-tuning: PAFT (prompt-agnostic) and Flexora "
+        "(layer search).",
     )
     parser.add_argument("--version", action="version", version=f"flexpaft {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train", help="fine-tune a LoRA adapter (lora, paft, topaccuracy, flexora, flexora+paft)"
-    )
-    p.add_argument("--method", help="shortcut for --set method=...")
-    p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="train into a non-empty output directory or over a finished run of another "
-        "configuration (only flexpaft's own files there are replaced)",
-    )
-    p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
-    add_config_arguments(p, TrainConfig)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "eval", help="accuracy of a model (+ adapter) under every template of a prompt set"
-    )
-    p.add_argument("--adapter", help="shortcut for --set adapter=...")
-    p.add_argument("--output-dir", "-o", help="shortcut for --set output_dir=...")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace finished results of another evaluation in the output directory",
-    )
-    p.add_argument("--allow-overlap", action="store_true", help=ALLOW_OVERLAP_HELP)
-    p.add_argument(
-        "--own-template",
-        dest="reference_template",
-        metavar="TEXT",
-        help="your own prompt, also scored (the report's own-prompt columns); 'default' = the "
-        "task's; shortcut for --set reference_template=...",
-    )
-    add_config_arguments(p, EvalConfig)
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("prompts", help="prompt sets: validate, split, convert, generate")
-    prompts_cmd.add_arguments(p)
-    p.set_defaults(func=_cmd_prompts)
-
-    for name, module, helptext in _optional_commands():
+    for verb, module_name in COMMANDS:
+        module = importlib.import_module(f"flexpaft.commands.{module_name}")
         # argparse %-formats help text: a literal % ("95% intervals") must be doubled.
-        p = sub.add_parser(name, help=helptext.replace("%", "%%"))
+        p = sub.add_parser(verb, help=module.HELP.replace("%", "%%"))
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser
-
-
-def _optional_commands() -> list[tuple[str, object, str]]:
-    """Commands whose modules live beside their method (search, report, demo)."""
-    import importlib
-
-    found = []
-    for name, modname, helptext in [
-        (
-            "search",
-            "flexpaft.commands.search",
-            "Flexora: search which layers get LoRA (bilevel, unrolled differentiation)",
-        ),
-        (
-            "report",
-            "flexpaft.commands.report",
-            "robustness report: several runs side by side over unseen templates",
-        ),
-        (
-            "study",
-            "flexpaft.workflows.study",
-            "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
-            "evaluation, reports with 95% intervals",
-        ),
-        (
-            "push",
-            "flexpaft.hub",
-            "upload an adapter with its model card to the Hugging Face hub (token: HF_TOKEN)",
-        ),
-        (
-            "demo",
-            "flexpaft.workflows.demo",
-            "offline demo: fine-tune the embedded model, evaluate across held-out templates",
-        ),
-    ]:
-        try:
-            found.append((name, importlib.import_module(modname), helptext))
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-    return found
 
 
 def _setup_logging(quiet: bool) -> None:

@@ -1,4 +1,4 @@
-"""Sharing an adapter: ``flexpaft push`` (and ``train --set push_to_hub=true``) upload the adapter
+"""Sharing an adapter: ``flexpaft push`` (commands/push.py) (and ``train --set push_to_hub=true``) upload the adapter
 directory, with its model card, to a Hugging Face hub repository through ``huggingface_hub``.
 
 The token comes from the environment (``HF_TOKEN``) or a ``huggingface-cli login``; it is never a
@@ -7,7 +7,6 @@ config value, so it cannot end up in a manifest or a pushed file.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -51,28 +50,3 @@ def push_adapter(
     except Exception as e:  # huggingface_hub raises HTTP and validation errors of many kinds
         raise FlexpaftError(f"push to {repo_id} failed: {str(e).splitlines()[0]}") from None
     return str(url)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter", help="adapter directory (a training run's <output_dir>/adapter)")
-    p.add_argument("--repo-id", required=True, help="hub repository, e.g. me/smollm2-boolq-paft")
-    p.add_argument(
-        "--public", action="store_true", help="create the repository public (default: private)"
-    )
-    p.add_argument(
-        "--eval",
-        help="a `flexpaft eval` output directory (or results.json) whose table goes in the card",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    results = None
-    if args.eval:
-        path = Path(args.eval)
-        path = path / "results.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FlexpaftError(f"evaluation results not found: {path}")
-        results = json.loads(path.read_text(encoding="utf-8"))
-    url = push_adapter(args.adapter, args.repo_id, private=not args.public, results=results)
-    print(f"pushed {args.adapter} to {url}")
-    return 0

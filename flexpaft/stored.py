@@ -66,7 +66,7 @@ def _is_count(x: Any) -> bool:
 def check_template_result(d: Any) -> str | None:
     """What is wrong with one stored per-template result (results.json's ``per_template``
     entries, partial.jsonl's ``result``), or None when it can be trusted."""
-    from flexpaft.evaluate.evaluator import TemplateResult
+    from flexpaft.evaluation.evaluator import TemplateResult
 
     if not isinstance(d, dict):
         return f"a result is {short_repr(d, 40)}, not an object"

@@ -57,7 +57,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_batch_tokens": (1, None, False),
     "max_length": (1, None, False),
     "max_new_tokens": (1, None, False),
-    "max_templates": (1, None, False),
+    "prompts.max_templates": (1, None, False),
     "thresholds[]": (0, 1, False),
 }
 

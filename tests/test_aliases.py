@@ -10,7 +10,7 @@ from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import TrainConfig
-from flexpaft.train.optim import OPTIMIZERS, make_optimizer
+from flexpaft.training.optim import OPTIMIZERS, make_optimizer
 
 
 def test_training_arguments_names_set_the_keys_they_mean(tmp_path):

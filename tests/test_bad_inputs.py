@@ -604,7 +604,7 @@ def test_divergence_in_float16_exits_2_without_an_adapter(tmp_path, shared, caps
 
 def _interrupted_run(shared, out: Path, monkeypatch, *pairs: str) -> list[str]:
     """Train until the first checkpoint is saved, then 'kill' the run there."""
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     real = trainer_mod.save_checkpoint
 

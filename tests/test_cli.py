@@ -246,7 +246,7 @@ def test_help_lists_config_keys(capsys):
 
 
 def test_generate_with_base_accuracy_floor(tmp_path, tiny, tiny_model_dir, boolq_files, capsys):
-    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.evaluation.evaluator import evaluate_templates
     from flexpaft.prompts import PromptSet
     from flexpaft.tasks import AnswerFormat, get_task, load_examples
 
@@ -304,8 +304,8 @@ def test_generate_with_base_accuracy_floor(tmp_path, tiny, tiny_model_dir, boolq
 
 
 def test_interrupted_evaluation_resumes_per_template(tmp_path, tiny_model_dir, boolq_files, capsys):
-    from flexpaft.evaluate.evaluator import TemplateResult
-    from flexpaft.evaluate.run import EvalConfig, PartialResults, _resume_key
+    from flexpaft.evaluation.evaluator import TemplateResult
+    from flexpaft.evaluation.run import EvalConfig, PartialResults, _resume_key
     from flexpaft.prompts import PromptSet
     from flexpaft.settings.schema import load_config
 
@@ -343,7 +343,7 @@ def test_interrupted_evaluation_resumes_per_template(tmp_path, tiny_model_dir, b
 
 
 def test_evaluate_templates_skips_done_and_reports_new(tiny):
-    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.evaluation.evaluator import evaluate_templates
     from flexpaft.prompts import Template
     from flexpaft.tasks import AnswerFormat, get_task
 

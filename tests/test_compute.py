@@ -15,20 +15,20 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.gates import LayerGates
 from flexpaft.methods.flexora.search import alpha_gradient
+from flexpaft.recipe import train
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.compute import (
+from flexpaft.training.compute import (
     ComputeSettings,
     check_compute,
     load_for_training,
     prepare_for_training,
     quantization_config,
 )
-from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
-from flexpaft.train.distributed import build_accelerator
-from flexpaft.train.lora import add_lora
-from flexpaft.train.trainer import train
+from flexpaft.training.data import PadCollator, RenderedDataset, answer_loss
+from flexpaft.training.distributed import build_accelerator
+from flexpaft.training.lora import add_lora
 
 CPU = torch.device("cpu")
 
@@ -177,7 +177,7 @@ def test_every_method_trains_with_checkpointing_and_bf16(tmp_path, tiny_model_di
 
 
 def test_checkpointing_does_not_change_the_checkpoint_identity(tmp_path, tiny_model_dir):
-    from flexpaft.train.trainer import config_hash
+    from flexpaft.settings.train import config_hash
 
     a = _cfg(tiny_model_dir, "x", tmp_path)
     b = _cfg(tiny_model_dir, "x", tmp_path, "compute.gradient_checkpointing=true")

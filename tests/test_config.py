@@ -72,7 +72,7 @@ def test_describe_lists_every_leaf_with_help():
 def test_shipped_example_configs_load():
     from pathlib import Path
 
-    from flexpaft.evaluate.run import EvalConfig
+    from flexpaft.evaluation.run import EvalConfig
     from flexpaft.workflows.study import StudyConfig
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))

@@ -17,7 +17,7 @@ from accelerate.utils import DistributedType
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.distributed import check_search_backend, weights_sharded
+from flexpaft.training.distributed import check_search_backend, weights_sharded
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
@@ -107,9 +107,9 @@ def test_ddp_config_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
 
     # The same run in one process sees the same global stream: stage 2's one epoch covers the
     # same (example, template) pairs, so the real tokens agree; each rank ran half the steps.
+    from flexpaft.recipe import train
     from flexpaft.settings.schema import load_config
     from flexpaft.settings.train import TrainConfig
-    from flexpaft.train.trainer import train
 
     args = train_args(tiny_model_dir, data, prompts, tmp_path / "one")
     sets = [a for a in args[2:] if a != "--set"] + [f"output_dir={tmp_path / 'one'}"]
@@ -171,7 +171,7 @@ def test_flexora_search_refuses_sharded_weights():
 def test_eval_under_accelerate_launch_splits_the_templates(tmp_path, tiny_model_dir):
     if torch.cuda.device_count() == 1:
         pytest.skip("one GPU: the DDP config asks for two processes")
-    from flexpaft.evaluate.run import EvalConfig, run_eval
+    from flexpaft.evaluation.run import EvalConfig, run_eval
     from flexpaft.settings.schema import load_config
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(12))

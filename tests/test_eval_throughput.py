@@ -31,7 +31,7 @@ def test_eval_reports_pairs_per_second(tmp_path, tiny_model_dir, capsys):
 
 
 def test_fully_resumed_evaluation_reports_no_rate(tiny):
-    from flexpaft.evaluate.evaluator import evaluate_templates, throughput_line
+    from flexpaft.evaluation.evaluator import evaluate_templates, throughput_line
     from flexpaft.prompts import Template
     from flexpaft.tasks import AnswerFormat, get_task
 

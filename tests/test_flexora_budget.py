@@ -17,7 +17,7 @@ from flexpaft.methods.flexora.budget import (
     search_length,
 )
 from flexpaft.settings.train import FlexoraSettings, OptimSettings
-from flexpaft.train import data as data_mod
+from flexpaft.training import data as data_mod
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_the_search_counts_its_row_chunks_when_told_to(tmp_path, tok):
 
 
 def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
-    from flexpaft.train import options as options_mod
+    from flexpaft.training import options as options_mod
 
     rendered: list[str] = []
 

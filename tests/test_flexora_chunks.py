@@ -11,8 +11,8 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.chunks import chunked_loss_backward, search_rows, split_rows
 from flexpaft.methods.flexora.hypergrad import alpha_gradient
 from flexpaft.settings.train import LoraSettings
-from flexpaft.train.data import PadCollator, answer_loss
-from flexpaft.train.lora import add_lora
+from flexpaft.training.data import PadCollator, answer_loss
+from flexpaft.training.lora import add_lora
 
 
 def items(lengths, answers, vocab=100, seed=0):

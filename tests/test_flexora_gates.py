@@ -10,7 +10,7 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
 from flexpaft.methods.flexora.gates import LayerGates, gate_values
 from flexpaft.settings.train import LoraSettings
-from flexpaft.train.lora import add_lora
+from flexpaft.training.lora import add_lora
 
 VOCAB = 120
 

@@ -13,10 +13,10 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
 from flexpaft.methods.flexora.outcome import block_patterns
 from flexpaft.methods.flexora.select import gate_ranks
+from flexpaft.recipe import train
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
-from flexpaft.train.lora import add_lora, check_adapted, lora_ranks
-from flexpaft.train.trainer import train
+from flexpaft.training.lora import add_lora, check_adapted, lora_ranks
 
 
 def test_gate_ranks_by_hand():
@@ -54,7 +54,7 @@ def test_patterns_name_each_module_and_plain_peft_builds_those_ranks(tmp_path):
         r"model\.layers\.3\.self_attn\.q_proj": 2,
         r"model\.layers\.3\.self_attn\.v_proj": 2,
     }
-    from flexpaft.train.lora import lora_config
+    from flexpaft.training.lora import lora_config
 
     # Plain PEFT, from the config as flexpaft writes it to selection.json and adapter_config.json.
     lora_config(settings, [1, 3]).save_pretrained(tmp_path / "cfg")

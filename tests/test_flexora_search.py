@@ -24,8 +24,8 @@ from flexpaft.prompts import Template
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.data import PadCollator
-from flexpaft.train.lora import add_lora
+from flexpaft.training.data import PadCollator
+from flexpaft.training.lora import add_lora
 
 TEMPLATES = [
     Template("{passage}\nQuestion: {question}?\nAnswer:"),

@@ -9,7 +9,7 @@ from conftest import build_model
 from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.select import lora_drop_ranking, random_layers, select_layers
 from flexpaft.settings.train import LoraSettings
-from flexpaft.train.lora import add_lora
+from flexpaft.training.lora import add_lora
 
 # exp(alpha) = 1.0513, 2.7183, 1.0, 0.3679: mean 1.2844, log-mean-exp 0.2503, so only block 1
 # has a gate above 1, while blocks 0 and 1 have alpha > 0.

@@ -115,8 +115,8 @@ VARIED = [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]]
 
 
 def test_std_ratio_with_zero_stds_says_why_it_has_no_value():
-    from flexpaft.report.tables import comparison_table
-    from flexpaft.report import build_report
+    from flexpaft.reporting import build_report
+    from flexpaft.reporting.tables import comparison_table
 
     runs = [("flat", _run("flat", FLAT_HALF)), ("flat2", _run("flat2", FLAT_3Q))]
     runs.append(("varied", _run("varied", VARIED)))

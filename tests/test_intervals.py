@@ -7,8 +7,8 @@ import pytest
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.report import build_report, render_markdown
-from flexpaft.report.intervals import (
+from flexpaft.reporting import build_report, render_markdown
+from flexpaft.reporting.intervals import (
     Resamples,
     across_seeds,
     compare,

@@ -19,7 +19,7 @@ from test_flexora_search import (
 )
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate.scoring import score_naive
+from flexpaft.evaluation.scoring import score_naive
 from flexpaft.methods.flexora.hypergrad import alpha_gradient
 from flexpaft.methods.flexora.search import validation_templates
 from flexpaft.methods.flexora.select import overlap
@@ -28,7 +28,7 @@ from flexpaft.render import render
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import FlexoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.options import (
+from flexpaft.training.options import (
     OptionsCollator,
     OptionsDataset,
     option_chunks,

@@ -64,7 +64,7 @@ def tmp_leftovers(directory: Path) -> list[str]:
 def test_full_disk_during_train_keeps_the_last_checkpoint_and_resume_finishes(
     tmp_path, inputs, monkeypatch, capsys
 ):
-    from flexpaft.train import checkpoint
+    from flexpaft.training import checkpoint
 
     out = tmp_path / "run"
     args = ["-q", "train", "-o", str(out)]
@@ -165,8 +165,8 @@ def test_llm_reply_cache_that_is_a_directory(tmp_path, capsys):
 
 def test_appends_on_a_full_disk_name_their_file(tmp_path, monkeypatch):
     """The LLM reply cache and eval's partial results append outside the atomic writers."""
-    from flexpaft.evaluate.evaluator import TemplateResult
-    from flexpaft.evaluate.run import PartialResults
+    from flexpaft.evaluation.evaluator import TemplateResult
+    from flexpaft.evaluation.run import PartialResults
     from flexpaft.prompts.generate.llm import ReplyCache
 
     enospc_on_fsync(monkeypatch)
@@ -180,7 +180,7 @@ def test_appends_on_a_full_disk_name_their_file(tmp_path, monkeypatch):
         def flush(self):  # the buffered line reaches the disk here, and does not fit
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("flexpaft.evaluate.run.open", lambda *a, **k: FullFile(), raising=False)
+    monkeypatch.setattr("flexpaft.evaluation.run.open", lambda *a, **k: FullFile(), raising=False)
     partial = PartialResults(tmp_path / "partial.jsonl", "key")
     result = TemplateResult(id="t", text="{q}", accuracy=1.0, n=1, correct=[1], predictions=[0])
     with pytest.raises(OSError) as e:

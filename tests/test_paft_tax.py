@@ -15,7 +15,7 @@ from test_trainer import _cfg  # the trainer tests' tiny-run config
 from flexpaft.errors import FlexpaftError
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import TrainConfig
-from flexpaft.train.sampling import PromptBatchSampler, plan_epoch
+from flexpaft.training.sampling import PromptBatchSampler, plan_epoch
 
 TEXTS = [
     "{passage}\nQ: {question}?\nA:",
@@ -117,7 +117,7 @@ def test_own_template_is_added_to_the_training_templates(tmp_path):
 
 
 def test_symmetric_kl_by_hand():
-    from flexpaft.train.consistency import symmetric_kl
+    from flexpaft.training.consistency import symmetric_kl
 
     # p = softmax([0, ln 3]) = (1/4, 3/4); q = softmax([ln 3, 0]) = (3/4, 1/4).
     a = torch.tensor([[0.0, math.log(3)]])
@@ -135,14 +135,14 @@ def test_consistency_loss_is_the_mean_ce_plus_weighted_kl(tiny):
     from flexpaft.prompts import Template
     from flexpaft.tasks.builtin import BUILTIN_TASKS
     from flexpaft.tasks.spec import AnswerFormat
-    from flexpaft.train.consistency import (
+    from flexpaft.training.consistency import (
         PairedCollator,
         PairedOptionsDataset,
         consistency_loss,
         split_pair,
         symmetric_kl,
     )
-    from flexpaft.train.options import option_scores
+    from flexpaft.training.options import option_scores
 
     model, tok = tiny
     task, fmt = BUILTIN_TASKS["boolq"], AnswerFormat.LABEL_WORDS
@@ -161,7 +161,7 @@ def test_consistency_loss_is_the_mean_ce_plus_weighted_kl(tiny):
 
 
 def test_second_template_differs_and_depends_on_the_example_only():
-    from flexpaft.train.sampling import second_templates
+    from flexpaft.training.sampling import second_templates
 
     plan = plan_epoch(30, 4, 2, seed=9, second=True)
     assert plan.second is not None and np.all(plan.second != plan.templates)
@@ -220,8 +220,8 @@ def test_generation_with_options_loss_is_refused_in_one_line_before_loading(tmp_
 def test_training_with_the_new_settings_resumes_bit_identically(tmp_path, tiny_model_dir, extra):
     from safetensors.torch import load_file
 
-    import flexpaft.train.trainer as trainer_mod
-    from flexpaft.train.trainer import train
+    import flexpaft.training.loop as trainer_mod
+    from flexpaft.recipe import train
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"template": t} for t in TEXTS])
@@ -258,7 +258,7 @@ def test_training_with_the_new_settings_resumes_bit_identically(tmp_path, tiny_m
 
 
 def test_consistency_counts_the_second_views_tokens():
-    from flexpaft.train.consistency import batch_tokens
+    from flexpaft.training.consistency import batch_tokens
 
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     assert batch_tokens({"attention_mask": mask}) == (5, 6)
@@ -299,7 +299,7 @@ def _results(name, rows, own=None, ids=IDS):
 
 
 def test_own_prompt_numbers_by_hand():
-    from flexpaft.report import build_report
+    from flexpaft.reporting import build_report
 
     runs = [
         ("lora", _results("lora", LORA, [1, 1, 1, 1])),
@@ -324,7 +324,7 @@ def test_own_prompt_numbers_by_hand():
 
 
 def test_own_prompt_gaps_are_paired():
-    from flexpaft.report import intervals
+    from flexpaft.reporting import intervals
 
     # The own template scores exactly like the only unseen one: every replicate's gap is 0.
     # Unpaired (own and unseen resampled apart) the interval would be wide: own's alone is.
@@ -340,7 +340,7 @@ def test_own_prompt_gaps_are_paired():
 
 
 def test_report_shows_the_own_prompt_table_and_omits_it_without_references():
-    from flexpaft.report import build_report, render_html, render_markdown
+    from flexpaft.reporting import build_report, render_html, render_markdown
 
     runs = [
         ("lora", _results("lora", LORA, [1, 1, 1, 1])),
@@ -364,7 +364,7 @@ def test_report_shows_the_own_prompt_table_and_omits_it_without_references():
 
 
 def test_own_prompt_from_a_named_test_template_and_over_seeds():
-    from flexpaft.report import build_report
+    from flexpaft.reporting import build_report
 
     runs = [("lora", _results("lora", LORA)), ("paft", _results("paft", PAFT))]
     rep = build_report(runs, reference_template="t3", n_boot=200)
@@ -396,7 +396,7 @@ def test_eval_accepts_own_template_as_the_reference(tmp_path):
 
 def test_demo_and_report_print_the_own_prompt_table(tmp_path, capsys):
     from flexpaft.cli import main
-    from flexpaft.report import build_report
+    from flexpaft.reporting import build_report
     from flexpaft.workflows.demo import console_summary
 
     runs = [

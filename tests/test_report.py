@@ -11,7 +11,7 @@ import pytest
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.report import (
+from flexpaft.reporting import (
     build_report,
     generation_table,
     parse_thresholds,
@@ -19,7 +19,7 @@ from flexpaft.report import (
     render_markdown,
     summary_table,
 )
-from flexpaft.report.robustness import parse_run_arg
+from flexpaft.reporting.robustness import parse_run_arg
 
 IDS = ["t1", "t2", "t3"]
 # 3 templates x 4 examples. Per-template accuracy 0.5, 0.5, 0.75; examples right under

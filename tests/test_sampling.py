@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.sampling import (
+from flexpaft.training.sampling import (
     PromptBatchSampler,
     global_batches,
     group_by_length,

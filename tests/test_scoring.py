@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from flexpaft.evaluate import metrics
-from flexpaft.evaluate.evaluator import evaluate_templates
-from flexpaft.evaluate.scoring import (
+from flexpaft.evaluation import metrics
+from flexpaft.evaluation.evaluator import evaluate_templates
+from flexpaft.evaluation.scoring import (
     extract_answer,
     generate_answers,
     score_continuations,
@@ -145,7 +145,7 @@ def test_left_padding_does_not_change_scores(tiny):
 
 
 def test_length_batches_respect_token_budget_and_count():
-    from flexpaft.evaluate.scoring import length_batches
+    from flexpaft.evaluation.scoring import length_batches
 
     lengths = [10, 1300, 12, 90, 11, 95]
     batches = length_batches(lengths, batch_size=3, max_tokens=300)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer
 
-from flexpaft.evaluate.evaluator import evaluate_templates
-from flexpaft.evaluate.scoring import (
+from flexpaft.evaluation.evaluator import evaluate_templates
+from flexpaft.evaluation.scoring import (
     TokenCache,
     score_continuations,
     score_first_token,

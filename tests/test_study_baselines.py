@@ -15,8 +15,8 @@ from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.select import bottom_half_layers, gradient_probe_ranking
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings
-from flexpaft.train.data import answer_loss
-from flexpaft.train.lora import add_lora
+from flexpaft.training.data import answer_loss
+from flexpaft.training.lora import add_lora
 
 
 def test_bottom_half_by_hand():

@@ -146,7 +146,7 @@ def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monk
         m = json.loads(mpath.read_text())
         del m["config"]["optim"]["consistency"], m["config"]["flexora"]["stage2_examples"]
         if run == "flexora-s0":
-            from flexpaft.train.trainer import config_dict_hash
+            from flexpaft.settings.train import config_dict_hash
 
             st = Study(load_config(StudyConfig, str(path), []), progress=False)
             request = asdict(st._train_config("flexora", 0))

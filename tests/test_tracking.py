@@ -7,7 +7,7 @@ import pytest
 from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
-from flexpaft.train import tracking
+from flexpaft.training import tracking
 
 
 def _sets(*pairs):

@@ -8,13 +8,13 @@ from transformers import AutoModelForCausalLM
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.prompts import Template
+from flexpaft.recipe import train
 from flexpaft.render import Rendered, encode_for_training, render
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.data import PadCollator, answer_loss
-from flexpaft.train.lora import add_lora
-from flexpaft.train.trainer import train
+from flexpaft.training.data import PadCollator, answer_loss
+from flexpaft.training.lora import add_lora
 
 
 def test_labels_cover_the_answer_only_and_truncation_keeps_it(tiny):
@@ -84,7 +84,7 @@ def test_train_writes_a_plain_peft_adapter(tmp_path, tiny_model_dir):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     plain = PeftModel.from_pretrained(base, str(res.adapter_dir)).eval()
-    from flexpaft.evaluate.evaluator import load_adapter
+    from flexpaft.evaluation.evaluator import load_adapter
     from flexpaft.models import load_model
 
     ours = load_adapter(load_model(str(tiny_model_dir), device="cpu")[0], res.adapter_dir).eval()
@@ -104,7 +104,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_model_dir):
     part_cfg = _cfg(
         tiny_model_dir, data, tmp_path / "part", "optim.max_steps=6", "checkpoint_every=3"
     )
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     calls = {"n": 0}
     real_save = trainer_mod.save_checkpoint
@@ -145,7 +145,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, tiny_model_dir):
     import shutil
 
     shutil.rmtree(tmp_path / "r" / "adapter")
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     real_save = trainer_mod.save_checkpoint
 
@@ -176,7 +176,7 @@ def test_layers_to_transform_adapts_only_those_blocks(tiny):
 
 
 def test_topaccuracy_trains_on_the_base_models_best_template(tmp_path, tiny_model_dir):
-    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.evaluation.evaluator import evaluate_templates
     from flexpaft.models import load_model
     from flexpaft.prompts import PromptSet
     from flexpaft.settings.common import DataSettings
@@ -209,7 +209,7 @@ def test_topaccuracy_trains_on_the_base_models_best_template(tmp_path, tiny_mode
 
 
 def _crash_after_first_checkpoint(cfg):
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     real_save = trainer_mod.save_checkpoint
 
@@ -255,7 +255,7 @@ def test_resume_with_lora_dropout_is_bit_identical(tmp_path, tiny_model_dir):
 def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(
     tmp_path, tiny_model_dir, monkeypatch
 ):
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
     calls = {"n": 0}
@@ -289,7 +289,7 @@ def test_training_never_runs_cudnn_attention_and_restores_the_flag(
     """cuDNN's SDPA backward gives NaN gradients on left-padded batches (pytorch#196678): off for
     every training forward and backward, the Flexora search's included; back on afterwards."""
     import flexpaft.methods.flexora.search as search_mod
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(24))
     seen = {"forward": [], "backward": []}
@@ -305,7 +305,7 @@ def test_training_never_runs_cudnn_attention_and_restores_the_flag(
 
 
 def test_attention_without_cudnn_nests_and_restores_after_an_error():
-    from flexpaft.train.compute import attention_without_cudnn
+    from flexpaft.training.compute import attention_without_cudnn
 
     scope = attention_without_cudnn()
     with pytest.raises(RuntimeError):

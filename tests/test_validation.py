@@ -9,14 +9,14 @@ from conftest import boolq_rows, build_model, build_tokenizer, write_jsonl
 from test_flexora_search import TEMPLATES, examples
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate.evaluator import evaluate_templates, load_adapter
+from flexpaft.evaluation.evaluator import evaluate_templates, load_adapter
+from flexpaft.recipe import train
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
-from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
-from flexpaft.train.lora import add_lora
-from flexpaft.train.trainer import train
-from flexpaft.train.validation import ValidationSettings, Validator
+from flexpaft.training.data import PadCollator, RenderedDataset, answer_loss
+from flexpaft.training.lora import add_lora
+from flexpaft.training.validation import ValidationSettings, Validator
 
 FMT = AnswerFormat.LABEL_WORDS
 
@@ -136,7 +136,7 @@ def test_saved_adapter_is_the_best_one_and_the_manifest_says_so(tmp_path, tiny_m
     base, tok = load_model(str(tiny_model_dir), device="cpu")
     model = load_adapter(base, tmp_path / "run" / "adapter")
     settings = ValidationSettings(eval_every=1, eval_examples=8)
-    from flexpaft.methods.templates import default_template
+    from flexpaft.prompts.task_templates import default_template
 
     v = Validator(settings, task, fmt, held, [default_template(task, fmt)], tok, Accelerator(), 64)
     assert v.measure(model)["loss"] == pytest.approx(best["loss"], rel=1e-5)
@@ -161,7 +161,7 @@ def test_early_stopping(tmp_path, tiny_model_dir):
 
 
 def test_resume_keeps_the_validation_history(tmp_path, tiny_model_dir):
-    import flexpaft.train.trainer as trainer_mod
+    import flexpaft.training.loop as trainer_mod
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(32))
     extra = ("optim.lr=3e-2", "optim.max_steps=6", "validation.eval_every=2", "checkpoint_every=4")

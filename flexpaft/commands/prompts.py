@@ -9,6 +9,8 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.prompts import PromptSet
 from flexpaft.tasks import AnswerFormat, load_task
 
+HELP = "prompt sets: validate, split, convert, generate"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")

@@ -194,7 +194,7 @@ def _base_accuracy(args: argparse.Namespace, task, fmt: AnswerFormat):
     """A score_fn: the base model's accuracy under each template on a few examples."""
     if not args.score_data:
         raise FlexpaftError("--min-base-accuracy needs --score-data (examples to score on)")
-    from flexpaft.evaluate.evaluator import evaluate_templates
+    from flexpaft.evaluation.evaluator import evaluate_templates
     from flexpaft.models import load_model
     from flexpaft.tasks import load_examples
 

@@ -1,9 +1,11 @@
-"""``flexpaft report RUN...``: the command line of ``flexpaft.report.write.write_report``."""
+"""``flexpaft report RUN...``: the command line of ``flexpaft.reporting.write.write_report``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+HELP = "robustness report: several runs side by side over unseen templates"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexpaft.report.tables import (
+    from flexpaft.reporting.tables import (
         comparison_table,
         interval_note,
         interval_table,
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         own_section,
         summary_table,
     )
-    from flexpaft.report.write import write_report
+    from flexpaft.reporting.write import write_report
 
     written = write_report(
         args.runs,

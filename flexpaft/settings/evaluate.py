@@ -4,28 +4,29 @@ line (``--help``, a bad ``--set``) does not load torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from flexpaft.settings.common import DataSettings, ModelSettings
-from flexpaft.settings.schema import opt, section
+from flexpaft.settings.schema import Loadable, opt, section
 
 
 @dataclass
-class EvalConfig:
-    __aliases__: ClassVar[dict[str, str]] = {
-        "model_name_or_path": "model.name",
-        "chat_template": "model.chat_template",
-        "per_device_eval_batch_size": "batch_size",
-        "own_template": "reference_template",
-    }
-
-    adapter: str = opt(
-        "", "PEFT adapter directory to apply to the base model ('' = base model only).", path=True
-    )
+class EvalPrompts:
     prompt_set: str = opt(
         "",
-        "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template).",
+        "Templates to evaluate under (jsonl/yaml/txt/csv/xlsx; '' = the task's default template); "
+        "for a robustness claim, templates the model never trained on.",
         path=True,
+    )
+    template: str = opt(
+        "",
+        "Your own prompt, scored beside the prompt set (the report's own-prompt columns and PDR): "
+        "template text, or '' for the task's own template; the same key as train's "
+        "prompts.template.",
+    )
+    own: bool = opt(
+        True,
+        "Score the own prompt (prompts.template) too; false to score the prompt set alone.",
     )
     max_templates: int | None = opt(
         None,
@@ -37,11 +38,35 @@ class EvalConfig:
         "Also evaluate under these perturbed templates (for the consistency metric).",
         path=True,
     )
-    reference_template: str = opt(
-        "",
-        "Also evaluate one reference template, the user's own prompt (PDR, the report's "
-        "own-prompt columns): 'default' (the task's) or template text.",
+
+    def __post_init__(self) -> None:
+        if self.template == "default":  # the value `--own-template default` has always meant
+            self.template = ""
+
+
+# flexpaft eval's keys before they moved into the prompts section shared with train.
+EVAL_KEYS_MOVED = {
+    "prompt_set": "prompts.prompt_set",
+    "reference_template": "prompts.template",
+    "max_templates": "prompts.max_templates",
+    "adversarial_set": "prompts.adversarial_set",
+}
+
+
+@dataclass
+class EvalConfig(Loadable):
+    __aliases__: ClassVar[dict[str, str]] = {
+        "model_name_or_path": "model.name",
+        "chat_template": "model.chat_template",
+        "per_device_eval_batch_size": "batch_size",
+        "own_template": "prompts.template",
+    }
+    __deprecated__: ClassVar[dict[str, str]] = EVAL_KEYS_MOVED
+
+    adapter: str = opt(
+        "", "PEFT adapter directory to apply to the base model ('' = base model only).", path=True
     )
+    prompts: EvalPrompts = section(EvalPrompts, "Templates to evaluate under.")
     mode: str = opt("auto", "Scoring: auto, first_token, continuation or generate.")
     batch_size: int = opt(16, "Most sequences per forward pass.")
     max_batch_tokens: int = opt(
@@ -61,3 +86,33 @@ class EvalConfig:
     data: DataSettings = section(
         DataSettings, "Task and data (use skip/limit to keep test data apart)."
     )
+
+    # Read access under the keys of earlier versions, for scripts written against them.
+    @property
+    def prompt_set(self) -> str:
+        return self.prompts.prompt_set
+
+    @property
+    def max_templates(self) -> int | None:
+        return self.prompts.max_templates
+
+    @property
+    def adversarial_set(self) -> str:
+        return self.prompts.adversarial_set
+
+
+def upgrade_stored(config: dict[str, Any]) -> dict[str, Any]:
+    """An EvalConfig as an older results.json stored it (prompt_set, reference_template... at the
+    top), in today's shape, so finished evaluations are recognised as the same ones."""
+    if "prompts" in config or "prompt_set" not in config:
+        return config
+    d = dict(config)
+    ref = d.pop("reference_template", "")
+    d["prompts"] = {
+        "prompt_set": d.pop("prompt_set"),
+        "template": "" if ref in ("", "default") else ref,
+        "own": bool(ref),
+        "max_templates": d.pop("max_templates", None),
+        "adversarial_set": d.pop("adversarial_set", ""),
+    }
+    return d

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from flexpaft.errors import FlexpaftError, short_repr
 from flexpaft.yaml_input import YamlRefused, load_yaml
 
 T = TypeVar("T")
+log = logging.getLogger("flexpaft")
 
 
 def opt(default: Any, help: str, path: bool = False, **kw: Any) -> Any:
@@ -277,8 +279,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def aliases(cls: type) -> dict[str, str]:
     """Other names accepted for keys of ``cls`` (TrainingArguments' ``learning_rate`` for
-    ``optim.lr``), declared as ``__aliases__`` on the config class."""
-    return dict(getattr(cls, "__aliases__", {}))
+    ``optim.lr``), declared as ``__aliases__`` on the config class; the keys of earlier
+    versions (``__deprecated__``) are accepted the same way, with a warning."""
+    return {**getattr(cls, "__aliases__", {}), **getattr(cls, "__deprecated__", {})}
+
+
+_warned: set[tuple[str, str]] = set()
 
 
 def _alias_keys(cls: type, keys: list[str], value: Any) -> list[str]:
@@ -288,8 +294,57 @@ def _alias_keys(cls: type, keys: list[str], value: Any) -> list[str]:
     if len(keys) == 1 and keys[0] in table:
         names = {f.name for f in dataclasses.fields(cls)}
         if keys[0] not in names or not isinstance(value, dict):
-            return table[keys[0]].split(".")
+            new = table[keys[0]]
+            if (
+                keys[0] in getattr(cls, "__deprecated__", {})
+                and (cls.__name__, keys[0]) not in _warned
+            ):
+                _warned.add((cls.__name__, keys[0]))
+                log.warning(
+                    "warning: config key %s is deprecated, use %s (the same setting)", keys[0], new
+                )
+            return new.split(".")
     return keys
+
+
+def _known_keys(cls: type) -> dict[str, Any]:
+    """Every key path of ``cls`` (sections nested), for telling a sibling's keys from typos."""
+    out: dict[str, Any] = {}
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out[f.name] = _known_keys(tp) if _is_dataclass_type(tp) else None
+    for alias in aliases(cls):
+        out.setdefault(alias, None)
+    return out
+
+
+def _drop_sibling_keys(cls: type, data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``data`` without the keys that ``cls`` does not know but a sibling config does (one YAML
+    file can serve train, search and eval: eval reads model, data and prompts and leaves the
+    training settings to train). Keys no flexpaft command knows stay, and fail as unknown."""
+    siblings = [_known_keys(s) for s in getattr(cls, "__siblings__", ())]
+    if not siblings:
+        return data
+
+    def strip(node: dict[str, Any], mine: dict[str, Any] | None, theirs: list[Any]) -> dict:
+        out = {}
+        for key, value in node.items():
+            own = None if mine is None else mine.get(key, _MISSING)
+            other = [s.get(key, _MISSING) for s in theirs if isinstance(s, dict)]
+            other = [o for o in other if o is not _MISSING]
+            if own is _MISSING and other:
+                log.debug("%s: %s is a setting of another command, not read here", path, key)
+                continue
+            if isinstance(own, dict) and isinstance(value, dict):
+                value = strip(value, own, other)
+            out[key] = value
+        return out
+
+    return strip(data, _known_keys(cls), siblings)
+
+
+_MISSING = object()
 
 
 def _apply_aliases(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -319,13 +374,70 @@ def _merge(a: Any, b: Any) -> Any:
     return {**a, **b} if isinstance(a, dict) and isinstance(b, dict) else b
 
 
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+        )
+    return out
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim__lr": 2e-4, "method": "paft"}`` -> ``{"optim": {"lr": 2e-4}, "method": "paft"}``
+    (keyword arguments cannot hold dots; a double underscore stands for one)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split("__")
+        node = out
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = (
+            _deep_merge(node[last], value)
+            if isinstance(node.get(last), dict) and isinstance(value, dict)
+            else value
+        )
+    return out
+
+
+class Loadable:
+    """``from_yaml`` and ``from_dict`` for a config dataclass: the Python side of ``--config``
+    and ``--set``, with the same checks and the same one-line errors."""
+
+    @classmethod
+    def from_yaml(cls: type[T], path: str | Path | None = None, *sets: str, **values: Any) -> T:
+        """The config in YAML file ``path`` (None: the defaults), then ``values`` as keyword
+        arguments (nested with a double underscore: ``optim__lr=2e-4``, or a section as a dict:
+        ``optim={"lr": 2e-4}``), then ``sets`` as ``--set`` strings (``"optim.lr=2e-4"``).
+
+        >>> cfg = TrainConfig.from_yaml("configs/boolq_paft.yaml", method="paft", optim__epochs=1)
+        """
+        return load_config(cls, path, list(sets), _nested(values))
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """The config from a nested mapping of the YAML's shape, checked as a file would be."""
+        return load_config(cls, None, None, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> T:
-    """Defaults <- YAML file <- ``--set`` overrides, then validated as a whole. Aliases
-    (``learning_rate`` for ``optim.lr``) are accepted in both."""
+    """Defaults <- YAML file <- ``values`` (a nested mapping, from Python) <- ``--set``
+    overrides, then validated as a whole. Aliases (``learning_rate`` for ``optim.lr``) are
+    accepted in all three; a file's keys that only a sibling command knows are left to it."""
     data: dict[str, Any] = read_yaml(path) if path else {}
+    if path:
+        data = _drop_sibling_keys(cls, data, path)
     data = _apply_aliases(cls, data, str(path))
+    if values:
+        data = _deep_merge(data, _apply_aliases(cls, values, "values"))
     for text in overrides or []:
         keys, value = parse_override(text)
         keys = _alias_keys(cls, keys, value)

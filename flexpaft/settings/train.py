@@ -2,21 +2,86 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.io import sha256_json
 from flexpaft.settings.common import DataSettings, ModelSettings
-from flexpaft.settings.schema import opt, section
+from flexpaft.settings.compute import ComputeSettings
+from flexpaft.settings.flexora import FlexoraSettings
+from flexpaft.settings.methods import METHODS, Method, method
+from flexpaft.settings.schema import Loadable, opt, section
 from flexpaft.tasks.spec import AnswerFormat
-from flexpaft.train.compute import ComputeSettings
-from flexpaft.train.optim import OPTIMIZERS, SCHEDULERS
-from flexpaft.train.tracking import REPORT_TO_HELP
-from flexpaft.train.validation import ValidationSettings
 
-METHODS = ("lora", "paft", "topaccuracy", "flexora", "flexora+paft")
-MULTI_TEMPLATE_METHODS = ("paft", "flexora+paft")
+# TrainingArguments.optim names that need no extra package, built as the HF Trainer builds them
+# with its default arguments.
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+# transformers.SchedulerType names that need no scheduler-specific arguments.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+
+
+REPORT_TO_HELP = (
+    "Experiment trackers, through accelerate: none, tensorboard, wandb, trackio, a comma list, "
+    "or all (every one installed). history.jsonl and loss.png are written in any case."
+)
+
+
+# Which validation metric is better when higher ("max") or lower ("min").
+VALIDATION_METRICS = {"accuracy": "max", "min_accuracy": "max", "loss": "min"}
+
+
+@dataclass
+class ValidationSettings:
+    eval_every: int = opt(
+        0,
+        "Evaluate on the validation split every N optimizer steps and at the last step "
+        "(0 = no evaluation during training).",
+    )
+    eval_examples: int = opt(
+        64, "Validation examples held out from the training data (never trained on)."
+    )
+    eval_templates: str = opt(
+        "",
+        "Held-out templates to evaluate under (prompt set file; '' = the training templates).",
+        path=True,
+    )
+    max_eval_templates: int = opt(4, "Use at most the first N of those templates.")
+    metric: str = opt(
+        "accuracy",
+        "Which evaluation's adapter is saved: accuracy (mean over templates), min_accuracy "
+        "(the worst template) or loss (answer cross-entropy, lower is better).",
+    )
+    early_stopping_patience: int = opt(
+        0, "Stop after this many evaluations without improvement of metric (0 = never stop)."
+    )
+    batch_size: int = opt(16, "Sequences per forward pass when evaluating.")
+
+    def __post_init__(self) -> None:
+        if self.metric not in VALIDATION_METRICS:
+            raise ValueError(
+                f"metric must be one of {', '.join(VALIDATION_METRICS)}, got {self.metric!r}"
+            )
+        if self.eval_every < 0 or self.early_stopping_patience < 0:
+            raise ValueError("eval_every and early_stopping_patience must be >= 0")
+        if self.eval_every and self.eval_examples < 1:
+            raise ValueError("eval_examples must be at least 1 when eval_every is set")
+        if self.max_eval_templates < 1 or self.batch_size < 1:
+            raise ValueError("max_eval_templates and batch_size must be at least 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.eval_every > 0
 
 
 @dataclass
@@ -147,167 +212,18 @@ class OptimSettings:
         if not (math.isfinite(self.consistency) and self.consistency >= 0):
             raise ValueError(f"optim.consistency must be 0 or more, got {self.consistency}")
 
-    def resolved_loss(self, method: str, fmt: AnswerFormat) -> str:
-        """``loss`` with auto decided for ``method`` and answer format ``fmt``."""
+    def resolved_loss(self, method: Method, fmt: AnswerFormat) -> str:
+        """``loss`` with auto decided for ``method``'s row and answer format ``fmt``."""
         if self.loss != "auto":
             return self.loss
-        scored = fmt is not AnswerFormat.GENERATION
-        return "options" if scored and method in AUTO_OPTIONS_METHODS else "answer"
+        return method.auto_loss if fmt is not AnswerFormat.GENERATION else "answer"
 
-    def scores_options(self, method: str, fmt: AnswerFormat) -> bool:
+    def scores_options(self, method: Method, fmt: AnswerFormat) -> bool:
         """Training batches hold every option's answer (the options loss or consistency)."""
         return self.resolved_loss(method, fmt) == "options" or self.consistency > 0
 
 
 TRAIN_LOSSES = ("auto", "answer", "options")
-# Where optim.loss=auto means the loss over the options: in the PAFT tax study it lifted PAFT's
-# worst unseen template by 22 points, and with prompts.own_rate=0.5 kept PAFT level with
-# one-prompt LoRA under its own prompt (docs/RESULTS.md).
-AUTO_OPTIONS_METHODS = MULTI_TEMPLATE_METHODS
-
-
-BUDGET_UNITS = ("auto", "rows", "pass")
-VAL_LOSSES = ("auto", "options", "full")
-VAL_TEMPLATES = ("auto", "train", "heldout")
-SEARCH_SCHEDULES = ("search", "stage2")
-STAGE2_EXAMPLES = ("all", "train")
-# flexora/select.py's RULES and RANK_RULES, repeated so the config check needs no torch import
-# (tests/test_bad_inputs2.py keeps them equal).
-SELECTION_RULES = ("positive", "gate", "topk", "fraction")
-RANK_RULES = ("uniform", "gate")
-
-
-@dataclass
-class FlexoraSettings:
-    val_examples: int = opt(
-        200, "Validation examples held out from the training data for the search."
-    )
-    search_steps: int = opt(0, "Search length in outer steps (0 = search_examples or auto).")
-    search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
-    search_budget: float = opt(
-        1.0,
-        "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
-        "compute (forward+backward passes, counted as budget_unit says), at most one pass over "
-        "the training split. 1 (a whole pass; 0.5 before 2026-12-07) lifted flexora+paft by "
-        "6.4 points on snips (docs/RESULTS.md); 0.1 with alpha_warmup=0 is the cheap setting.",
-    )
-    budget_unit: str = opt(
-        "auto",
-        "What search_budget counts: rows (a micro-batch is one unit however many row chunks it "
-        "runs as: right where time follows rows, as on a CPU), pass (every forward+backward "
-        "call is one unit: right where a pass costs the same for 2 rows as for 8, as on a GPU "
-        "at LoRA batch sizes), auto (pass on an accelerator, rows on a CPU).",
-    )
-    stable_steps: int = opt(
-        10,
-        "Stop the search once the selection (for the positive rule: alpha's sign pattern) has "
-        "not changed for this many outer steps (0 = never stop early).",
-    )
-    alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
-    val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")
-    micro_batch: int = opt(
-        0,
-        "Rows per forward/backward in the search's first-order steps (0 = auto: half of "
-        "optim.batch_size, rounded up). The search adapts every block, so a full micro-batch "
-        "there holds activations that stage 2 skips; chunk losses are weighted by answer tokens, "
-        "so every step is still the full micro-batch's. Set optim.batch_size to disable.",
-    )
-    unroll: int = opt(
-        0,
-        "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",
-    )
-    selection: str = opt("positive", "positive (alpha > 0), gate (gate > 1), topk, fraction.")
-    ranks: str = opt(
-        "uniform",
-        "Stage-2 ranks of the selected blocks: uniform (lora.r each, layers_to_transform only) "
-        "or gate (round(lora.r x gate_i / mean gate of the selected), at least 1, with lora.alpha "
-        "scaled alike so alpha/r stays; written as PEFT rank_pattern/alpha_pattern).",
-    )
-    k: int = opt(0, "Layers kept by the topk rule.")
-    fraction: float = opt(0.5, "Share of layers kept by the fraction rule.")
-    blocks_pattern: str = opt(
-        "", "Regex for block module names with one group capturing the index (auto if '')."
-    )
-    val_loss: str = opt(
-        "auto",
-        "The loss alpha minimises on the validation batches: options (cross-entropy over the "
-        "task's answer options, ranked by summed log-probability as the evaluator ranks them: "
-        "the loss accuracy reads), full (cross-entropy of the gold answer over the whole "
-        "vocabulary, the paper's), auto (options wherever the answer format scores options: "
-        "label_words, letter, option_text; full for generation).",
-    )
-    val_templates: str = opt(
-        "auto",
-        "Templates the validation batches are rendered under: train (the training templates), "
-        "heldout (a slice of the prompt set, val_template_fraction of it, that the search's "
-        "inner loop never trains on, so alpha is tuned for unseen wordings; plain flexora, "
-        "which trains on one template, validates under all of prompts.prompt_set instead), "
-        "auto (heldout when the prompt set has at least 4 templates, as under flexora+paft, "
-        "or when plain flexora is given prompts.prompt_set; train otherwise).",
-    )
-    val_template_fraction: float = opt(
-        0.25, "Share of the prompt set held out for validation under val_templates=heldout."
-    )
-    alpha_warmup: float = opt(
-        0.25,
-        "Share of the search's outer steps during which only the LoRA weights learn and alpha "
-        "waits (its gradient at an untrained LoRA says little about where LoRA helps).",
-    )
-    schedule: str = opt(
-        "stage2",
-        "Inner learning-rate schedule of the search: search (the optim schedule squeezed into "
-        "the search's length) or stage2 (the first steps of the schedule stage 2 runs: the same "
-        "warm-up and learning rates a LoRA sees there).",
-    )
-
-    stage2_examples: str = opt(
-        "train",
-        "What stage 2 trains on: train (only the search's training split, as the paper's code "
-        "does; the measured default) or all (every training example, the search's validation "
-        "examples included: they chose the blocks, a hyperparameter, as a held-out fold does, "
-        "and the final LoRA learns from the same data as a LoRA it is compared with).",
-    )
-
-    def __post_init__(self) -> None:
-        if self.budget_unit not in BUDGET_UNITS:
-            raise ValueError(
-                f"flexora.budget_unit {self.budget_unit!r} is not one of {', '.join(BUDGET_UNITS)}"
-            )
-        for key, choices in (
-            ("val_loss", VAL_LOSSES),
-            ("val_templates", VAL_TEMPLATES),
-            ("schedule", SEARCH_SCHEDULES),
-            ("stage2_examples", STAGE2_EXAMPLES),
-        ):
-            if getattr(self, key) not in choices:
-                raise ValueError(
-                    f"flexora.{key} {short_repr(getattr(self, key))} is not one of {', '.join(choices)}"
-                )
-        if not 0 < self.val_template_fraction < 1:
-            raise ValueError(
-                f"flexora.val_template_fraction must be in (0, 1), got {self.val_template_fraction}"
-            )
-        if not 0 <= self.alpha_warmup < 1:
-            raise ValueError(f"flexora.alpha_warmup must be in [0, 1), got {self.alpha_warmup}")
-
-        # Checked here, before the model loads and the search runs, not when the search ends.
-        if self.selection not in SELECTION_RULES:
-            raise ValueError(
-                f"flexora.selection {short_repr(self.selection)} is not one of "
-                f"{', '.join(SELECTION_RULES)}"
-            )
-        if self.ranks not in RANK_RULES:
-            raise ValueError(
-                f"flexora.ranks {short_repr(self.ranks)} is not one of {', '.join(RANK_RULES)}"
-            )
-        if self.selection == "topk" and self.k < 1:
-            raise ValueError(f"flexora.k must be at least 1 for the topk rule, got {self.k}")
-
-    def resolved_val_loss(self, fmt: AnswerFormat) -> str:
-        """``val_loss`` with auto decided for answer format ``fmt``."""
-        if self.val_loss != "auto":
-            return self.val_loss
-        return "full" if fmt is AnswerFormat.GENERATION else "options"
 
 
 # TrainingArguments (and PEFT LoraConfig) names accepted for the keys they mean, in YAML and --set.
@@ -337,7 +253,7 @@ TRAINING_ARGUMENTS_ALIASES = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Loadable):
     __aliases__: ClassVar[dict[str, str]] = TRAINING_ARGUMENTS_ALIASES
 
     method: str = opt("lora", f"Training method: {', '.join(METHODS)}.")
@@ -376,20 +292,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.push_to_hub and not self.hub_model_id:
             raise FlexpaftError("push_to_hub needs hub_model_id (the hub repository)")
-        if self.method not in METHODS:
-            raise FlexpaftError(
-                f"unknown method {self.method!r} (choose from {', '.join(METHODS)})"
-            )
-        if self.optim.consistency > 0 and self.method not in MULTI_TEMPLATE_METHODS:
+        try:
+            spec = method(self.method)
+        except ValueError as e:
+            raise FlexpaftError(str(e)) from None
+        if self.optim.consistency > 0 and not spec.draws_templates:
             # One template: both views would be the same prompt and the term always 0.
+            drawing = " or ".join(m.name for m in METHODS.values() if m.draws_templates)
             raise FlexpaftError(
-                f"optim.consistency needs several training templates (method paft or "
-                f"flexora+paft), not method {self.method}"
+                f"optim.consistency needs several training templates (method {drawing}), "
+                f"not method {self.method}"
             )
+
+    @property
+    def spec(self) -> Method:
+        """This run's method as a row of the methods table: its template and layer policies."""
+        return method(self.method)
 
     def check_format(self, fmt: AnswerFormat) -> None:
         """Refuse, before the model loads, losses that need scored answer options."""
-        if fmt is AnswerFormat.GENERATION and self.optim.scores_options(self.method, fmt):
+        if fmt is AnswerFormat.GENERATION and self.optim.scores_options(self.spec, fmt):
             key = "optim.consistency" if self.optim.consistency > 0 else "optim.loss=options"
             raise FlexpaftError(
                 f"{key} scores the answer options; format generation has none to score "
@@ -405,7 +327,7 @@ class TrainConfig:
         parts = []
         if self.validation.enabled:
             parts.append(("validation.eval_examples", self.validation.eval_examples))
-        if self.method.startswith("flexora"):
+        if self.spec.searches_layers:
             parts.append(("flexora.val_examples", self.flexora.val_examples))
         held = sum(n for _, n in parts)
         if parts and held >= n_examples:
@@ -414,3 +336,22 @@ class TrainConfig:
                 f"{named} would hold out {held} of the {n_examples} training examples, leaving "
                 "none to train on: lower it or train on more examples"
             )
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Hash of everything that changes the trained weights (not logging or output settings)."""
+    return config_dict_hash(asdict(cfg))
+
+
+def config_dict_hash(d: dict) -> str:
+    """``config_hash`` of a TrainConfig as a dict (``asdict``); ``d`` is not changed."""
+    d = copy.deepcopy(d)
+    for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
+        d.pop(k)
+    for k in ("push_to_hub", "hub_model_id", "hub_private"):
+        d.pop(k)
+    d["optim"].pop("num_workers")
+    # Recomputing activations or compiling changes speed and memory, not the arithmetic.
+    for k in ("gradient_checkpointing", "torch_compile", "torch_compile_backend"):
+        d.get("compute", {}).pop(k, None)
+    return sha256_json(d)[:16]

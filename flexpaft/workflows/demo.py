@@ -47,78 +47,6 @@ FULL_SIZE_HELP = (
 )
 
 
-def _size_help(key: str) -> str:
-    return f"{CPU_SIZE[key]} on a CPU, {GPU_SIZE[key]} on a GPU"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # The sizes default to None and are decided in run(): asking torch for a GPU here would
-    # load torch for every `--help`.
-    p.epilog = FULL_SIZE_HELP
-    p.add_argument("--task", default=DEFAULT_TASK, help="task (default: %(default)s)")
-    p.add_argument(
-        "--model", default="embedded", help="base model (default: the embedded SmolLM2-135M)"
-    )
-    p.add_argument("--out", "-o", default="runs/demo", help="output directory")
-    p.add_argument(
-        "--train-examples",
-        type=int,
-        default=None,
-        help="training examples (default: " + _size_help("train_examples") + ")",
-    )
-    p.add_argument(
-        "--test-examples",
-        type=int,
-        default=None,
-        help="held-out test examples, taken after the training ones (0 = all the rest; "
-        "default: " + _size_help("test_examples") + ")",
-    )
-    p.add_argument(
-        "--balance-test",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="test on equally many examples of every answer, so the label prior scores chance "
-        "(default: on)",
-    )
-    p.add_argument(
-        "--test-templates",
-        type=int,
-        default=None,
-        help="held-out templates to evaluate under (default: " + _size_help("test_templates") + ")",
-    )
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument(
-        "--paft",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train PAFT, with templates drawn from the training set",
-    )
-    p.add_argument(
-        "--own-template",
-        default="",
-        metavar="TEXT",
-        help="your own prompt: the one-prompt LoRA trains on it and every model is also scored "
-        "under it, for the own-prompt table (default: the task's template)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--bf16",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="bf16 arithmetic for training: bf16 autocast, LoRA weights stay fp32 (evaluation "
-        "keeps the model's default dtype: fp32 on a CPU). auto: on where the hardware computes "
-        "bf16 natively (a GPU, or a CPU with AVX512-BF16/AMX: about 1.5x faster training "
-        "there), off elsewhere, where it would be emulated and slower",
-    )
-    p.add_argument(
-        "--chat-template",
-        default="",
-        help="auto, none or a Jinja file, for training and evaluation alike (default: the "
-        "config default, model.chat_template)",
-    )
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before the first download or training step (and before torch
     loads: a size left at None is decided later, by ``resolve_sizes``)."""
@@ -148,17 +76,18 @@ def resolve_sizes(args: argparse.Namespace, gpu: bool) -> None:
             setattr(args, key, value)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
+    """The demo with ``flexpaft demo``'s options (``commands/demo.py`` lists them)."""
     started = time.time()
     check_arguments(args)
     import torch
 
-    from flexpaft.evaluate.run import run_eval
+    from flexpaft.evaluation.run import run_eval
     from flexpaft.prompts.generate import generate_offline
+    from flexpaft.recipe import train
     from flexpaft.settings.evaluate import EvalConfig
     from flexpaft.settings.train import TrainConfig
     from flexpaft.tasks import load_task
-    from flexpaft.train.trainer import train
 
     resolve_sizes(args, torch.cuda.is_available())
     out = Path(args.out)
@@ -268,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         data
         + test_slice
         + [
-            f"prompt_set={out / 'templates' / 'test.jsonl'}",
+            f"prompts.prompt_set={out / 'templates' / 'test.jsonl'}",
         ]
     )
     results = {}
@@ -282,15 +211,15 @@ def run(args: argparse.Namespace) -> int:
             + ([f"adapter={adapter}"] if adapter else [])
             # Every model is also scored under the user's own prompt (the one-prompt LoRA's
             # training wording): the yardstick of what each gives up on unseen ones.
-            + [f"reference_template={args.own_template or 'default'}"],
+            + [f"prompts.template={args.own_template}"],
         )
         run_eval(ec, overwrite=True)  # its own directory, as for its training runs
         results[name] = out / "eval" / slug
 
     say("[5/5] report")
-    from flexpaft.report import build_report, render_markdown
-    from flexpaft.report.plots import plot_per_template
-    from flexpaft.report.robustness import load_run
+    from flexpaft.reporting import build_report, render_markdown
+    from flexpaft.reporting.plots import plot_per_template
+    from flexpaft.reporting.robustness import load_run
 
     loaded = [(name, load_run(str(path))[1]) for name, path in results.items()]
     report = build_report(loaded, thresholds=(0.6, 0.7))
@@ -357,7 +286,7 @@ def _ci(d: dict[str, Any]) -> str:
 
 def console_summary(report: dict[str, Any]) -> str:
     """The interval table and the paired differences, as the terminal shows them."""
-    from flexpaft.report.tables import (
+    from flexpaft.reporting.tables import (
         comparison_table,
         interval_note,
         interval_table,

@@ -21,12 +21,10 @@ read k from ``train/flexora-sS``, so flexora is trained first.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,6 @@ from flexpaft.errors import FlexpaftError, short_repr
 from flexpaft.io import atomic_write_json
 from flexpaft.settings.common import DataSettings, ModelSettings, balanced_window
 from flexpaft.settings.schema import (
-    add_config_arguments,
-    config_from_args,
     load_config,
     opt,
     section,
@@ -275,7 +271,7 @@ class Study:
     # -- validation before any expensive step --------------------------------------------------
     def check(self) -> None:
         """Every input the study depends on, checked before the first forward pass."""
-        from flexpaft.methods.templates import load_valid_set
+        from flexpaft.prompts.task_templates import load_valid_set
         from flexpaft.settings.train import TrainConfig
 
         task, fmt, examples = self.cfg.data.load()
@@ -397,8 +393,8 @@ class Study:
 
     def _split_candidates(self, main) -> None:
         """A given pool, validated for the task, split at template level like generated ones."""
-        from flexpaft.methods.templates import load_valid_set
         from flexpaft.prompts.generate.adversarial import make_adversarial
+        from flexpaft.prompts.task_templates import load_valid_set
 
         p = self.cfg.prompts
         if not Path(p.candidates).is_file():
@@ -445,7 +441,7 @@ class Study:
 
     def _train(self, label: str, seed: int, extra: Sequence[str] = ()):
         """Train run ``label`` of ``seed`` unless it is done for these settings; its config."""
-        from flexpaft.train.trainer import train
+        from flexpaft.recipe import train
 
         cfg = self._train_config(label, seed, extra)
         if self._finished(cfg) is not None:
@@ -457,7 +453,7 @@ class Study:
 
     def _finished(self, cfg) -> dict[str, Any] | None:
         """The manifest of the finished run of ``cfg`` in its output_dir, or None."""
-        from flexpaft.train.trainer import config_dict_hash
+        from flexpaft.settings.train import config_dict_hash
 
         out = Path(cfg.output_dir)
         if not (out / "adapter").is_dir():
@@ -561,14 +557,14 @@ class Study:
 
     def _eval_config(self, set_name: str, method: str, seed: int | None):
         """Evaluation of run ``method`` (a run label: ``random-d0`` for a random draw)."""
-        from flexpaft.evaluate.run import EvalConfig
+        from flexpaft.evaluation.run import EvalConfig
 
         run = "base" if seed is None else f"{method}-s{seed}"
         o = self._common() + [
             f"data.skip={self.test_skip()}",
             f"data.limit={self.test_window()}",
             f"data.balance_labels={str(self.cfg.balance_test).lower()}",
-            f"prompt_set={self.test_sets()[set_name]}",
+            f"prompts.prompt_set={self.test_sets()[set_name]}",
             f"output_dir={self.out / 'eval' / set_name / run}",
             f"name={method}",
             f"thresholds={json.dumps(self.cfg.thresholds)}",
@@ -576,11 +572,13 @@ class Study:
         if seed is not None:
             o.append(f"adapter={self.out / 'train' / run / 'adapter'}")
         if set_name == "unseen":
-            o.append(f"reference_template={self.cfg.own_template or 'default'}")
+            o.append(f"prompts.template={self.cfg.own_template}")
             if self.cfg.prompts.adversarial:
                 # Always, not only when the file exists: check() refuses a missing one rather
                 # than letting the adversarial columns vanish from the reports.
-                o.append(f"adversarial_set={self.prompts_dir / 'adversarial.jsonl'}")
+                o.append(f"prompts.adversarial_set={self.prompts_dir / 'adversarial.jsonl'}")
+        else:
+            o.append("prompts.own=false")  # the own prompt is scored once, with the unseen set
         return load_config(EvalConfig, None, o + _flat("", self.cfg.eval))
 
     def test_skip(self) -> int:
@@ -607,13 +605,14 @@ class Study:
         return self._window
 
     def eval_all(self) -> None:
-        from flexpaft.evaluate.run import run_eval
+        from flexpaft.evaluation.run import run_eval
+        from flexpaft.settings.evaluate import upgrade_stored
 
         for set_name in self.test_sets():
             for method, seed in self._runs():
                 cfg = self._eval_config(set_name, method, seed)
                 results = Path(cfg.output_dir) / "results.json"
-                if _same_config(results, asdict(cfg), EVAL_SETTINGS_ADDED):
+                if _same_config(results, asdict(cfg), EVAL_SETTINGS_ADDED, upgrade_stored):
                     log.info("eval %s on %s: done, kept", cfg.name, set_name)
                     continue
                 log.info("eval %s (seed %s) on %s -> %s", method, seed, set_name, cfg.output_dir)
@@ -723,15 +722,23 @@ TRAIN_SETTINGS_ADDED: dict[str, Any] = {
 EVAL_SETTINGS_ADDED: dict[str, Any] = {}
 
 
-def _same_config(path: Path, cfg: dict[str, Any], added: dict[str, Any]) -> bool:
+def _same_config(
+    path: Path,
+    cfg: dict[str, Any],
+    added: dict[str, Any],
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> bool:
     """True when ``path`` (a manifest or results file) was written for ``cfg``: the same
-    settings, apart from settings added since (``added``) at their earlier behaviour."""
+    settings, apart from settings added since (``added``) at their earlier behaviour; ``upgrade``
+    brings a stored config of an older shape (keys that moved) to today's."""
     if not path.is_file():
         return False
     try:
         stored = json.loads(path.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
         return False  # a damaged file is redone, not trusted
+    if isinstance(stored, dict) and upgrade is not None:
+        stored = upgrade(stored)
     return isinstance(stored, dict) and stored == _without_added_settings(cfg, stored, added)
 
 
@@ -758,19 +765,3 @@ def _without_added_settings(
         else:
             out[key] = value
     return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, StudyConfig, example="train.optim.lr=5e-4")
-
-
-def run(args: argparse.Namespace) -> int:
-    from flexpaft.locks import run_dir_lock
-
-    cfg = config_from_args(StudyConfig, args)
-    # One study per directory: two would retrain and re-evaluate over each other's runs.
-    with run_dir_lock(cfg.output_dir, "flexpaft study"):
-        written = Study(cfg, progress=not args.quiet).run()
-    for name, path in written.items():
-        print(f"report ({name}): {path}/report.md", file=sys.stdout)
-    return 0

@@ -23,9 +23,9 @@ def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, l
     run draws them: the same data slice, templates and seed."""
     from accelerate import Accelerator
 
-    from flexpaft.methods.templates import training_templates
+    from flexpaft.methods.templates import drawn_own_template, training_templates
     from flexpaft.tasks.data import split_examples
-    from flexpaft.train.data import make_loader
+    from flexpaft.training.loader import make_loader
 
     if batches < 1:
         raise FlexpaftError(f"{what} needs at least one batch, not {batches}")
@@ -35,14 +35,17 @@ def _training_batches(cfg: TrainConfig, batches: int, what: str) -> tuple[Any, l
         examples, _ = split_examples(examples, cfg.validation.eval_examples, cfg.seed + 2)
     model, tok = cfg.model.load()
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
-    loader, _ = make_loader(cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator())
+    own = drawn_own_template(cfg, task, fmt)
+    loader, _ = make_loader(
+        cfg, task, fmt, examples, templates, tok, cfg.seed, Accelerator(), own=own
+    )
     return model, list(islice(loader, batches))
 
 
 def lora_drop_scores(cfg: TrainConfig, adapter: str | Path, batches: int = 8) -> list[float]:
     """LoRA-drop importance per block of ``adapter`` (trained with ``cfg``), over ``batches``
     training batches drawn as that run drew them (same data slice, templates and seed)."""
-    from flexpaft.evaluate.evaluator import load_adapter
+    from flexpaft.evaluation.evaluator import load_adapter
 
     model, drawn = _training_batches(cfg, batches, "LoRA-drop")
     return lora_drop_ranking(load_adapter(model, adapter).eval(), drawn)
@@ -54,8 +57,8 @@ def gradient_probe_scores(cfg: TrainConfig, batches: int = 8) -> list[float]:
     import dataclasses
 
     from flexpaft.methods.flexora.select import gradient_probe_ranking
-    from flexpaft.train.data import answer_loss
-    from flexpaft.train.lora import add_lora
+    from flexpaft.training.data import answer_loss
+    from flexpaft.training.lora import add_lora
 
     model, drawn = _training_batches(cfg, batches, "the gradient probe")
     layout = find_blocks(model)

@@ -17,7 +17,7 @@ from torch import nn
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_directory
-from flexpaft.train.checkpoint import (
+from flexpaft.training.checkpoint import (
     load_lora_state,
     load_states,
     read_state_json,

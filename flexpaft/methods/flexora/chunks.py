@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.data import answer_targets
-from flexpaft.train.options import is_options_batch, option_chunks
+from flexpaft.training.data import answer_targets
+from flexpaft.training.options import is_options_batch, option_chunks
 
 Batch = dict[str, torch.Tensor]
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from flexpaft.methods.flexora.chunks import weighted_chunks
 from flexpaft.methods.flexora.gates import LayerGates
-from flexpaft.train.data import answer_loss
+from flexpaft.training.data import answer_loss
 
 Batch = dict[str, torch.Tensor]
 Params = dict[str, torch.Tensor]

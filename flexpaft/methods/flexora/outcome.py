@@ -15,7 +15,14 @@ from flexpaft.io import atomic_write_json, sha256_json
 from flexpaft.methods.flexora.blocks import BlockLayout
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks.spec import Example
-from flexpaft.train.lora import lora_config
+from flexpaft.training.lora import lora_config
+
+# What a search writes, under OUTPUT_DIR/flexora/.
+SEARCH_DIR = "flexora"
+ALPHA_LOG = "alpha.jsonl"
+ALPHA_PLOT = "alpha.png"
+SELECTION = "selection.json"
+CHECKPOINT = "checkpoint"
 
 
 @dataclass

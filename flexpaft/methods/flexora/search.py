@@ -56,6 +56,11 @@ from flexpaft.methods.flexora.hypergrad import (  # noqa: F401  (the math's name
     unrolled_hypergradient,
 )
 from flexpaft.methods.flexora.outcome import (
+    ALPHA_LOG,
+    ALPHA_PLOT,
+    CHECKPOINT,
+    SEARCH_DIR,
+    SELECTION,
     SearchOutcome,
     block_patterns,
     peft_layers_pattern,
@@ -63,25 +68,20 @@ from flexpaft.methods.flexora.outcome import (
     write_selection,
 )
 from flexpaft.methods.flexora.plots import plot_alpha
-from flexpaft.methods.flexora.select import RANK_RULES, gate_ranks, overlap, select_layers
+from flexpaft.methods.flexora.select import gate_ranks, overlap, select_layers
 from flexpaft.methods.flexora.stream import BatchStream, FixedBatches
 from flexpaft.prompts import Template
 from flexpaft.settings.train import TrainConfig
 from flexpaft.tasks.data import split_examples
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
-from flexpaft.train.compute import attention_without_cudnn, checkpointing_paused
-from flexpaft.train.data import answer_loss, make_loader
-from flexpaft.train.distributed import check_search_backend, fill_deepspeed_batch_size
-from flexpaft.train.lora import add_lora
-from flexpaft.train.options import options_loss
+from flexpaft.training.compute import attention_without_cudnn, checkpointing_paused
+from flexpaft.training.data import answer_loss
+from flexpaft.training.distributed import check_search_backend, fill_deepspeed_batch_size
+from flexpaft.training.loader import make_loader
+from flexpaft.training.lora import add_lora
+from flexpaft.training.options import options_loss
 
 log = logging.getLogger(__name__)
-
-SEARCH_DIR = "flexora"
-ALPHA_LOG = "alpha.jsonl"
-ALPHA_PLOT = "alpha.png"
-SELECTION = "selection.json"
-CHECKPOINT = "checkpoint"
 
 
 class LayerSearch:
@@ -97,6 +97,7 @@ class LayerSearch:
         examples: list[Example],
         templates: list[Template],
         accelerator: Any,
+        own: Template | None = None,
     ) -> None:
         f = cfg.flexora
         if f.val_examples < 1:
@@ -117,10 +118,6 @@ class LayerSearch:
             f.micro_batch,
             accelerator.distributed_type == DistributedType.DEEPSPEED,
         )
-        if f.ranks not in RANK_RULES:
-            raise FlexpaftError(
-                f"flexora.ranks must be one of {', '.join(RANK_RULES)}, got {f.ranks!r}"
-            )
         self.cfg, self.acc, self.tokenizer = cfg, accelerator, tokenizer
         self.out = Path(cfg.output_dir) / SEARCH_DIR
         self.train_examples, self.val_examples = split_examples(examples, f.val_examples, cfg.seed)
@@ -162,6 +159,7 @@ class LayerSearch:
             tokenizer,
             cfg.seed,
             accelerator,
+            own=own,
         )
         # A different seed: validation batches are not drawn in lockstep with training batches.
         val_loader, val_sampler = make_loader(
@@ -174,6 +172,7 @@ class LayerSearch:
             cfg.seed + 1,
             accelerator,
             options=self.val_loss_kind == "options",
+            own=own,
         )
         self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)
         # Rendered and tokenized once, reused every pass.
@@ -508,9 +507,9 @@ def _validation_set(
     """Plain flexora's validation wordings: its prompt set, when it has one, minus the template
     it trains on. None for flexora+paft (it holds a slice of its own training set out) and for
     a plain flexora run without a prompt set."""
-    if cfg.method != "flexora" or not cfg.prompts.prompt_set:
+    if cfg.spec.draws_templates or not cfg.prompts.prompt_set:
         return None
-    from flexpaft.methods.templates import load_valid_set
+    from flexpaft.prompts.task_templates import load_valid_set
 
     trained = {t.text for t in templates}
     found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]
@@ -568,7 +567,13 @@ def search_layers(
     templates: list[Template],
     accelerator: Any,
     progress: bool = True,
+    own: Template | None = None,
 ) -> SearchOutcome:
-    """Run Flexora's search on ``model`` (LoRA is added here and removed at the end)."""
-    search = LayerSearch(cfg, model, tokenizer, task, fmt, examples, templates, accelerator)
+    """Run Flexora's search on ``model`` (LoRA is added here and removed at the end).
+
+    ``own``: the user's own template, drawn at ``prompts.own_rate`` where it is among the
+    templates (``methods.templates.drawn_own_template``)."""
+    search = LayerSearch(
+        cfg, model, tokenizer, task, fmt, examples, templates, accelerator, own=own
+    )
     return search.run(progress)

@@ -24,11 +24,11 @@ from flexpaft.methods.flexora.blocks import (
     modules_by_block,
 )
 from flexpaft.methods.flexora.gates import gate_values
+from flexpaft.settings.flexora import SELECTION_RULES
 
 log = logging.getLogger(__name__)
 
-RULES = ("positive", "gate", "topk", "fraction")
-RANK_RULES = ("uniform", "gate")
+RULES = SELECTION_RULES  # the rule names, defined with the config that checks them
 
 
 def _ranking(alpha: Sequence[float]) -> list[int]:

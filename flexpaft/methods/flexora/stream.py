@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.sampling import PromptBatchSampler
+from flexpaft.training.sampling import PromptBatchSampler
 
 Batch = dict[str, torch.Tensor]
 

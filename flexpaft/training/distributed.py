@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.train.compute import ComputeSettings, accelerator_kwargs
+from flexpaft.training.compute import ComputeSettings, accelerator_kwargs
 
 
 def _env_true(name: str) -> bool:

@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from flexpaft.report.tables import (
+from flexpaft.reporting.tables import (
     HOW_TO_READ,
     OUTPUT_LENGTH_NOTE,
     OWN_NOTE,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import opt
+from flexpaft.settings.train import VALIDATION_METRICS as METRICS
+from flexpaft.settings.train import ValidationSettings
 
 if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
     import torch
@@ -26,56 +26,14 @@ if TYPE_CHECKING:  # the config (and so `flexpaft --help`) must not import torch
 
 log = logging.getLogger(__name__)
 
-METRICS = {"accuracy": "max", "min_accuracy": "max", "loss": "min"}
 STATE_FILE = "state.json"
 BEST_FILE = "best_lora.safetensors"
-
-
-@dataclass
-class ValidationSettings:
-    eval_every: int = opt(
-        0,
-        "Evaluate on the validation split every N optimizer steps and at the last step "
-        "(0 = no evaluation during training).",
-    )
-    eval_examples: int = opt(
-        64, "Validation examples held out from the training data (never trained on)."
-    )
-    eval_templates: str = opt(
-        "",
-        "Held-out templates to evaluate under (prompt set file; '' = the training templates).",
-        path=True,
-    )
-    max_eval_templates: int = opt(4, "Use at most the first N of those templates.")
-    metric: str = opt(
-        "accuracy",
-        "Which evaluation's adapter is saved: accuracy (mean over templates), min_accuracy "
-        "(the worst template) or loss (answer cross-entropy, lower is better).",
-    )
-    early_stopping_patience: int = opt(
-        0, "Stop after this many evaluations without improvement of metric (0 = never stop)."
-    )
-    batch_size: int = opt(16, "Sequences per forward pass when evaluating.")
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.eval_every < 0 or self.early_stopping_patience < 0:
-            raise ValueError("eval_every and early_stopping_patience must be >= 0")
-        if self.eval_every and self.eval_examples < 1:
-            raise ValueError("eval_examples must be at least 1 when eval_every is set")
-        if self.max_eval_templates < 1 or self.batch_size < 1:
-            raise ValueError("max_eval_templates and batch_size must be at least 1")
-
-    @property
-    def enabled(self) -> bool:
-        return self.eval_every > 0
 
 
 def eval_templates(
     settings: ValidationSettings, task: TaskSpec, fmt: AnswerFormat, training: list[Template]
 ) -> list[Template]:
-    from flexpaft.methods.templates import load_valid_set
+    from flexpaft.prompts.task_templates import load_valid_set
 
     found = (
         list(load_valid_set(settings.eval_templates, task, fmt))
@@ -138,8 +96,8 @@ class Validator:
     def _measure(self, model: torch.nn.Module) -> dict[str, Any]:
         import torch
 
-        from flexpaft.evaluate.evaluator import evaluate_templates
-        from flexpaft.train.data import PadCollator, RenderedDataset, answer_loss
+        from flexpaft.evaluation.evaluator import evaluate_templates
+        from flexpaft.training.data import PadCollator, RenderedDataset, answer_loss
 
         device = self.acc.device
         was_training = model.training

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexpaft.chat import ChatFormat, resolve_chat
+from flexpaft.chat import ChatFormat
 from flexpaft.prompts.template import Template
 from flexpaft.render import encode_for_training, render
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
-from flexpaft.train.sampling import PromptBatchSampler
 
 
 @dataclass
@@ -113,81 +112,3 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return torch.nn.functional.cross_entropy(
         pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100
     )
-
-
-def make_loader(
-    cfg: Any,
-    task: TaskSpec,
-    fmt: AnswerFormat,
-    examples: list[Example],
-    templates: list[Template],
-    tokenizer: Any,
-    seed: int,
-    acc: Any,
-    options: bool = False,
-    pairs: bool = False,
-) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
-    """The training pipeline: templates drawn per example, length grouping, rank shards.
-
-    The loader is prepared by ``acc`` (an ``Accelerator``): accelerate shards the global batch
-    stream by rank (see ``GlobalStream``) and moves batches to the device. The returned sampler
-    sets the epoch and the resume position.
-
-    ``pairs``: every item rendered under two templates, both scored over the options
-    (consistency.py); implies ``options``. ``prompts.own_rate`` is applied here, so every loader
-    of a run (stage 2, Flexora's search) draws the user's own template at that rate.
-    """
-    from torch.utils.data import DataLoader
-
-    from flexpaft.methods.templates import sampled_own_index
-
-    o = cfg.optim
-    # options=True: items carry every option's answer, for the loss over options (options.py).
-    if pairs:
-        from flexpaft.train.consistency import PairedCollator, PairedOptionsDataset
-
-        dataset_cls, collator_cls = PairedOptionsDataset, PairedCollator
-    elif options:
-        from flexpaft.train.options import OptionsCollator, OptionsDataset
-
-        dataset_cls, collator_cls = OptionsDataset, OptionsCollator
-    else:
-        dataset_cls, collator_cls = RenderedDataset, PadCollator
-    dataset = dataset_cls(
-        task,
-        examples,
-        templates,
-        fmt,
-        tokenizer,
-        cfg.data.max_length,
-        append_eos=cfg.data.appends_eos(fmt),
-        chat=resolve_chat(cfg.model.chat_template, tokenizer),
-    )
-    sampler = PromptBatchSampler(
-        len(examples),
-        len(templates),
-        o.batch_size,
-        seed,
-        cfg.prompts.mode,
-        cfg.prompts.k_steps,
-        o.grad_accum,
-        acc.process_index,
-        acc.num_processes,
-        lengths=dataset.length_estimates() if o.group_by_length else None,
-        own=sampled_own_index(cfg, task, fmt, templates),
-        own_rate=cfg.prompts.own_rate,
-        second=pairs,
-    )
-    # On CPU a worker process would fight the training threads for the cores; on GPU, workers
-    # render and tokenize the next batches while the current one runs.
-    workers = o.num_workers if o.num_workers >= 0 else (2 if acc.device.type == "cuda" else 0)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler.stream(),
-        # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
-        collate_fn=collator_cls(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
-        num_workers=workers,
-        pin_memory=acc.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-    return acc.prepare_data_loader(loader), sampler

@@ -28,10 +28,6 @@ TRACKERS = {
     "wandb": ("wandb", "wandb"),
     "trackio": ("trackio", "trackio"),
 }
-REPORT_TO_HELP = (
-    "Experiment trackers, through accelerate: none, tensorboard, wandb, trackio, a comma list, "
-    "or all (every one installed). history.jsonl and loss.png are written in any case."
-)
 
 
 def _installed(name: str) -> bool:

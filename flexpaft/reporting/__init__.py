@@ -1,9 +1,9 @@
 """Robustness reports: several eval runs side by side over the same unseen templates."""
 
-from flexpaft.report.render import per_template_csv, render_html, render_markdown
-from flexpaft.report.robustness import build_report, load_run, method_metrics, parse_thresholds
-from flexpaft.report.tables import generation_table, summary_table
-from flexpaft.report.write import Report, write_report
+from flexpaft.reporting.render import per_template_csv, render_html, render_markdown
+from flexpaft.reporting.robustness import build_report, load_run, method_metrics, parse_thresholds
+from flexpaft.reporting.tables import generation_table, summary_table
+from flexpaft.reporting.write import Report, write_report
 
 __all__ = [
     "Report",

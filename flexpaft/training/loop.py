@@ -1,46 +1,39 @@
-"""The training recipe, top to bottom: data -> templates -> (layer search) -> LoRA -> loop -> adapter.
+"""The training loop: a fresh LoRA (on given blocks) trained on a template stream, saved as a PEFT
+adapter.
 
 One code path for one device and for ``accelerate launch`` (DDP, DeepSpeed, FSDP): the Accelerator
 handles device placement, mixed precision, gradient synchronisation and accumulation, and shards
-the DataLoader, whose batch sampler emits one global template stream (see sampling.py). Memory
-options (checkpointing, 4/8-bit weights, attention kernel) are applied in compute.py.
+the DataLoader, whose batch sampler emits one global template stream (see sampling.py). The loop
+resumes exactly from its checkpoint, stops at the first NaN, and evaluates during training when
+given a ``Validator``. What to train (which templates, which blocks) is decided before it by the
+method's policies (``flexpaft.methods``); the loop never asks which method it runs.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import itertools
 import json
 import logging
 import math
-import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from flexpaft import __version__
 from flexpaft.chat import chat_record, resolve_chat
-from flexpaft.data_checks import warn_duplicates, warn_long_prompts
 from flexpaft.errors import FlexpaftError
-from flexpaft.io import atomic_directory, atomic_write_json, sha256_json
-from flexpaft.locks import run_dir_lock
-from flexpaft.memory import peak_memory, release_memory, releases_memory
-from flexpaft.methods.templates import training_templates
-from flexpaft.modelcard import write_model_card
+from flexpaft.io import atomic_directory
+from flexpaft.memory import peak_memory
 from flexpaft.models import base_fingerprint
-from flexpaft.prompts import PromptSet, Template
-from flexpaft.settings.train import TrainConfig
-from flexpaft.splits import TRAIN_HASHES, write_hashes
+from flexpaft.prompts import Template
+from flexpaft.settings.train import TrainConfig, config_hash
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
-from flexpaft.train.checkpoint import (
+from flexpaft.training.checkpoint import (
     Position,
     load_checkpoint,
     read_position,
@@ -48,229 +41,27 @@ from flexpaft.train.checkpoint import (
     saved_rng_states,
     set_rng_states,
 )
-from flexpaft.train.compute import (
-    attention_without_cudnn,
-    check_compute,
-    compute_summary,
-    load_for_training,
-)
-from flexpaft.train.consistency import batch_tokens, consistency_loss
-from flexpaft.train.data import answer_loss, make_loader
-from flexpaft.train.distributed import (
+from flexpaft.training.compute import attention_without_cudnn, compute_summary
+from flexpaft.training.consistency import batch_tokens, consistency_loss
+from flexpaft.training.data import answer_loss
+from flexpaft.training.distributed import (
     adapter_state_dict,
-    build_accelerator,
     fill_deepspeed_batch_size,
     weights_sharded,
 )
-from flexpaft.train.guard import DivergenceGuard
-from flexpaft.train.guard import grad_norm as total_grad_norm
-from flexpaft.train.lora import adapted_layers, add_lora
-from flexpaft.train.optim import make_optimizer, make_scheduler
-from flexpaft.train.options import options_loss
-from flexpaft.train.rundir import check_run_dir, finish_run_dir, prepare_run_dir
-from flexpaft.train.tracking import RunLog, tracker_names
-from flexpaft.train.validation import Validator, eval_templates
+from flexpaft.training.guard import DivergenceGuard
+from flexpaft.training.guard import grad_norm as total_grad_norm
+from flexpaft.training.loader import make_loader
+from flexpaft.training.lora import adapted_layers, add_lora
+from flexpaft.training.optim import make_optimizer, make_scheduler
+from flexpaft.training.options import options_loss
+from flexpaft.training.tracking import RunLog
+from flexpaft.training.validation import Validator
 
 log = logging.getLogger(__name__)
 
 ADAPTER_INFO = "flexpaft_adapter.json"
 VALIDATION_DIR = "validation"  # the validation state beside the checkpoint
-
-
-@dataclass
-class TrainResult:
-    adapter_dir: Path
-    manifest: dict[str, Any]
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    return {
-        "flexpaft": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-    }
-
-
-def examples_digest(examples: list[Example]) -> str:
-    return sha256_json([[e.fields, e.options, e.gold] for e in examples])
-
-
-def config_hash(cfg: TrainConfig) -> str:
-    """Hash of everything that changes the trained weights (not logging or output settings)."""
-    return config_dict_hash(asdict(cfg))
-
-
-def config_dict_hash(d: dict) -> str:
-    """``config_hash`` of a TrainConfig as a dict (``asdict``); ``d`` is not changed."""
-    d = copy.deepcopy(d)
-    for k in ("output_dir", "resume", "checkpoint_every", "log_every", "report_to"):
-        d.pop(k)
-    for k in ("push_to_hub", "hub_model_id", "hub_private"):
-        d.pop(k)
-    d["optim"].pop("num_workers")
-    # Recomputing activations or compiling changes speed and memory, not the arithmetic.
-    for k in ("gradient_checkpointing", "torch_compile", "torch_compile_backend"):
-        d.get("compute", {}).pop(k, None)
-    return sha256_json(d)[:16]
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """One Accelerator for every launch: plain, ``accelerate launch`` or ``torchrun``; the
-    ``report_to`` trackers go to accelerate (checked to be installed first)."""
-    trackers = tracker_names(cfg.report_to)
-    return build_accelerator(
-        cfg.optim.grad_accum,
-        cfg.compute,
-        log_with=trackers or None,
-        project_dir=cfg.output_dir if trackers else None,
-    )
-
-
-@releases_memory
-def train(
-    cfg: TrainConfig,
-    accelerator: Accelerator | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Run ``cfg`` end to end and return where the adapter went.
-
-    ``overwrite``: train into an output directory that holds other files or a finished run of
-    another configuration (only flexpaft's own entries are replaced).
-
-    The main process holds the output directory for the whole run (locks.run_dir_lock): a
-    second run started into it is refused in one line instead of deleting this one's
-    checkpoint in progress."""
-    acc = accelerator or make_accelerator(cfg)
-    if not acc.is_main_process:
-        return _train(cfg, acc, progress, overwrite)
-    with run_dir_lock(cfg.output_dir, "flexpaft train"):
-        return _train(cfg, acc, progress, overwrite)
-
-
-def _train(
-    cfg: TrainConfig,
-    accelerator: Accelerator | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> TrainResult:
-    acc = accelerator or make_accelerator(cfg)
-    check_compute(cfg.compute, acc.device)  # before minutes of loading data and weights
-    if cfg.push_to_hub:
-        from huggingface_hub import get_token
-
-        if not get_token():  # before training, not after it
-            raise FlexpaftError("push_to_hub needs a hub token: set HF_TOKEN (or `hf auth login`)")
-    # Before any data or model is loaded: a bad output_dir must not cost a training run.
-    request_hash = config_hash(cfg)
-    check_run_dir(cfg.output_dir, request_hash, overwrite)
-    if acc.is_main_process:
-        prepare_run_dir(cfg.output_dir, request_hash, overwrite)
-    acc.wait_for_everyone()
-    if cfg.resume:
-        read_position(Path(cfg.output_dir) / "checkpoint")  # a torn one is reported now
-
-    set_seed(cfg.seed)
-    started = time.time()
-    task, fmt, examples = cfg.data.load("train")
-    cfg.check_held_out(len(examples))
-    cfg.check_format(fmt)  # the options loss and consistency need scored options
-    if acc.is_main_process:
-        warn_duplicates(examples, "training")
-    v = cfg.validation
-    if v.enabled:
-        from flexpaft.tasks.data import split_examples
-
-        # Held out before anything looks at the data (topaccuracy's ranking, the layer search).
-        examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
-    model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
-    templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
-    if acc.is_main_process:
-        warn_long_prompts(
-            task,
-            fmt,
-            examples,
-            list(templates),
-            tok,
-            cfg.data.max_length,
-            "data.max_length",
-            chat=resolve_chat(cfg.model.chat_template, tok),
-            eos=cfg.data.appends_eos(fmt),
-        )
-    validator = None
-    if v.enabled:
-        held_out = eval_templates(v, task, fmt, templates)
-        validator = Validator(v, task, fmt, val_examples, held_out, tok, acc, cfg.data.max_length)
-
-    all_examples = examples  # Flexora holds some out for its search: they count as training data
-    layers = cfg.lora.layers_to_transform
-    search_info: dict[str, Any] = {}
-    if cfg.method.startswith("flexora"):
-        from flexpaft.methods.flexora.search import search_layers
-
-        outcome = search_layers(
-            cfg, model, tok, task, fmt, examples, templates, acc, progress=progress
-        )
-        layers, search_info = outcome.layers, outcome.summary()
-        if cfg.flexora.stage2_examples == "train":
-            examples = outcome.train_examples
-        # search_layers hands the base model back without LoRA; stage 2 adds a fresh one on the
-        # selected blocks only (no zero adapters left elsewhere), named as the search found them,
-        # with the ranks it chose (flexora.ranks).
-        cfg = dataclasses.replace(cfg, lora=outcome.stage2_lora(cfg.lora))
-        set_seed(cfg.seed)
-        release_memory()  # the search's freed heap, before stage 2 adds its own peak
-
-    out = Path(cfg.output_dir)
-    result = train_lora(
-        cfg, acc, model, tok, task, fmt, examples, templates, layers, progress, validator
-    )
-    manifest = {
-        "method": cfg.method,
-        "config": asdict(cfg),
-        "config_hash": config_hash(cfg),
-        "request_hash": request_hash,
-        "versions": versions(),
-        "task": task.name,
-        "format": fmt.value,
-        "examples": len(examples),
-        "data_digest": examples_digest(examples),
-        "train_hashes": {"file": f"adapter/{TRAIN_HASHES}", "count": len(all_examples)},
-        "templates": template_info,
-        "chat_template": chat_record(
-            cfg.model.chat_template, resolve_chat(cfg.model.chat_template, tok)
-        ),
-        "prompt_set_digest": PromptSet(list(templates)).digest(),
-        "layers": result["layers"],
-        # optim.loss as it was applied (auto decided for the method and answer format).
-        "loss": cfg.optim.resolved_loss(cfg.method, fmt),
-        "flexora": search_info,
-        "seed": cfg.seed,
-        "world_size": acc.num_processes,
-        "device": str(acc.device),
-        "wall_seconds": round(time.time() - started, 2),
-        **result["stats"],
-    }
-    if acc.is_main_process:
-        write_hashes(out / "adapter" / TRAIN_HASHES, all_examples)
-        atomic_write_json(out / "manifest.json", manifest)
-        PromptSet(list(templates)).save(out / "train_templates.jsonl")
-        write_model_card(out / "adapter", manifest)
-        finish_run_dir(out)
-        if cfg.push_to_hub:
-            from flexpaft.hub import push_adapter
-
-            url = push_adapter(out / "adapter", cfg.hub_model_id, cfg.hub_private)
-            log.info("pushed the adapter to %s", url)
-    acc.wait_for_everyone()
-    return TrainResult(out / "adapter", manifest)
 
 
 def started(loader: Any) -> Iterator[Any]:
@@ -313,10 +104,12 @@ def train_lora(
     layers: list[int] | None,
     progress: bool = True,
     validator: Validator | None = None,
+    own: Template | None = None,
 ) -> dict[str, Any]:
     """Train a fresh LoRA (on ``layers`` only, if given) and save it atomically as a PEFT adapter.
 
     With a ``validator``, the saved adapter is the best evaluation's, and training may stop early.
+    ``own``: the user's own template, drawn at ``prompts.own_rate`` (``make_loader``).
     """
     o = cfg.optim
     out = Path(cfg.output_dir)
@@ -326,7 +119,7 @@ def train_lora(
     model = add_lora(model, cfg.lora, layers)
     fingerprint = base_fingerprint(model.get_base_model().config)
 
-    loss_kind = o.resolved_loss(cfg.method, fmt)
+    loss_kind = o.resolved_loss(cfg.spec, fmt)
     # Batches hold every option's answer for the options loss, and two renderings for consistency;
     # the sampler's plan and the resume position count batches, not items, as before.
     loader, sampler = make_loader(
@@ -338,8 +131,9 @@ def train_lora(
         tok,
         cfg.seed,
         acc,
-        options=o.scores_options(cfg.method, fmt),
+        options=o.scores_options(cfg.spec, fmt),
         pairs=o.consistency > 0,
+        own=own,
     )
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)

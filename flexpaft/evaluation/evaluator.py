@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from flexpaft.chat import ChatFormat
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate import metrics
-from flexpaft.evaluate.scoring import (
+from flexpaft.evaluation import metrics
+from flexpaft.evaluation.scoring import (
     Scored,
     TokenCache,
     generate_answers,

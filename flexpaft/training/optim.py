@@ -6,22 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from flexpaft.settings.train import OPTIMIZERS, SCHEDULERS  # noqa: F401  (the names it builds)
+
 if TYPE_CHECKING:  # torch loads only to build an optimizer, not for the config's name lists
     import torch
-
-# TrainingArguments.optim names that need no extra package, built as the HF Trainer builds them
-# with its default arguments.
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
-# transformers.SchedulerType names that need no scheduler-specific arguments.
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-)
 
 
 def make_optimizer(

@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from flexpaft.evaluate import metrics
-from flexpaft.evaluate.evaluator import EvalResult
+from flexpaft.evaluation import metrics
+from flexpaft.evaluation.evaluator import EvalResult
 from flexpaft.prompts import Template
 
 

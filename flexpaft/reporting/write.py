@@ -1,4 +1,4 @@
-"""``flexpaft.report``: several evaluations side by side, written as JSON, Markdown, CSV, a plot
+"""``flexpaft.reporting``: several evaluations side by side, written as JSON, Markdown, CSV, a plot
 and optionally HTML. The command line (``flexpaft report``) is a thin layer over ``write_report``.
 """
 
@@ -11,8 +11,13 @@ from typing import Any
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_write_json, atomic_write_text
-from flexpaft.report.render import per_template_csv, render_html, render_markdown
-from flexpaft.report.robustness import DEFAULT_THRESHOLDS, build_report, load_run, parse_thresholds
+from flexpaft.reporting.render import per_template_csv, render_html, render_markdown
+from flexpaft.reporting.robustness import (
+    DEFAULT_THRESHOLDS,
+    build_report,
+    load_run,
+    parse_thresholds,
+)
 
 
 @dataclass
@@ -71,7 +76,7 @@ def write_report(
     templates (checked; ``allow_mismatch`` to report anyway). Writes report.json, report.md,
     per_template.csv, per_template.png (with matplotlib) and, with ``html``, report.html.
     """
-    from flexpaft.report.plots import plot_per_template
+    from flexpaft.reporting.plots import plot_per_template
     from flexpaft.validate import check_writable_dir
 
     check_writable_dir(output_dir)

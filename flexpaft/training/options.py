@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from flexpaft.render import encode_answer, encode_prompt, render
-from flexpaft.train.data import PadCollator, RenderedDataset, answer_targets
+from flexpaft.training.data import PadCollator, RenderedDataset, answer_targets
 
 Batch = dict[str, torch.Tensor]
 PROMPT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")

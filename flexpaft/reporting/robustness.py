@@ -1,6 +1,6 @@
 """Robustness numbers for several eval runs side by side over the same unseen templates.
 
-Every metric comes from ``flexpaft.evaluate.metrics`` so a report and ``flexpaft eval`` can never
+Every metric comes from ``flexpaft.evaluation.metrics`` so a report and ``flexpaft eval`` can never
 disagree on a definition; this module only loads runs, checks they are comparable, and collects.
 """
 
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate import metrics
-from flexpaft.report import intervals
+from flexpaft.evaluation import metrics
+from flexpaft.reporting import intervals
 from flexpaft.stored import check_template_result
 
 if TYPE_CHECKING:  # evaluator.py loads torch; `flexpaft report --help` should not
-    from flexpaft.evaluate.evaluator import EvalResult
+    from flexpaft.evaluation.evaluator import EvalResult
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
 
@@ -68,7 +68,7 @@ def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
     for i, entry in enumerate(data["per_template"], 1):
         if problem := check_template_result(entry):
             raise FlexpaftError(f"{where} is damaged: template {i}: {problem}")
-    from flexpaft.evaluate.evaluator import EvalResult
+    from flexpaft.evaluation.evaluator import EvalResult
 
     fields = {k: data[k] for k in (*keys, "summary") if k in data}
     try:

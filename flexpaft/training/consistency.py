@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flexpaft.train.options import Batch, OptionsCollator, OptionsDataset, option_scores
+from flexpaft.training.options import Batch, OptionsCollator, OptionsDataset, option_scores
 
 FIRST, SECOND = "first.", "second."
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from flexpaft.chat import chat_record, resolve_chat
 from flexpaft.data_checks import warn_long_prompts
 from flexpaft.errors import FlexpaftError
-from flexpaft.evaluate.distributed import evaluate_sharded, process_state
-from flexpaft.evaluate.evaluator import (
+from flexpaft.evaluation.distributed import evaluate_sharded, process_state
+from flexpaft.evaluation.evaluator import (
     EvalResult,
     TemplateResult,
     evaluate_templates,
@@ -22,19 +22,16 @@ from flexpaft.evaluate.evaluator import (
 from flexpaft.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
 from flexpaft.locks import run_dir_lock
 from flexpaft.memory import releases_memory
-from flexpaft.methods.templates import default_template, load_valid_set
 from flexpaft.prompts import PromptSet, Template
-from flexpaft.prompts.promptset import template_id
-from flexpaft.settings.evaluate import (
-    EvalConfig,
-)  # defined apart (no torch); still importable from here
+from flexpaft.prompts.task_templates import default_template, load_valid_set, own_template
+from flexpaft.settings.evaluate import EvalConfig, upgrade_stored
 from flexpaft.splits import check_disjoint
 from flexpaft.stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
 from flexpaft.validate import check_adapter_dir, check_eval_output, check_writable_dir
 
 log = logging.getLogger(__name__)
 
-ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.trainer
+ADAPTER_INFO = "flexpaft_adapter.json"  # written by train.loop
 
 
 @releases_memory
@@ -53,7 +50,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, overwrite: bool = False) ->
 def eval_request(cfg: EvalConfig | dict) -> str:
     """What makes two evaluations "the same configuration": every setting but where the
     results go (the same digest for a config and for its copy in results.json)."""
-    d = dict(asdict(cfg) if not isinstance(cfg, dict) else cfg)
+    d = dict(asdict(cfg) if not isinstance(cfg, dict) else upgrade_stored(cfg))
     d.pop("output_dir", None)
     return sha256_json(d)
 
@@ -84,22 +81,17 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     if cfg.adapter:
         check_adapter_dir(cfg.adapter)
     task, fmt, examples = cfg.data.load()
-    if cfg.prompt_set:
-        templates = list(load_valid_set(cfg.prompt_set, task, fmt))
-        if cfg.max_templates is not None and cfg.max_templates < len(templates):
-            log.info("evaluating the first %d of %d templates", cfg.max_templates, len(templates))
-            templates = templates[: cfg.max_templates]
+    p = cfg.prompts
+    if p.prompt_set:
+        templates = list(load_valid_set(p.prompt_set, task, fmt))
+        if p.max_templates is not None and p.max_templates < len(templates):
+            log.info("evaluating the first %d of %d templates", p.max_templates, len(templates))
+            templates = templates[: p.max_templates]
     else:
         templates = [default_template(task, fmt)]
-    adversarial = (
-        list(load_valid_set(cfg.adversarial_set, task, fmt)) if cfg.adversarial_set else []
-    )
-    ref = None
-    if cfg.reference_template == "default":
-        ref = default_template(task, fmt)
-    elif cfg.reference_template:
-        text = cfg.reference_template
-        ref = Template(text, template_id(text)).validate(task, fmt)
+    adversarial = list(load_valid_set(p.adversarial_set, task, fmt)) if p.adversarial_set else []
+    # The user's own prompt (the task's unless prompts.template), scored beside the set.
+    ref = own_template(p.template, task, fmt) if p.own else None
     # Under `accelerate launch` / torchrun the templates are split across the processes.
     state = process_state()
     device = state.device if state is not None else None
@@ -150,7 +142,9 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     if adversarial:
         extra["adversarial"] = run(adversarial).to_dict()
     if ref is not None:
-        extra["reference"] = run([ref]).to_dict()
+        # Scored once: under no prompt set the main result already is the own prompt's.
+        own_res = res if [t.text for t in templates] == [ref.text] else run([ref])
+        extra["reference"] = own_res.to_dict()
     name = cfg.name or (Path(cfg.adapter).parent.name if cfg.adapter else "base")
     if state is None or state.is_main_process:
         # The digest lets ``flexpaft report`` refuse runs scored on different examples.
@@ -204,7 +198,7 @@ def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:
 def _resume_key(cfg: EvalConfig, examples: list) -> str:
     """What makes per-template results reusable: model, adapter, data, scoring settings."""
     d = asdict(cfg)
-    for k in ("output_dir", "name", "prompt_set", "adversarial_set", "reference_template"):
+    for k in ("output_dir", "name", "prompts"):
         d.pop(k)
     if cfg.adapter:
         weights = Path(cfg.adapter) / "adapter_model.safetensors"

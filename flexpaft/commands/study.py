@@ -1,0 +1,31 @@
+"""``flexpaft study``: a whole comparison from one YAML (``workflows/study``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.workflows.study import StudyConfig
+
+HELP = (
+    "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
+    "evaluation, reports with 95% intervals"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, StudyConfig, example="train.optim.lr=5e-4")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flexpaft.locks import run_dir_lock
+    from flexpaft.workflows.study import Study
+
+    cfg = config_from_args(StudyConfig, args)
+    # One study per directory: two would retrain and re-evaluate over each other's runs.
+    with run_dir_lock(cfg.output_dir, "flexpaft study"):
+        written = Study(cfg, progress=not args.quiet).run()
+    for name, path in written.items():
+        print(f"report ({name}): {path}/report.md", file=sys.stdout)
+    return 0

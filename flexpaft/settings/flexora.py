@@ -1,0 +1,152 @@
+"""``flexora``: the settings of Flexora's layer search and of the selection it makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flexpaft.errors import short_repr
+from flexpaft.settings.schema import opt
+from flexpaft.tasks.spec import AnswerFormat
+
+BUDGET_UNITS = ("auto", "rows", "pass")
+VAL_LOSSES = ("auto", "options", "full")
+VAL_TEMPLATES = ("auto", "train", "heldout")
+SEARCH_SCHEDULES = ("search", "stage2")
+STAGE2_EXAMPLES = ("all", "train")
+# The selection rules and the stage-2 rank rules (methods/flexora/select.py applies them); here so
+# the config check needs no torch import.
+SELECTION_RULES = ("positive", "gate", "topk", "fraction")
+RANK_RULES = ("uniform", "gate")
+
+
+@dataclass
+class FlexoraSettings:
+    val_examples: int = opt(
+        200, "Validation examples held out from the training data for the search."
+    )
+    search_steps: int = opt(0, "Search length in outer steps (0 = search_examples or auto).")
+    search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
+    search_budget: float = opt(
+        1.0,
+        "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
+        "compute (forward+backward passes, counted as budget_unit says), at most one pass over "
+        "the training split. 1 (a whole pass; 0.5 before 2026-12-07) lifted flexora+paft by "
+        "6.4 points on snips (docs/RESULTS.md); 0.1 with alpha_warmup=0 is the cheap setting.",
+    )
+    budget_unit: str = opt(
+        "auto",
+        "What search_budget counts: rows (a micro-batch is one unit however many row chunks it "
+        "runs as: right where time follows rows, as on a CPU), pass (every forward+backward "
+        "call is one unit: right where a pass costs the same for 2 rows as for 8, as on a GPU "
+        "at LoRA batch sizes), auto (pass on an accelerator, rows on a CPU).",
+    )
+    stable_steps: int = opt(
+        10,
+        "Stop the search once the selection (for the positive rule: alpha's sign pattern) has "
+        "not changed for this many outer steps (0 = never stop early).",
+    )
+    alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
+    val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")
+    micro_batch: int = opt(
+        0,
+        "Rows per forward/backward in the search's first-order steps (0 = auto: half of "
+        "optim.batch_size, rounded up). The search adapts every block, so a full micro-batch "
+        "there holds activations that stage 2 skips; chunk losses are weighted by answer tokens, "
+        "so every step is still the full micro-batch's. Set optim.batch_size to disable.",
+    )
+    unroll: int = opt(
+        0,
+        "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",
+    )
+    selection: str = opt("positive", "positive (alpha > 0), gate (gate > 1), topk, fraction.")
+    ranks: str = opt(
+        "uniform",
+        "Stage-2 ranks of the selected blocks: uniform (lora.r each, layers_to_transform only) "
+        "or gate (round(lora.r x gate_i / mean gate of the selected), at least 1, with lora.alpha "
+        "scaled alike so alpha/r stays; written as PEFT rank_pattern/alpha_pattern).",
+    )
+    k: int = opt(0, "Layers kept by the topk rule.")
+    fraction: float = opt(0.5, "Share of layers kept by the fraction rule.")
+    blocks_pattern: str = opt(
+        "", "Regex for block module names with one group capturing the index (auto if '')."
+    )
+    val_loss: str = opt(
+        "auto",
+        "The loss alpha minimises on the validation batches: options (cross-entropy over the "
+        "task's answer options, ranked by summed log-probability as the evaluator ranks them: "
+        "the loss accuracy reads), full (cross-entropy of the gold answer over the whole "
+        "vocabulary, the paper's), auto (options wherever the answer format scores options: "
+        "label_words, letter, option_text; full for generation).",
+    )
+    val_templates: str = opt(
+        "auto",
+        "Templates the validation batches are rendered under: train (the training templates), "
+        "heldout (a slice of the prompt set, val_template_fraction of it, that the search's "
+        "inner loop never trains on, so alpha is tuned for unseen wordings; plain flexora, "
+        "which trains on one template, validates under all of prompts.prompt_set instead), "
+        "auto (heldout when the prompt set has at least 4 templates, as under flexora+paft, "
+        "or when plain flexora is given prompts.prompt_set; train otherwise).",
+    )
+    val_template_fraction: float = opt(
+        0.25, "Share of the prompt set held out for validation under val_templates=heldout."
+    )
+    alpha_warmup: float = opt(
+        0.25,
+        "Share of the search's outer steps during which only the LoRA weights learn and alpha "
+        "waits (its gradient at an untrained LoRA says little about where LoRA helps).",
+    )
+    schedule: str = opt(
+        "stage2",
+        "Inner learning-rate schedule of the search: search (the optim schedule squeezed into "
+        "the search's length) or stage2 (the first steps of the schedule stage 2 runs: the same "
+        "warm-up and learning rates a LoRA sees there).",
+    )
+
+    stage2_examples: str = opt(
+        "train",
+        "What stage 2 trains on: train (only the search's training split, as the paper's code "
+        "does; the measured default) or all (every training example, the search's validation "
+        "examples included: they chose the blocks, a hyperparameter, as a held-out fold does, "
+        "and the final LoRA learns from the same data as a LoRA it is compared with).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.budget_unit not in BUDGET_UNITS:
+            raise ValueError(
+                f"flexora.budget_unit {self.budget_unit!r} is not one of {', '.join(BUDGET_UNITS)}"
+            )
+        for key, choices in (
+            ("val_loss", VAL_LOSSES),
+            ("val_templates", VAL_TEMPLATES),
+            ("schedule", SEARCH_SCHEDULES),
+            ("stage2_examples", STAGE2_EXAMPLES),
+        ):
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"flexora.{key} {short_repr(getattr(self, key))} is not one of {', '.join(choices)}"
+                )
+        if not 0 < self.val_template_fraction < 1:
+            raise ValueError(
+                f"flexora.val_template_fraction must be in (0, 1), got {self.val_template_fraction}"
+            )
+        if not 0 <= self.alpha_warmup < 1:
+            raise ValueError(f"flexora.alpha_warmup must be in [0, 1), got {self.alpha_warmup}")
+
+        # Checked here, before the model loads and the search runs, not when the search ends.
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(
+                f"flexora.selection {short_repr(self.selection)} is not one of "
+                f"{', '.join(SELECTION_RULES)}"
+            )
+        if self.ranks not in RANK_RULES:
+            raise ValueError(
+                f"flexora.ranks {short_repr(self.ranks)} is not one of {', '.join(RANK_RULES)}"
+            )
+        if self.selection == "topk" and self.k < 1:
+            raise ValueError(f"flexora.k must be at least 1 for the topk rule, got {self.k}")
+
+    def resolved_val_loss(self, fmt: AnswerFormat) -> str:
+        """``val_loss`` with auto decided for answer format ``fmt``."""
+        if self.val_loss != "auto":
+            return self.val_loss
+        return "full" if fmt is AnswerFormat.GENERATION else "options"
