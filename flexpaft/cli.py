@@ -33,7 +33,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flexpaft import __version__
+    from flexpaft.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="flexpaft",

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flexpaft import __version__
 from flexpaft.chat import chat_record, resolve_chat
 from flexpaft.data_checks import warn_duplicates, warn_long_prompts
 from flexpaft.errors import FlexpaftError
@@ -33,6 +31,7 @@ from flexpaft.settings.methods import METHODS, with_layers
 from flexpaft.settings.train import TrainConfig, config_hash
 from flexpaft.splits import TRAIN_HASHES, write_hashes
 from flexpaft.tasks.spec import Example
+from flexpaft.version import versions
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +75,6 @@ def _last_loss(run_dir: Path) -> float | None:
         return None
     rows = [row for _, row in read_jsonl_objects(path, "delete it")]
     return rows[-1].get("loss") if rows else None
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "flexpaft": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-    }
 
 
 def examples_digest(examples: list[Example]) -> str:

@@ -9,7 +9,6 @@ a value taken on trust (a resume at step -5, an accuracy of "high").
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -53,50 +52,6 @@ def read_jsonl_objects(path: Path, remedy: str) -> list[tuple[int, dict[str, Any
             raise damaged(path, f"line {n} is not a JSON object ({short_repr(row, 40)})", remedy)
         rows.append((n, row))
     return rows
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def check_template_result(d: Any) -> str | None:
-    """What is wrong with one stored per-template result (results.json's ``per_template``
-    entries, partial.jsonl's ``result``), or None when it can be trusted."""
-    from flexpaft.evaluation.evaluator import TemplateResult
-
-    if not isinstance(d, dict):
-        return f"a result is {short_repr(d, 40)}, not an object"
-    known = set(TemplateResult.__dataclass_fields__)
-    required = {"id", "text", "accuracy", "n", "correct", "predictions"}
-    if missing := sorted(required - set(d)):
-        return f"a result has no {missing[0]}"
-    if extra := sorted(set(d) - known):
-        return f"a result has an unknown field {short_repr(extra[0], 40)}"
-    if not isinstance(d["id"], str) or not isinstance(d["text"], str):
-        return "a result's id or text is not text"
-    if not _is_count(d["n"]):
-        return f"n is {short_repr(d['n'], 40)}, not a count"
-    if not _is_number(d["accuracy"]) or not 0 <= d["accuracy"] <= 1:
-        return f"accuracy is {short_repr(d['accuracy'], 40)}, not between 0 and 1"
-    correct, predictions = d["correct"], d["predictions"]
-    if not isinstance(correct, list) or any(
-        c not in (0, 1) or isinstance(c, float) for c in correct
-    ):
-        return "correct is not a list of 0 and 1"
-    if not isinstance(predictions, list) or not all(
-        isinstance(p, int) and not isinstance(p, bool) for p in predictions
-    ):
-        return "predictions is not a list of integers"
-    if len(correct) != d["n"] or len(predictions) != d["n"]:
-        return f"n is {d['n']} but {len(correct)} correct and {len(predictions)} predictions"
-    for k in ("answered", "mean_generated_tokens", "seconds_per_example"):
-        if d.get(k) is not None and not _is_number(d[k]):
-            return f"{k} is {short_repr(d[k], 40)}, not a number"
-    return None
 
 
 ADAPTER_INFO = "flexpaft_adapter.json"

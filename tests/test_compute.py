@@ -14,7 +14,7 @@ from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.gates import LayerGates
-from flexpaft.methods.flexora.search import alpha_gradient
+from flexpaft.methods.flexora.hypergrad import alpha_gradient
 from flexpaft.recipe import train
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig

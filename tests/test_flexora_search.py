@@ -9,17 +9,17 @@ import torch
 from conftest import boolq_rows, build_model, build_tokenizer, recording_cudnn_flag
 from safetensors.torch import load_file
 
+from flexpaft.methods.flexora import hypergrad
 from flexpaft.methods.flexora import search as search_mod
 from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.gates import LayerGates
-from flexpaft.methods.flexora.search import (
-    LayerSearch,
+from flexpaft.methods.flexora.hypergrad import (
     adam_surrogate_update,
     alpha_gradient,
-    search_layers,
     sgd_update,
     unrolled_hypergradient,
 )
+from flexpaft.methods.flexora.search import LayerSearch, search_layers
 from flexpaft.prompts import Template
 from flexpaft.settings.schema import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
@@ -225,7 +225,7 @@ def test_unrolled_on_the_model_with_zero_lr_is_the_direct_gradient():
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def loss_at(params, batch):
-        return search_mod.answer_loss(search_mod._WithParams(model, params), batch)
+        return search_mod.answer_loss(hypergrad._WithParams(model, params), batch)
 
     hyper, _ = unrolled_hypergradient(
         loss_at,
@@ -298,7 +298,7 @@ def test_resume_gives_the_same_alpha_as_an_uninterrupted_run(tmp_path, tok, monk
     monkeypatch.setattr(LayerSearch, "outer_step", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_search(config(tmp_path / "b", *steps), tok)
-    monkeypatch.setattr(LayerSearch, "try_resume", _mark_resumed(LayerSearch.try_resume))
+    monkeypatch.setattr(search_mod, "resume_search", _mark_resumed(search_mod.resume_search))
     _, resumed = run_search(config(tmp_path / "b", *steps), tok)
     assert resumed.alpha == full.alpha
     rows = (tmp_path / "b" / "flexora" / "alpha.jsonl").read_text().splitlines()

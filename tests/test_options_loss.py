@@ -21,8 +21,8 @@ from test_flexora_search import (
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluation.scoring import score_naive
 from flexpaft.methods.flexora.hypergrad import alpha_gradient
-from flexpaft.methods.flexora.search import validation_templates
 from flexpaft.methods.flexora.select import overlap
+from flexpaft.methods.flexora.wordings import validation_templates
 from flexpaft.prompts import Template
 from flexpaft.render import render
 from flexpaft.settings.schema import load_config
@@ -260,7 +260,7 @@ def test_stage2_trains_on_all_examples_unless_told_otherwise(
 
 
 def test_plain_flexora_validates_under_its_prompt_set_not_its_one_template(tmp_path):
-    from flexpaft.methods.flexora.search import _validation_set
+    from flexpaft.methods.flexora.wordings import validation_set as _validation_set
 
     one = [Template(TEMPLATES[0].text)]
     others = [Template(f"T{i}: {{question}}\nAnswer:") for i in range(3)]

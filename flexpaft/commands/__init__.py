@@ -1,0 +1,1 @@
+"""One module per command-line verb, each a thin layer over the Python API."""

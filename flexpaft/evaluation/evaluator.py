@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 from flexpaft.chat import ChatFormat
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluation import metrics
+from flexpaft.evaluation.results import EvalResult, TemplateResult
 from flexpaft.evaluation.scoring import (
     Scored,
     TokenCache,
@@ -32,50 +32,6 @@ from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "first_token", "continuation", "generate")
-
-
-@dataclass
-class TemplateResult:
-    id: str
-    text: str
-    accuracy: float
-    n: int
-    correct: list[int] = field(repr=False)
-    predictions: list[int] = field(repr=False)
-    answered: float = 1.0  # share of examples where an answer could be extracted (generation)
-    mean_generated_tokens: float | None = None
-    seconds_per_example: float | None = None
-
-
-@dataclass
-class EvalResult:
-    task: str
-    format: str
-    mode: str
-    per_template: list[TemplateResult]
-    seconds: float
-    summary: dict[str, float] = field(default_factory=dict)
-    # Throughput of this call: (template, example) pairs scored (templates resumed from an
-    # earlier run do not count), per second of scoring, and on CUDA the peak memory allocated.
-    pairs_scored: int = 0
-    pairs_per_s: float | None = None
-    peak_gpu_mib: float | None = None
-
-    @property
-    def accuracies(self) -> list[float]:
-        return [t.accuracy for t in self.per_template]
-
-    def correct_matrix(self) -> np.ndarray:
-        return np.array([t.correct for t in self.per_template], dtype=np.int8)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
-        d = dict(d)
-        d["per_template"] = [TemplateResult(**t) for t in d["per_template"]]
-        return cls(**d)
 
 
 def choose_mode(mode: str, fmt: AnswerFormat, items_ok_single: bool) -> str:

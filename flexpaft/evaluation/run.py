@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from flexpaft.chat import chat_record, resolve_chat
 from flexpaft.data_checks import warn_long_prompts
@@ -19,6 +20,7 @@ from flexpaft.evaluation.evaluator import (
     load_adapter,
     markdown_table,
 )
+from flexpaft.evaluation.results import check_template_result
 from flexpaft.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
 from flexpaft.locks import run_dir_lock
 from flexpaft.memory import releases_memory
@@ -26,8 +28,9 @@ from flexpaft.prompts import PromptSet, Template
 from flexpaft.prompts.task_templates import default_template, load_valid_set, own_template
 from flexpaft.settings.evaluate import EvalConfig, upgrade_stored
 from flexpaft.splits import check_disjoint
-from flexpaft.stored import check_template_result, damaged, read_adapter_info, read_jsonl_objects
+from flexpaft.stored import damaged, read_adapter_info, read_jsonl_objects
 from flexpaft.validate import check_adapter_dir, check_eval_output, check_writable_dir
+from flexpaft.version import versions
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,7 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
                 "config": asdict(cfg),
                 "data_digest": digest,
                 "chat_template": chat_info,
+                "versions": versions(),
                 **res.to_dict(),
                 **extra,
                 "gold": [ex.gold for ex in examples],
@@ -236,3 +240,44 @@ class PartialResults:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class EvalRun:
+    """A finished ``flexpaft.evaluate``: the accuracy under every template of the prompt set
+    (``result``), under the user's own prompt (``own``) and the adversarial set, and where
+    results.json went."""
+
+    output_dir: Path
+    result: EvalResult
+    own: EvalResult | None = None
+    adversarial: EvalResult | None = None
+
+    @property
+    def mean(self) -> float:
+        """Accuracy averaged over the templates."""
+        return float(sum(self.result.accuracies) / len(self.result.accuracies))
+
+    @property
+    def worst(self) -> float:
+        """Accuracy under the worst template."""
+        return float(min(self.result.accuracies))
+
+    @property
+    def results_file(self) -> Path:
+        return self.output_dir / "results.json"
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True, overwrite: bool = False) -> EvalRun:
+    """Evaluate ``cfg`` (``flexpaft eval``): a model, with ``cfg.adapter`` if set, under every
+    template of ``cfg.prompts.prompt_set`` and the own prompt, on ``cfg.data``'s examples;
+    writes results.json, results.md and templates.jsonl to ``cfg.output_dir``."""
+    result = run_eval(cfg, progress=progress, overwrite=overwrite)
+    out = Path(cfg.output_dir)
+    stored: dict[str, Any] = {}
+    if (out / "results.json").is_file():  # under a launcher only the main process writes it
+        stored = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    extra = {
+        k: EvalResult.from_dict(stored[k]) for k in ("reference", "adversarial") if k in stored
+    }
+    return EvalRun(out, result, extra.get("reference"), extra.get("adversarial"))

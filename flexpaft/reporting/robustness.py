@@ -10,17 +10,14 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluation import metrics
+from flexpaft.evaluation.results import EvalResult, check_template_result
 from flexpaft.reporting import intervals
-from flexpaft.stored import check_template_result
-
-if TYPE_CHECKING:  # evaluator.py loads torch; `flexpaft report --help` should not
-    from flexpaft.evaluation.evaluator import EvalResult
 
 DEFAULT_THRESHOLDS = (0.8, 0.85, 0.9)
 
@@ -68,8 +65,6 @@ def _eval_result(data: dict[str, Any], where: str) -> EvalResult:
     for i, entry in enumerate(data["per_template"], 1):
         if problem := check_template_result(entry):
             raise FlexpaftError(f"{where} is damaged: template {i}: {problem}")
-    from flexpaft.evaluation.evaluator import EvalResult
-
     fields = {k: data[k] for k in (*keys, "summary") if k in data}
     try:
         res = EvalResult.from_dict(fields)

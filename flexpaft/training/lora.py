@@ -122,3 +122,15 @@ def adapted_layers(model: torch.nn.Module) -> list[int]:
             if m:
                 found.add(int(m.group(1)))
     return sorted(found)
+
+
+def adapted_module_names(model: torch.nn.Module) -> list[str]:
+    """The leaf names of the modules that hold a LoRA (``q_proj``, ``v_proj``...): an explicit
+    ``target_modules`` list, which ``layers_to_transform`` needs ("all-linear" cannot carry it)."""
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict)
+        }
+    )

@@ -1,0 +1,1 @@
+"""Flows made of API calls: the demo and whole studies."""

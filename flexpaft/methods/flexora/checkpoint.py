@@ -8,6 +8,7 @@ different search configuration (``config_hash``) is refused rather than silently
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_directory
+from flexpaft.methods.flexora.outcome import CHECKPOINT
 from flexpaft.training.checkpoint import (
     load_lora_state,
     load_states,
@@ -27,6 +29,7 @@ from flexpaft.training.checkpoint import (
 
 STATE_FILE = "search_state.json"
 ALPHA_FILE = "alpha.safetensors"
+log = logging.getLogger(__name__)
 
 
 def save_search_checkpoint(
@@ -66,3 +69,62 @@ def load_search_checkpoint(
     with torch.no_grad():
         alpha.copy_(load_file(str(directory / ALPHA_FILE))["alpha"])
     return position, load_states(directory)
+
+
+def save_search(search: Any) -> None:
+    """Checkpoint a running ``LayerSearch``: its position, optimizers, alpha and LoRA."""
+    position = {
+        "step": search.step,
+        "inner_steps": search.inner_steps,
+        "train_position": [search.train.epoch, search.train.batch],
+        "val_position": search.val.position,
+        "stable": [list(search.stability.last or ()), search.stability.unchanged],
+        "stopped_early": search.stopped_early,
+        "seconds": search.seconds,
+        "config_hash": search.config_hash,
+    }
+    states = {
+        "optimizer": search.optimizer.state_dict(),
+        "scheduler": search.scheduler.state_dict(),
+        "alpha_optimizer": search.alpha_optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    save_search_checkpoint(
+        search.out / CHECKPOINT,
+        search.acc.unwrap_model(search.wrapped),
+        search.gates.alpha,
+        states,
+        position,
+    )
+
+
+def resume_search(search: Any) -> bool:
+    """Put a ``LayerSearch`` back where its checkpoint left it; False when there is none."""
+    ckpt = search.out / CHECKPOINT
+    if not (search.cfg.resume and read_search_position(ckpt) is not None):
+        return False
+    state, opt = load_search_checkpoint(
+        ckpt, search.acc.unwrap_model(search.wrapped), search.gates.alpha, search.config_hash
+    )
+    search.optimizer.load_state_dict(opt["optimizer"])
+    search.scheduler.load_state_dict(opt["scheduler"])
+    search.alpha_optimizer.load_state_dict(opt["alpha_optimizer"])
+    torch.set_rng_state(opt["rng"])
+    search.step, search.inner_steps = state["step"], state["inner_steps"]
+    search.train.seek(*state["train_position"])
+    search.val.position = state["val_position"]
+    last, search.stability.unchanged = state["stable"]
+    search.stopped_early = state["stopped_early"]
+    search.stability.last = tuple(last) if search.step else None
+    search.seconds = state["seconds"]
+    log.info("resuming the layer search at step %d of %d", search.step, search.total)
+    return True
+
+
+def read_alpha_log(path: Path, step: int) -> list[dict[str, Any]]:
+    """alpha.jsonl's rows up to ``step`` (lines written after the last checkpoint belong to
+    steps that a resumed search redoes)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= step]

@@ -48,6 +48,10 @@ class SearchOutcome:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     alpha_rank_spread: float = 0.0  # largest |alpha difference| between ranks (0 = identical)
+    # The modules the search adapted, by leaf name, and the LoRA settings it ran with: what a
+    # stage 2 (or a user's own PEFT setup, to_lora_config) adapts on the selected blocks.
+    target_modules: list[str] = field(default_factory=list)
+    lora: LoraSettings | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -72,10 +76,35 @@ class SearchOutcome:
             "train_examples": len(self.train_examples),
         }
 
+    def to_lora_config(self, **overrides: Any) -> Any:
+        """A ``peft.LoraConfig`` that adapts exactly the selected blocks: an explicit
+        ``target_modules`` list, ``layers_to_transform`` and ``layers_pattern``, and with
+        ``flexora.ranks=gate`` the per-block ranks as ``rank_pattern``/``alpha_pattern`` keyed by
+        escaped full module names. TRL's ``peft_config=`` and ``get_peft_model`` take it as it is;
+        ``overrides`` replace LoraConfig fields (``lora_dropout=0.05``)."""
+        base = self.lora or LoraSettings()
+        settings = dataclasses.replace(
+            self.stage2_lora(base),
+            target_modules=list(self.target_modules or base.target_modules),
+            layers_pattern=base.layers_pattern or self.block_list.rsplit(".", 1)[-1],
+        )
+        config = lora_config(settings, self.layers)
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise TypeError(f"LoraConfig has no field {key!r}")
+            setattr(config, key, value)
+        return config
+
     def stage2_lora(self, settings: LoraSettings) -> LoraSettings:
-        """The LoRA settings of stage 2: the block list's name (unless given) and the ranks."""
+        """The LoRA settings of stage 2: the block list's name (unless given), the ranks, and
+        an explicit module list where the settings say all-linear (PEFT refuses
+        layers_to_transform with a string target)."""
+        targets = settings.target_modules
+        if targets == ["all-linear"] and self.target_modules:
+            targets = list(self.target_modules)
         return dataclasses.replace(
             settings,
+            target_modules=targets,
             layers_pattern=settings.layers_pattern or self.layers_pattern,
             rank_pattern={**settings.rank_pattern, **self.rank_pattern},
             alpha_pattern={**settings.alpha_pattern, **self.alpha_pattern},
@@ -163,7 +192,6 @@ def block_patterns(
 def write_selection(path: Path, outcome: SearchOutcome, cfg: TrainConfig, config_hash: str) -> None:
     """selection.json: the outcome's summary and the PEFT LoraConfig a stage 2 would use."""
     f = cfg.flexora
-    settings = outcome.stage2_lora(cfg.lora)
     atomic_write_json(
         path,
         {
@@ -171,6 +199,6 @@ def write_selection(path: Path, outcome: SearchOutcome, cfg: TrainConfig, config
             "config_hash": config_hash,
             "k": f.k,
             "fraction": f.fraction,
-            "lora_config": _jsonable(lora_config(settings, outcome.layers).to_dict()),
+            "lora_config": _jsonable(outcome.to_lora_config().to_dict()),
         },
     )

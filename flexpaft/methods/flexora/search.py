@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,26 +38,13 @@ from flexpaft.io import atomic_write_text
 from flexpaft.memory import peak_memory
 from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
 from flexpaft.methods.flexora.budget import StableSelection, passes_per_micro_batch, search_length
-from flexpaft.methods.flexora.checkpoint import (
-    load_search_checkpoint,
-    read_search_position,
-    save_search_checkpoint,
-)
+from flexpaft.methods.flexora.checkpoint import read_alpha_log, resume_search, save_search
 from flexpaft.methods.flexora.chunks import chunked_loss_backward, search_rows
 from flexpaft.methods.flexora.gates import GateHooks, LayerGates
-from flexpaft.methods.flexora.hypergrad import (  # noqa: F401  (the math's names stay importable from here)
-    Batch,
-    _WithParams,
-    adam_surrogate_update,
-    alpha_gradient,
-    model_hypergradient,
-    sgd_update,
-    unrolled_hypergradient,
-)
+from flexpaft.methods.flexora.hypergrad import Batch, alpha_gradient, model_hypergradient
 from flexpaft.methods.flexora.outcome import (
     ALPHA_LOG,
     ALPHA_PLOT,
-    CHECKPOINT,
     SEARCH_DIR,
     SELECTION,
     SearchOutcome,
@@ -70,6 +56,7 @@ from flexpaft.methods.flexora.outcome import (
 from flexpaft.methods.flexora.plots import plot_alpha
 from flexpaft.methods.flexora.select import gate_ranks, overlap, select_layers
 from flexpaft.methods.flexora.stream import BatchStream, FixedBatches
+from flexpaft.methods.flexora.wordings import validation_set, validation_templates
 from flexpaft.prompts import Template
 from flexpaft.settings.train import TrainConfig
 from flexpaft.tasks.data import split_examples
@@ -78,7 +65,7 @@ from flexpaft.training.compute import attention_without_cudnn, checkpointing_pau
 from flexpaft.training.data import answer_loss
 from flexpaft.training.distributed import check_search_backend, fill_deepspeed_batch_size
 from flexpaft.training.loader import make_loader
-from flexpaft.training.lora import add_lora
+from flexpaft.training.lora import adapted_module_names, add_lora
 from flexpaft.training.options import options_loss
 
 log = logging.getLogger(__name__)
@@ -98,9 +85,10 @@ class LayerSearch:
         templates: list[Template],
         accelerator: Any,
         own: Template | None = None,
+        val_examples: list[Example] | None = None,
     ) -> None:
         f = cfg.flexora
-        if f.val_examples < 1:
+        if val_examples is None and f.val_examples < 1:
             raise FlexpaftError("flexora.val_examples must be at least 1 (alpha learns on them)")
         if f.unroll < 0 or f.val_batches < 1:
             raise FlexpaftError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
@@ -120,7 +108,12 @@ class LayerSearch:
         )
         self.cfg, self.acc, self.tokenizer = cfg, accelerator, tokenizer
         self.out = Path(cfg.output_dir) / SEARCH_DIR
-        self.train_examples, self.val_examples = split_examples(examples, f.val_examples, cfg.seed)
+        if val_examples is not None:  # given apart (flexpaft.search_layers)
+            self.train_examples, self.val_examples = list(examples), list(val_examples)
+        else:
+            self.train_examples, self.val_examples = split_examples(
+                examples, f.val_examples, cfg.seed
+            )
 
         # Found on the bare model so names read as PEFT's layers_to_transform sees them.
         self.layout = find_blocks(model, f.blocks_pattern)
@@ -146,7 +139,7 @@ class LayerSearch:
 
         o = cfg.optim
         self.train_templates, self.val_templates = validation_templates(
-            f, templates, cfg.seed, _validation_set(cfg, task, fmt, templates)
+            f, templates, cfg.seed, validation_set(cfg, task, fmt, templates)
         )
         self.val_loss_kind = f.resolved_val_loss(fmt)
         self.val_loss_fn = options_loss if self.val_loss_kind == "options" else answer_loss
@@ -314,73 +307,18 @@ class LayerSearch:
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    # -- persistence --
-
-    def save_checkpoint(self) -> None:
-        position = {
-            "step": self.step,
-            "inner_steps": self.inner_steps,
-            "train_position": [self.train.epoch, self.train.batch],
-            "val_position": self.val.position,
-            "stable": [list(self.stability.last or ()), self.stability.unchanged],
-            "stopped_early": self.stopped_early,
-            "seconds": self.seconds,
-            "config_hash": self.config_hash,
-        }
-        states = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-        save_search_checkpoint(
-            self.out / CHECKPOINT,
-            self.acc.unwrap_model(self.wrapped),
-            self.gates.alpha,
-            states,
-            position,
-        )
-
-    def try_resume(self) -> bool:
-        ckpt = self.out / CHECKPOINT
-        if not (self.cfg.resume and read_search_position(ckpt) is not None):
-            return False
-        state, opt = load_search_checkpoint(
-            ckpt, self.acc.unwrap_model(self.wrapped), self.gates.alpha, self.config_hash
-        )
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        self.alpha_optimizer.load_state_dict(opt["alpha_optimizer"])
-        torch.set_rng_state(opt["rng"])
-        self.step, self.inner_steps = state["step"], state["inner_steps"]
-        self.train.seek(*state["train_position"])
-        self.val.position = state["val_position"]
-        last, self.stability.unchanged = state["stable"]
-        self.stopped_early = state["stopped_early"]
-        self.stability.last = tuple(last) if self.step else None
-        self.seconds = state["seconds"]
-        log.info("resuming the layer search at step %d of %d", self.step, self.total)
-        return True
-
-    def _read_log(self) -> list[dict[str, Any]]:
-        path = self.out / ALPHA_LOG
-        if not path.is_file():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if r["step"] <= self.step]
-
     # -- the loop --
 
     def run(self, progress: bool = True) -> SearchOutcome:
         acc = self.acc
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
-        self.try_resume()
+        resume_search(self)
         main = acc.is_main_process
         log_path = self.out / ALPHA_LOG
         if main:
             # Lines written after the checkpoint belong to steps that will be redone.
-            kept = self._read_log()
+            kept = read_alpha_log(self.out / ALPHA_LOG, self.step)
             atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
         acc.wait_for_everyone()
         bar = tqdm(
@@ -413,7 +351,7 @@ class LayerSearch:
                     self.seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     if main:
-                        self.save_checkpoint()
+                        save_search(self)
                     acc.wait_for_everyone()
         finally:
             bar.close()
@@ -467,10 +405,12 @@ class LayerSearch:
             rank_pattern=rank_pattern,
             alpha_pattern=alpha_pattern,
             alpha_rank_spread=spread,
+            target_modules=adapted_module_names(self.model.get_base_model()),
+            lora=cfg.lora,
         )
         if self.acc.is_main_process:
             write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)
-            rows = self._read_log()
+            rows = read_alpha_log(self.out / ALPHA_LOG, self.step)
             # How settled the selection was: its overlap at every step with the final one.
             for row in rows:
                 if "selected" in row:
@@ -501,61 +441,6 @@ class LayerSearch:
         self.model.unload()
 
 
-def _validation_set(
-    cfg: Any, task: TaskSpec, fmt: AnswerFormat, templates: list[Template]
-) -> list[Template] | None:
-    """Plain flexora's validation wordings: its prompt set, when it has one, minus the template
-    it trains on. None for flexora+paft (it holds a slice of its own training set out) and for
-    a plain flexora run without a prompt set."""
-    if cfg.spec.draws_templates or not cfg.prompts.prompt_set:
-        return None
-    from flexpaft.prompts.task_templates import load_valid_set
-
-    trained = {t.text for t in templates}
-    found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]
-    if not found:
-        raise FlexpaftError(
-            f"prompts.prompt_set {cfg.prompts.prompt_set} holds no template but the one flexora "
-            "trains on: nothing to validate under"
-        )
-    return found
-
-
-def validation_templates(
-    f: Any, templates: list[Template], seed: int, others: list[Template] | None = None
-) -> tuple[list[Template], list[Template]]:
-    """(templates the inner loop trains on, templates the validation batches are rendered under).
-
-    ``heldout`` keeps a seeded share of the prompt set away from the inner loop, so alpha is
-    tuned for wordings the LoRA it gates never trained on: the search aims at what the
-    evaluation under unseen templates measures. ``others``: wordings that the run never trains
-    on at all (plain flexora's prompt set beside its one template); under ``heldout`` they are
-    the validation templates and every training template stays in the inner loop.
-    """
-    mode = f.val_templates
-    if mode == "auto":
-        mode = "heldout" if len(templates) >= 4 or others else "train"
-    if mode == "train":
-        return templates, templates
-    if others:
-        return templates, others
-    if len(templates) < 2:
-        raise FlexpaftError(
-            "flexora.val_templates=heldout needs a prompt set of at least 2 templates "
-            f"(this run has {len(templates)}): use flexora+paft, or give plain flexora "
-            "prompts.prompt_set (its templates then render the validation batches), or "
-            "flexora.val_templates=train"
-        )
-    order = list(range(len(templates)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(templates) - 1, max(1, round(f.val_template_fraction * len(templates))))
-    held = set(order[:n_val])
-    return (
-        [t for i, t in enumerate(templates) if i not in held],
-        [t for i, t in enumerate(templates) if i in held],
-    )
-
-
 @attention_without_cudnn()  # its backward gives NaN gradients on our batches (compute.py)
 def search_layers(
     cfg: TrainConfig,
@@ -568,12 +453,23 @@ def search_layers(
     accelerator: Any,
     progress: bool = True,
     own: Template | None = None,
+    val_examples: list[Example] | None = None,
 ) -> SearchOutcome:
     """Run Flexora's search on ``model`` (LoRA is added here and removed at the end).
 
     ``own``: the user's own template, drawn at ``prompts.own_rate`` where it is among the
-    templates (``methods.templates.drawn_own_template``)."""
+    templates (``methods.templates.drawn_own_template``). ``val_examples``: alpha's validation
+    examples; by default ``flexora.val_examples`` of ``examples`` are held out for it."""
     search = LayerSearch(
-        cfg, model, tokenizer, task, fmt, examples, templates, accelerator, own=own
+        cfg,
+        model,
+        tokenizer,
+        task,
+        fmt,
+        examples,
+        templates,
+        accelerator,
+        own=own,
+        val_examples=val_examples,
     )
     return search.run(progress)
