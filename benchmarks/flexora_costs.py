@@ -580,7 +580,8 @@ def parse_settings(spec: str) -> dict[str, Any]:
     """'budget_unit=rows,search_budget=0.15' -> flexora keyword arguments, parsed and checked as
     ``--set flexora.KEY=VALUE`` would be (unknown keys, types and choices refused)."""
     from flexpaft.errors import FlexpaftError
-    from flexpaft.settings.schema import from_dict, parse_override
+    from flexpaft.settings.loading import parse_override
+    from flexpaft.settings.schema import from_dict
 
     try:
         pairs = (parse_override(item) for item in filter(None, spec.split(",")))

@@ -14,7 +14,7 @@ import argparse
 
 from flexpaft.methods.flexora.baselines import lora_drop_scores
 from flexpaft.methods.flexora.select import select_layers
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import TrainConfig
 
 

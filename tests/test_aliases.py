@@ -8,7 +8,7 @@ from conftest import boolq_rows, write_jsonl
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import TrainConfig
 from flexpaft.training.optim import OPTIMIZERS, make_optimizer
 

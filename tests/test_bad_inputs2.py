@@ -19,7 +19,7 @@ from test_bad_inputs import TEMPLATES, Case, _snapshot, shared  # noqa: F401  (s
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError, short_repr
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 
 # Nine lines, under 1 KB: expands to 9^9 (387 million) strings.
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
@@ -261,7 +261,7 @@ def test_cli_output_flag_is_taken_as_typed(tmp_path):
     import argparse
 
     from flexpaft.evaluation.run import EvalConfig
-    from flexpaft.settings.schema import config_from_args
+    from flexpaft.settings.loading import config_from_args
 
     args = argparse.Namespace(config=None, set=["name=no"], adapter="", output_dir="exp #3")
     cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir"))
@@ -295,7 +295,7 @@ def test_yaml_file_strings_and_merge_key(tmp_path):
         "output_dir: 'exp #3'\n"
         "eval:\n  <<: *d\n  max_length: 128\n"
     )
-    from flexpaft.settings.schema import read_yaml
+    from flexpaft.settings.loading import read_yaml
 
     data = read_yaml(f)
     assert data["eval"] == {"batch_size": 8, "max_length": 128}

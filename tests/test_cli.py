@@ -307,7 +307,7 @@ def test_interrupted_evaluation_resumes_per_template(tmp_path, tiny_model_dir, b
     from flexpaft.evaluation.evaluator import TemplateResult
     from flexpaft.evaluation.run import EvalConfig, PartialResults, _resume_key
     from flexpaft.prompts import PromptSet
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
 
     data, prompts = boolq_files
     sets = [

@@ -16,7 +16,7 @@ from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.gates import LayerGates
 from flexpaft.methods.flexora.hypergrad import alpha_gradient
 from flexpaft.recipe import train
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.training.compute import (

@@ -1,7 +1,8 @@
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import describe, load_config
+from flexpaft.settings.loading import load_config
+from flexpaft.settings.schema import describe
 from flexpaft.settings.train import TrainConfig
 
 

@@ -108,7 +108,7 @@ def test_ddp_config_trains_on_two_cpu_processes(tmp_path, tiny_model_dir):
     # The same run in one process sees the same global stream: stage 2's one epoch covers the
     # same (example, template) pairs, so the real tokens agree; each rank ran half the steps.
     from flexpaft.recipe import train
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.settings.train import TrainConfig
 
     args = train_args(tiny_model_dir, data, prompts, tmp_path / "one")
@@ -172,7 +172,7 @@ def test_eval_under_accelerate_launch_splits_the_templates(tmp_path, tiny_model_
     if torch.cuda.device_count() == 1:
         pytest.skip("one GPU: the DDP config asks for two processes")
     from flexpaft.evaluation.run import EvalConfig, run_eval
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
 
     data = write_jsonl(tmp_path / "b.jsonl", boolq_rows(12))
     prompts = write_jsonl(

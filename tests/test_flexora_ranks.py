@@ -14,7 +14,7 @@ from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
 from flexpaft.methods.flexora.outcome import block_patterns
 from flexpaft.methods.flexora.select import gate_ranks
 from flexpaft.recipe import train
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.training.lora import add_lora, check_adapted, lora_ranks
 

@@ -21,7 +21,7 @@ from flexpaft.methods.flexora.hypergrad import (
 )
 from flexpaft.methods.flexora.search import LayerSearch, search_layers
 from flexpaft.prompts import Template
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.training.data import PadCollator

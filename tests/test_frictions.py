@@ -9,7 +9,7 @@ from conftest import boolq_rows, write_jsonl
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
 from flexpaft.settings.evaluate import EvalConfig
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 
 TEMPLATES = [
     "{passage}\nQuestion: {question}?\nAnswer:",

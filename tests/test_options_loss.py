@@ -25,7 +25,7 @@ from flexpaft.methods.flexora.select import overlap
 from flexpaft.methods.flexora.wordings import validation_templates
 from flexpaft.prompts import Template
 from flexpaft.render import render
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import FlexoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.training.options import (

@@ -13,7 +13,7 @@ from conftest import boolq_rows, write_jsonl
 from test_trainer import _cfg  # the trainer tests' tiny-run config
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import TrainConfig
 from flexpaft.training.sampling import PromptBatchSampler, plan_epoch
 
@@ -384,7 +384,7 @@ def test_own_prompt_from_a_named_test_template_and_over_seeds():
 def test_eval_accepts_own_template_as_the_reference(tmp_path):
     from flexpaft.cli import build_parser
     from flexpaft.settings.evaluate import EvalConfig
-    from flexpaft.settings.schema import config_from_args
+    from flexpaft.settings.loading import config_from_args
 
     text = "{goal}\nA: {sol1}\nB: {sol2}\nAnswer:"
     args = build_parser().parse_args(["eval", "--own-template", text])

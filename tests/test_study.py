@@ -97,7 +97,7 @@ def test_balance_by_gold_by_hand():
 
 def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
     from flexpaft.prompts import PromptSet
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.workflows.study import Study, StudyConfig
 
     pool = write_jsonl(
@@ -123,7 +123,7 @@ def test_study_splits_a_given_candidate_pool(tmp_path, tiny_model_dir):
 def test_balanced_slices_stay_inside_their_window(tmp_path, tiny_model_dir):
     from dataclasses import replace
 
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.workflows.study import Study, StudyConfig
 
     # 'yes' on every 3rd row only: 1 in 3 answers is 'yes'.

@@ -13,7 +13,7 @@ from test_flexora_search import random_batches
 from flexpaft.cli import main
 from flexpaft.methods.flexora.blocks import find_blocks
 from flexpaft.methods.flexora.select import bottom_half_layers, gradient_probe_ranking
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings
 from flexpaft.training.data import answer_loss
 from flexpaft.training.lora import add_lora

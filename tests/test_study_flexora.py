@@ -106,7 +106,7 @@ def test_a_flexora_held_out_set_as_large_as_the_training_slice_is_refused_first(
 
 
 def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_model_dir, caplog):
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.workflows.study import Study, StudyConfig
 
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["base"])
@@ -136,7 +136,7 @@ def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_mode
 
 
 def test_flexora_study_trains_every_baseline_and_reports_them(tmp_path, tiny_model_dir, capsys):
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.workflows.study import Study, StudyConfig
 
     path = _study_yaml(tmp_path, tiny_model_dir)

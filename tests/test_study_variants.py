@@ -12,7 +12,7 @@ from test_study import _study_yaml
 
 from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.workflows.study import Study, StudyConfig, _same_config, _without_added_settings
 
 

@@ -44,7 +44,7 @@ def _cli(capsys, *argv):
 
 # ---- the shipped example ---------------------------------------------------------------------
 def test_example_task_reads_its_data_through_the_config_path():
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.settings.train import TrainConfig
 
     cfg = load_config(

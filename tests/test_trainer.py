@@ -10,7 +10,7 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.prompts import Template
 from flexpaft.recipe import train
 from flexpaft.render import Rendered, encode_for_training, render
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.training.data import PadCollator, answer_loss

@@ -11,7 +11,7 @@ from test_flexora_search import TEMPLATES, examples
 from flexpaft.errors import FlexpaftError
 from flexpaft.evaluation.evaluator import evaluate_templates, load_adapter
 from flexpaft.recipe import train
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 from flexpaft.settings.train import LoraSettings, TrainConfig
 from flexpaft.tasks import AnswerFormat, get_task
 from flexpaft.training.data import PadCollator, RenderedDataset, answer_loss

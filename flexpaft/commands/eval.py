@@ -7,7 +7,7 @@ import os
 
 from flexpaft.commands.common import ALLOW_OVERLAP_HELP, flags
 from flexpaft.settings.evaluate import EvalConfig
-from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.settings.loading import add_config_arguments, config_from_args
 
 HELP = "accuracy of a model (+ adapter) under every template of a prompt set"
 

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.settings.loading import add_config_arguments, config_from_args
 from flexpaft.settings.train import TrainConfig
 
 HELP = "Flexora: search which blocks get LoRA (per-block gates tuned on validation data)"

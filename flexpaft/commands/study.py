@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.settings.loading import add_config_arguments, config_from_args
 from flexpaft.workflows.study import StudyConfig
 
 HELP = (

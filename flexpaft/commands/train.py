@@ -6,7 +6,7 @@ import argparse
 import os
 
 from flexpaft.commands.common import ALLOW_OVERLAP_HELP, flags, layer_ranges
-from flexpaft.settings.schema import add_config_arguments, config_from_args
+from flexpaft.settings.loading import add_config_arguments, config_from_args
 from flexpaft.settings.train import TrainConfig
 
 HELP = "fine-tune a LoRA adapter (lora, paft, topaccuracy, flexora, flexora+paft)"

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from flexpaft.settings.common import DataSettings, ModelSettings
-from flexpaft.settings.schema import Loadable, opt, section
+from flexpaft.settings.loading import Loadable
+from flexpaft.settings.schema import opt, section
 
 
 @dataclass

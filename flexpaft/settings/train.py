@@ -12,8 +12,9 @@ from flexpaft.io import sha256_json
 from flexpaft.settings.common import DataSettings, ModelSettings
 from flexpaft.settings.compute import ComputeSettings
 from flexpaft.settings.flexora import FlexoraSettings
+from flexpaft.settings.loading import Loadable
 from flexpaft.settings.methods import METHODS, Method, method
-from flexpaft.settings.schema import Loadable, opt, section
+from flexpaft.settings.schema import opt, section
 from flexpaft.tasks.spec import AnswerFormat
 
 # TrainingArguments.optim names that need no extra package, built as the HF Trainer builds them

@@ -24,7 +24,7 @@ from typing import Any
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_write_text
-from flexpaft.settings.schema import load_config
+from flexpaft.settings.loading import load_config
 
 # The SNIPS intents (7, as one-token label words): the corpus behind BIG-bench's
 # intent_recognition, the demo's task until its archive left PyPI; a one-prompt LoRA learns it

@@ -32,11 +32,8 @@ from typing import Any
 from flexpaft.errors import FlexpaftError, short_repr
 from flexpaft.io import atomic_write_json
 from flexpaft.settings.common import DataSettings, ModelSettings, balanced_window
-from flexpaft.settings.schema import (
-    load_config,
-    opt,
-    section,
-)
+from flexpaft.settings.loading import load_config
+from flexpaft.settings.schema import opt, section
 
 log = logging.getLogger(__name__)
 
