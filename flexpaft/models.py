@@ -237,3 +237,46 @@ def base_fingerprint(config: Any) -> dict[str, Any]:
         "vocab_size",
     )
     return {k: getattr(config, k, None) for k in keys}
+
+
+def peek_config(name_or_path: str, trust_remote_code: bool = False) -> Any | None:
+    """The model's config without its weights, where that is cheap (a local directory, a cached
+    dequantized GGUF, or a GGUF's own metadata); None where it is not (a hub id offline).
+    Lets an adapter be checked against its base model before minutes of loading."""
+    from transformers import AutoConfig
+
+    try:
+        if is_gguf(name_or_path):
+            gguf = embedded_gguf() if name_or_path in EMBEDDED_ALIASES else Path(name_or_path)
+            base = cache_dir() / "models" / f"{gguf.stem}-{_gguf_key(gguf)}"
+            for cached in (base, base.with_name(base.name + "-bf16")):
+                if (cached / "config.json").is_file():
+                    return AutoConfig.from_pretrained(cached)
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        p = Path(name_or_path)
+        if (p / "config.json").is_file():
+            return AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, FlexpaftError):
+        return None
+    return None
+
+
+def adapter_base_model(adapter: str | Path) -> str:
+    """The base model an adapter was trained on: flexpaft's record of it (``model.name`` at
+    training time: ``embedded``, a directory or a hub id), else PEFT's
+    ``base_model_name_or_path``; FlexpaftError when neither names one."""
+    from flexpaft.stored import read_adapter_info
+
+    info = read_adapter_info(adapter) or {}
+    if isinstance(info.get("base_model"), str) and info["base_model"]:
+        return info["base_model"]
+    try:
+        conf = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        conf = {}
+    name = conf.get("base_model_name_or_path") if isinstance(conf, dict) else None
+    if not name:
+        raise FlexpaftError(
+            f"adapter {adapter} does not say which base model it was trained on: give model.name"
+        )
+    return str(name)

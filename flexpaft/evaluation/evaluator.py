@@ -177,7 +177,8 @@ def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
             diff = [k for k in want if want[k] != have.get(k)]
             raise FlexpaftError(
                 f"adapter {path} was trained on another base model ({info.get('base_model')}; "
-                f"differs in {', '.join(diff)})"
+                f"differs in {', '.join(diff)}): load that base (model.name="
+                f"{info.get('base_model')}, or empty for the adapter's own)"
             )
     import warnings
 

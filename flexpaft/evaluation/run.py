@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from flexpaft.evaluation.results import check_template_result
 from flexpaft.io import atomic_write_json, atomic_write_text, sha256_file, sha256_json, write_error
 from flexpaft.locks import run_dir_lock
 from flexpaft.memory import releases_memory
+from flexpaft.models import adapter_base_model, base_fingerprint, peek_config
 from flexpaft.prompts import PromptSet, Template
 from flexpaft.prompts.task_templates import default_template, load_valid_set, own_template
 from flexpaft.settings.evaluate import EvalConfig, upgrade_stored
@@ -83,6 +85,7 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     check_eval_overwrite(out, cfg, overwrite)
     if cfg.adapter:
         check_adapter_dir(cfg.adapter)
+    base = base_model_for(cfg)
     task, fmt, examples = cfg.data.load()
     p = cfg.prompts
     if p.prompt_set:
@@ -98,7 +101,7 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     # Under `accelerate launch` / torchrun the templates are split across the processes.
     state = process_state()
     device = state.device if state is not None else None
-    model, tok = cfg.model.load(device)
+    model, tok = dataclasses.replace(cfg.model, name=base).load(device)
     if cfg.adapter:
         check_disjoint(cfg.adapter, examples, cfg.data.allow_overlap)
         model = load_adapter(model, cfg.adapter)
@@ -160,6 +163,7 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
                 "config": asdict(cfg),
                 "data_digest": digest,
                 "chat_template": chat_info,
+                "base_model": base,
                 "versions": versions(),
                 **res.to_dict(),
                 **extra,
@@ -172,6 +176,32 @@ def _run_eval(cfg: EvalConfig, progress: bool, overwrite: bool) -> EvalResult:
     if state is not None:
         state.wait_for_everyone()
     return res
+
+
+def base_model_for(cfg: EvalConfig) -> str:
+    """The base model to load: ``model.name``, or the adapter's own base when it is empty (the
+    embedded model without an adapter). A base given apart from the adapter's is checked
+    against it now, from its config alone, so a mismatch costs no model load."""
+    if not cfg.adapter:
+        return cfg.model.name or "embedded"
+    if not cfg.model.name:
+        name = adapter_base_model(cfg.adapter)
+        log.info("base model: %s (the adapter's)", name)
+        return name
+    info = read_adapter_info(cfg.adapter) or {}
+    want = info.get("base_fingerprint")
+    config = peek_config(cfg.model.name, cfg.model.trust_remote_code) if want else None
+    if config is not None:
+        have = base_fingerprint(config)
+        diff = [k for k in want if want[k] != have.get(k)]
+        if diff:
+            raise FlexpaftError(
+                f"adapter {cfg.adapter} was trained on another base model "
+                f"({info.get('base_model')}; {cfg.model.name} differs in {', '.join(diff)}): "
+                f"leave model.name empty to use the adapter's, or --set model.name="
+                f"{info.get('base_model')}"
+            )
+    return cfg.model.name
 
 
 def warn_chat_mismatch(adapter: str, chat_info: dict) -> bool:

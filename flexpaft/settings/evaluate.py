@@ -12,6 +12,17 @@ from flexpaft.settings.schema import opt, section
 
 
 @dataclass
+class EvalModelSettings(ModelSettings):
+    name: str = opt(
+        "",
+        "Base model: hub id, local directory, .gguf file, 'embedded' (SmolLM2-135M-Instruct), or "
+        "'' = the adapter's own base model (the one it was trained on; the embedded model when "
+        "there is no adapter).",
+        path=True,
+    )
+
+
+@dataclass
 class EvalPrompts:
     prompt_set: str = opt(
         "",
@@ -83,7 +94,7 @@ class EvalConfig(Loadable):
     name: str = opt(
         "", "Label of this evaluation in reports (default: adapter directory or 'base')."
     )
-    model: ModelSettings = section(ModelSettings, "Base model.")
+    model: EvalModelSettings = section(EvalModelSettings, "Base model.")
     data: DataSettings = section(
         DataSettings, "Task and data (use skip/limit to keep test data apart)."
     )

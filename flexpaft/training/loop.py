@@ -225,7 +225,9 @@ def train_lora(
                 continue
             pos.step += 1
             bar.update(1)
-            if cfg.log_every and pos.step % cfg.log_every == 0:
+            # Every log_every steps, and the last one: a run shorter than log_every still leaves
+            # its history.jsonl and loss.png.
+            if (cfg.log_every and pos.step % cfg.log_every == 0) or pos.step >= total_steps:
                 bar.set_postfix(
                     loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
                 )
