@@ -26,6 +26,7 @@ from flexpaft.memory import releases_memory
 from flexpaft.methods.layers import LAYER_POLICIES
 from flexpaft.methods.templates import drawn_own_template, training_templates
 from flexpaft.modelcard import write_model_card
+from flexpaft.models import peek_config
 from flexpaft.prompts import PromptSet
 from flexpaft.settings.methods import METHODS, with_layers
 from flexpaft.settings.train import TrainConfig, config_hash
@@ -123,6 +124,7 @@ def _train(cfg: TrainConfig, acc: Any, progress: bool, overwrite: bool) -> Train
 
     from flexpaft.training.compute import check_compute, load_for_training
     from flexpaft.training.loop import train_lora
+    from flexpaft.training.lora import check_layers_exist
     from flexpaft.training.rundir import check_run_dir, finish_run_dir, prepare_run_dir
     from flexpaft.training.validation import Validator, eval_templates
 
@@ -156,6 +158,10 @@ def _train(cfg: TrainConfig, acc: Any, progress: bool, overwrite: bool) -> Train
 
         # Held out before anything looks at the data (topaccuracy's ranking, the layer search).
         examples, val_examples = split_examples(examples, v.eval_examples, cfg.seed + 2)
+    if cfg.lora.layers_to_transform:  # a block the model lacks, found before its weights load
+        base = peek_config(cfg.model.name, cfg.model.trust_remote_code)
+        if base is not None:
+            check_layers_exist(cfg.lora.layers_to_transform, base)
     model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, template_info = training_templates(cfg, task, fmt, examples, model, tok)
     own = drawn_own_template(cfg, task, fmt)

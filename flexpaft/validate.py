@@ -14,7 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flexpaft.errors import FlexpaftError
+from flexpaft.errors import FlexpaftError, short_repr
+
+# The longest sequence a config may ask for (a million tokens): past it a value is a typo, and
+# 2**70 would overflow the tensors built from it.
+MAX_TOKENS = 1 << 20
 
 # Allowed ranges of numeric config values, by dotted key; they apply to every config class that
 # has the key (train, eval and search share ``data.*`` and ``model.*``). (low, high, low_open):
@@ -26,7 +30,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.limit": (0, None, False),
     "data.skip": (0, None, False),
     "data.max_field_chars": (0, None, False),
-    "data.max_length": (1, None, False),
+    "data.max_length": (1, MAX_TOKENS, False),
     "optim.lr": (0, None, True),
     "optim.weight_decay": (0, None, False),
     "optim.epochs": (0, None, True),
@@ -55,21 +59,29 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     # flexpaft eval
     "batch_size": (1, None, False),
     "max_batch_tokens": (1, None, False),
-    "max_length": (1, None, False),
+    "max_length": (1, MAX_TOKENS, False),
     "max_new_tokens": (1, None, False),
     "prompts.max_templates": (1, None, False),
     "thresholds[]": (0, 1, False),
 }
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _describe(low: float | None, high: float | None, low_open: bool) -> str:
     if low is not None and high is not None:
-        return f"between {low:g} and {high:g}" if not low_open else f"in ({low:g}, {high:g}]"
+        return (
+            f"between {_num(low)} and {_num(high)}"
+            if not low_open
+            else f"in ({_num(low)}, {_num(high)}]"
+        )
     if low is not None:
         if low_open:
-            return "positive" if low == 0 else f"greater than {low:g}"
-        return "0 or more" if low == 0 else f"at least {low:g}"
-    return f"at most {high:g}"
+            return "positive" if low == 0 else f"greater than {_num(low)}"
+        return "0 or more" if low == 0 else f"at least {_num(low)}"
+    return f"at most {_num(high)}"
 
 
 def check_ranges(cfg: Any, prefix: str = "") -> None:
@@ -107,6 +119,9 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise FlexpaftError(f"{what} {p} is a directory, not a file")
+    if p.exists() and not p.is_file():
+        # /dev/null, a FIFO, a socket: it exists, so "not found" would mislead.
+        raise FlexpaftError(f"{what} {p} is not a regular file (a device, pipe or socket)")
     if not p.is_file():
         raise FlexpaftError(f"{what} not found: {p}")
     try:
@@ -191,6 +206,13 @@ def check_adapter_dir(path: str | os.PathLike, check_values: bool = True) -> Pat
         raise FlexpaftError(f"adapter {p}: adapter_config.json is unreadable ({e})") from None
     if not isinstance(data, dict) or "peft_type" not in data:
         raise FlexpaftError(f"adapter {p}: adapter_config.json is not a PEFT config (no peft_type)")
+    if data["peft_type"] != "LORA":
+        # flexpaft writes LoRA adapters; another type (or an edited field) would fail deep in
+        # PEFT with an unrelated tensor error.
+        raise FlexpaftError(
+            f"adapter {p}: adapter_config.json has peft_type {short_repr(data['peft_type'], 40)}; "
+            "flexpaft loads LoRA adapters (peft_type LORA)"
+        )
     weights = p / ADAPTER_WEIGHTS
     if not weights.is_file():
         if any(p.glob("adapter_model*.bin")) or any(p.glob("*.pt")):

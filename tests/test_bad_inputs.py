@@ -555,6 +555,49 @@ def _snapshot(*roots: Path) -> dict[str, bytes]:
     }
 
 
+def _edited_adapter_config(c: Case, **change) -> Path:
+    conf = json.loads((c.s["adapter"] / "adapter_config.json").read_text())
+    return c.adapter(adapter_config__json=json.dumps({**conf, **change}))
+
+
+# The audit's last classes (issue 31): accepted silently before, or a traceback.
+CASES.update(
+    {
+        "train-max-length-huge": (
+            lambda c: c.train(f"data.max_length={2**70}"),
+            "data.max_length must be between 1 and 1048576",
+        ),
+        "train-layers-empty": (
+            lambda c: c.train("lora.layers_to_transform=[]"),
+            "lora.layers_to_transform is empty, which PEFT reads as every block",
+        ),
+        "train-layers-missing-block": (
+            lambda c: c.train("lora.layers_to_transform=[1,99]"),
+            "block 99 does not exist, the model has 4 blocks (0-3)",
+        ),
+        "eval-config-device-file": (
+            lambda c: ["eval", "-c", "/dev/null"],
+            "config file /dev/null is not a regular file",
+        ),
+        "eval-adapter-peft-type-edited": (
+            lambda c: c.eval(f"adapter={_edited_adapter_config(c, peft_type='NOT_LORA')}"),
+            "has peft_type 'NOT_LORA'; flexpaft loads LoRA adapters",
+        ),
+        "push-torn-results": (
+            lambda c: [
+                "push",
+                c.s["adapter"],
+                "--repo-id",
+                "me/x",
+                "--eval",
+                c.file("torn/results.json", '{"name": "x", "per_templ'),
+            ],  # fmt: skip
+            "results.json is damaged: invalid JSON",
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, tmp_path, shared, capsys, monkeypatch):
     monkeypatch.delenv("FLEXPAFT_BIGBENCH_ARCHIVE", raising=False)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from flexpaft.errors import FlexpaftError
+from flexpaft.stored import read_json_object
 
 HELP = "upload an adapter with its model card to the Hugging Face hub (token: HF_TOKEN)"
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         path = path / "results.json" if path.is_dir() else path
         if not path.is_file():
             raise FlexpaftError(f"evaluation results not found: {path}")
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_json_object(path, "rerun `flexpaft eval` to write it again")
     from flexpaft.hub import push_adapter
 
     url = push_adapter(args.adapter, args.repo_id, private=not args.public, results=results)

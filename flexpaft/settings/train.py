@@ -149,6 +149,18 @@ class LoraSettings:
             raise ValueError("lora.r must be at least 1")
         if not self.target_modules:
             raise ValueError("lora.target_modules must name at least one module")
+        if self.layers_to_transform is not None:
+            if not self.layers_to_transform:
+                # PEFT reads an empty list as "every block": a silent no-op selection.
+                raise ValueError(
+                    "lora.layers_to_transform is empty, which PEFT reads as every block: list "
+                    "block indices, or leave it null for every block"
+                )
+            if min(self.layers_to_transform) < 0:
+                raise ValueError(
+                    f"lora.layers_to_transform: block {min(self.layers_to_transform)} is "
+                    "negative; blocks count from 0"
+                )
 
 
 @dataclass

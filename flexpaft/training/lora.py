@@ -45,6 +45,7 @@ def add_lora(
 ) -> PeftModel:
     """``model`` wrapped with a fresh LoRA, checked: each of ``layers`` adapts some module, and
     every rank/alpha pattern entry reached a module (PEFT ignores those that match nothing)."""
+    check_layers_exist(layers or settings.layers_to_transform, model.config)
     try:
         peft_model = get_peft_model(model, lora_config(settings, layers))
     except ValueError as e:
@@ -134,3 +135,17 @@ def adapted_module_names(model: torch.nn.Module) -> list[str]:
             if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict)
         }
     )
+
+
+def check_layers_exist(layers: list[int] | None, config: Any) -> None:
+    """Every block index in ``layers`` exists in a model of ``config`` (PEFT would answer a
+    missing one with "target modules not found", which does not say which block)."""
+    n = getattr(config, "num_hidden_layers", None)
+    if not layers or not isinstance(n, int):
+        return
+    missing = sorted(i for i in layers if i >= n)
+    if missing:
+        raise FlexpaftError(
+            f"lora.layers_to_transform: block {missing[0]} does not exist, the model has {n} "
+            f"blocks (0-{n - 1})"
+        )
