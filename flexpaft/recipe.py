@@ -280,6 +280,7 @@ def _search(cfg: TrainConfig, progress: bool) -> Any:
     check_compute(cfg.compute, acc.device)
     set_seed(cfg.seed)
     task, fmt, examples = cfg.data.load("train")
+    cfg.check_held_out(len(examples))  # names flexora.val_examples before the model loads
     model, tok = load_for_training(cfg.model, cfg.compute, acc.device)
     templates, _ = training_templates(cfg, task, fmt, examples, model, tok)
     own = drawn_own_template(cfg, task, fmt)

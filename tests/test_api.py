@@ -78,7 +78,7 @@ def test_train_evaluate_report_from_python(tmp_path, tiny_model_dir, files):
         tiny_model_dir
     )  # the adapter's own, found without model.name
 
-    rep = flexpaft.report({"paft": ev.output_dir}, tmp_path / "report", bootstrap=0)
+    rep = flexpaft.report({"paft": ev.output_dir}, tmp_path / "report", n_boot=0)
     assert rep.markdown.is_file() and rep.method("paft")["mean"] == pytest.approx(ev.mean)
 
 
@@ -160,3 +160,34 @@ def test_eval_refuses_another_base_before_loading_it(tmp_path, tiny_model_dir, f
             ),
             progress=False,
         )
+
+
+def test_report_explains_only_the_columns_it_shows_and_says_what_made_it(tmp_path):
+    from flexpaft.reporting.render import render_markdown
+    from flexpaft.reporting.robustness import build_report
+
+    def run(name: str, accs: list[list[int]], own: bool) -> dict:
+        per = [
+            {
+                "id": f"t{i}",
+                "text": f"T{i} {{passage}}",
+                "accuracy": sum(c) / len(c),
+                "n": len(c),
+                "correct": c,
+                "predictions": [0] * len(c),
+            }  # fmt: skip
+            for i, c in enumerate(accs)
+        ]
+        data = {"name": name, "task": "boolq", "format": "label_words", "mode": "first_token",
+                "per_template": per, "seconds": 1.0, "gold": [0, 1, 0, 1]}  # fmt: skip
+        if own:
+            data["reference"] = {**data, "per_template": per[:1]}
+        return data
+
+    plain = build_report([("a", run("a", [[1, 0, 1, 1], [0, 0, 1, 1]], own=False))], n_boot=0)
+    md = render_markdown(plain)
+    assert "**Mean / Std**" in md and "**PDR**" not in md and "**Adv**" not in md
+    with_own = build_report([("a", run("a", [[1, 0, 1, 1], [0, 0, 1, 1]], own=True))], n_boot=0)
+    assert "**PDR**" in render_markdown(with_own)
+    with_own["versions"] = [{"flexpaft": "0.1.0", "torch": "2.13.0"}]
+    assert "Evaluated with flexpaft 0.1.0, torch 2.13.0." in render_markdown(with_own)

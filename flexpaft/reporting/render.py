@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from flexpaft.reporting.tables import (
-    HOW_TO_READ,
     OUTPUT_LENGTH_NOTE,
     OWN_NOTE,
     Table,
     comparison_table,
     generation_table,
+    how_to_read,
     interval_note,
     interval_table,
     markdown_lines,
@@ -52,12 +52,26 @@ def render_markdown(report: dict[str, Any]) -> str:
     if refs:
         out += ["Reference template for PDR:", "", *refs, ""]
     out += ["### How to read", ""]
-    out += [f"- **{name}**: {text}" for name, text in HOW_TO_READ]
+    out += [f"- **{name}**: {text}" for name, text in how_to_read(report)]
     gen = generation_table(report)
     if gen:
         out += ["", "## Generation cost: an output-length effect", "", OUTPUT_LENGTH_NOTE, ""]
         out += markdown_lines(gen)
+    made = versions_line(report)
+    if made:
+        out += ["", made]
     return "\n".join(out) + "\n"
+
+
+def versions_line(report: dict[str, Any]) -> str:
+    """What the evaluations ran with (results.json's versions; older results have none)."""
+    seen = report.get("versions") or []
+    if not seen:
+        return ""
+    text = "; ".join(", ".join(f"{k} {v}" for k, v in sorted(v.items())) for v in seen)
+    return (
+        f"Evaluated with {text}." if len(seen) == 1 else f"Evaluated with mixed versions: {text}."
+    )
 
 
 def _html_table(table: Table) -> str:
@@ -102,7 +116,7 @@ def render_html(report: dict[str, Any], png: Path | None = None) -> str:
     if png is not None and png.is_file():
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<img alt='per-template accuracy' src='data:image/png;base64,{data}'>")
-    items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in HOW_TO_READ)
+    items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in how_to_read(report))
     parts.append(f"<h3>How to read</h3><ul>{items}</ul>")
     gen = generation_table(report)
     if gen:

@@ -70,6 +70,18 @@ def _summary_columns(report: dict[str, Any]) -> list[Column]:
     return cols
 
 
+def how_to_read(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The explanations of the summary table's columns that this report shows (PDR only with an
+    own prompt or reference, Adv only with adversarial templates)."""
+    shown = [h for h, _, _ in _summary_columns(report)]
+
+    def present(name: str) -> bool:
+        parts = [p.strip() for p in name.split("/")]
+        return any(h == p or (p == "Top@t" and h.startswith("Top@")) for p in parts for h in shown)
+
+    return [(name, text) for name, text in HOW_TO_READ if present(name)]
+
+
 def summary_table(report: dict[str, Any], mark_best: bool = True) -> Table:
     """Methods x metrics, in percent with one decimal; the best value per column in bold."""
     cols = _summary_columns(report)

@@ -95,6 +95,11 @@ def write_report(
     )
     for method, (_, _, source) in zip(report["methods"], loaded):
         method["source"] = source
+    report["versions"] = []
+    for _, data, _ in loaded:  # the distinct stacks the runs were evaluated with
+        v = data.get("versions")
+        if isinstance(v, dict) and v not in report["versions"]:
+            report["versions"].append(v)
     out = Path(output_dir)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
