@@ -73,6 +73,18 @@ def test_example_task_validates_with_its_data(tmp_path, capsys):
     assert "3 valid, 0 invalid" in out
 
 
+def test_task_and_data_validate_without_a_prompt_set(tmp_path, capsys):
+    code, out, err = _cli(
+        capsys, "prompts", "validate", "--task", EXAMPLE_TASK, "--data", EXAMPLE_DATA
+    )
+    assert code == 0, err
+    assert f"21 rows of {EXAMPLE_DATA} fit task intent_example (label_words)" in out
+    assert "flexpaft prompts generate --task" in out
+    # Neither a prompt set nor data: one line naming both ways.
+    code, _, err = _cli(capsys, "prompts", "validate", "--task", EXAMPLE_TASK)
+    assert code == 2 and "or --data FILE" in err and len(err.strip().splitlines()) == 1
+
+
 def test_example_task_trains_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):
     code, out, err = _cli(
         capsys,

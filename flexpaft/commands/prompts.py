@@ -15,8 +15,15 @@ HELP = "prompt sets: validate, split, convert, generate"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
 
-    v = sub.add_parser("validate", help="check every template against a task; list problems")
-    v.add_argument("file", help="prompt set (jsonl/yaml/txt/csv/xlsx)")
+    v = sub.add_parser(
+        "validate",
+        help="check every template against a task, and/or every row of a data file",
+    )
+    v.add_argument(
+        "file",
+        nargs="?",
+        help="prompt set (jsonl/yaml/txt/csv/xlsx); leave it out to check the task and --data alone",
+    )
     v.add_argument("--task", required=True, help="task name or task YAML")
     v.add_argument("--format", default="", help="answer format (default: the task's)")
     v.add_argument("--out", help="also save the valid, deduplicated templates here")
@@ -79,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable_file(args.out)
     elif action == "validate" and args.out:
         check_writable_file(args.out)
+    if action == "validate" and not args.file:
+        return _validate_task_and_data(args)
     ps = PromptSet.load(args.file)
     if action == "validate":
         task = load_task(args.task)
@@ -129,3 +138,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(result)} templates -> {args.out}")
         return 0
     raise FlexpaftError(f"unknown prompts action {action}")  # argparse prevents this
+
+
+def _validate_task_and_data(args: argparse.Namespace) -> int:
+    """``prompts validate --task T --data D`` without a prompt set: the task definition, its
+    answer format and every data row, before any template is written."""
+    if not args.data:
+        raise FlexpaftError(
+            "prompts validate needs a prompt set file, or --data FILE to check a task and its "
+            "data alone"
+        )
+    if args.out:
+        raise FlexpaftError("--out saves valid templates: give the prompt set file too")
+    from flexpaft.tasks.check_rows import check_rows
+
+    task = load_task(args.task)
+    fmt = AnswerFormat.parse(args.format) if args.format else task.default_format
+    task.check_format(fmt)
+    rows = check_rows(task, fmt, args.data)
+    print(f"{rows} rows of {args.data} fit task {task.name} ({fmt.value})")
+    print(
+        f"next: flexpaft prompts generate --task {args.task} --out DIR (candidate templates "
+        "for PAFT)"
+    )
+    return 0
