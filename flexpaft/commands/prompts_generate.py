@@ -17,14 +17,9 @@ from pathlib import Path
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_write_json, atomic_write_text
 from flexpaft.prompts.generate.adversarial import make_adversarial
+from flexpaft.prompts.generate.clients import MAX_RETRY_WAIT, ChatModel, HFChat, OpenAIChat
 from flexpaft.prompts.generate.filters import filter_candidates
-from flexpaft.prompts.generate.llm import (
-    MAX_RETRY_WAIT,
-    ChatModel,
-    HFChat,
-    OpenAIChat,
-    generate_with_llms,
-)
+from flexpaft.prompts.generate.llm import generate_with_llms
 from flexpaft.prompts.generate.offline import generate_offline
 from flexpaft.prompts.promptset import PromptSet
 from flexpaft.tasks import AnswerFormat, load_task

@@ -1,14 +1,10 @@
 """PAFT stage 1: candidate prompts (offline grammar, LLM generators), filters, adversarial set."""
 
 from flexpaft.prompts.generate.adversarial import make_adversarial
+from flexpaft.prompts.generate.clients import HFChat, OpenAIChat
 from flexpaft.prompts.generate.filters import FilterReport, filter_candidates
-from flexpaft.prompts.generate.llm import (
-    HFChat,
-    OpenAIChat,
-    ReplyCache,
-    generate_with_llms,
-    parse_reply,
-)
+from flexpaft.prompts.generate.llm import ReplyCache, generate_with_llms
+from flexpaft.prompts.generate.meta import parse_reply
 from flexpaft.prompts.generate.offline import generate_offline
 
 __all__ = [
