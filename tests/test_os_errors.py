@@ -297,7 +297,7 @@ def test_generate_option_values_are_checked_first(tmp_path, capsys, flag, value,
 
 
 def test_retry_after_is_capped_and_announced(caplog):
-    from flexpaft.prompts.generate.llm import MAX_RETRY_WAIT, OpenAIChat, _Retryable
+    from flexpaft.prompts.generate.clients import MAX_RETRY_WAIT, OpenAIChat, _Retryable
 
     sleeps: list[float] = []
     chat = OpenAIChat("m", "http://127.0.0.1:9/v1", sleep=sleeps.append, max_retry_after=7)
@@ -310,7 +310,7 @@ def test_retry_after_is_capped_and_announced(caplog):
         return r
 
     chat._post = post
-    with caplog.at_level(logging.WARNING, logger="flexpaft.prompts.generate.llm"):
+    with caplog.at_level(logging.WARNING, logger="flexpaft.prompts.generate.clients"):
         assert chat.complete([{"role": "user", "content": "hi"}]) == ["ok"]
     assert sleeps == [7]
     (record,) = caplog.records

@@ -9,15 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.prompts.generate.llm import (
-    HFChat,
-    OpenAIChat,
-    RateLimiter,
-    ReplyCache,
-    generate_with_llms,
-    meta_messages,
-    parse_reply,
-)
+from flexpaft.prompts.generate.clients import HFChat, OpenAIChat, RateLimiter
+from flexpaft.prompts.generate.llm import ReplyCache, generate_with_llms
+from flexpaft.prompts.generate.meta import meta_messages, parse_reply
 from flexpaft.tasks import BUILTIN_TASKS, AnswerFormat
 
 PIQA = BUILTIN_TASKS["piqa"]

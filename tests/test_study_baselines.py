@@ -117,3 +117,16 @@ def test_a_study_on_the_packaged_task_tests_on_its_test_split(tmp_path):
         progress=False,
     )
     assert one_file.test_skip() == one_file.cfg.train_examples
+
+
+def test_every_block_baseline_has_its_picker_and_no_study_row_is_a_training_method():
+    from flexpaft.settings.methods import METHODS
+    from flexpaft.workflows.study import BLOCK_BASELINES, STUDY_METHODS, VARIANT_METHODS
+    from flexpaft.workflows.study.baselines import BLOCK_PICKERS
+    from flexpaft.workflows.study.rows import ROWS, row_of
+
+    assert set(BLOCK_PICKERS) == set(BLOCK_BASELINES) == {n for n, r in ROWS.items() if r.trains}
+    assert not set(ROWS) & set(METHODS) and len(set(STUDY_METHODS)) == len(STUDY_METHODS)
+    assert set(VARIANT_METHODS) == set(METHODS)
+    assert row_of("random-d2").name == "random" and row_of("lora_drop-rank").name == "lora_drop"
+    assert row_of("grad_probe-rank").name == "grad_probe" and row_of("paft") is None

@@ -138,6 +138,7 @@ def test_missing_adversarial_set_is_refused_then_regenerated(tmp_path, tiny_mode
 def test_flexora_study_trains_every_baseline_and_reports_them(tmp_path, tiny_model_dir, capsys):
     from flexpaft.settings.loading import load_config
     from flexpaft.workflows.study import Study, StudyConfig
+    from flexpaft.workflows.study.baselines import random_selection
 
     path = _study_yaml(tmp_path, tiny_model_dir)
     assert main(["-q", "study", "--config", str(path)]) == 0
@@ -151,7 +152,7 @@ def test_flexora_study_trains_every_baseline_and_reports_them(tmp_path, tiny_mod
     assert flexora["flexora"]["n_blocks"] == 4 and len(flexora["flexora"]["layers"]) == 3
     assert flexora["config"]["lora"]["rank_pattern"]  # the stage-2 config, not the request's
     study = Study(load_config(StudyConfig, path), progress=False)
-    draws = study.random_layers(0)
+    draws = random_selection(study, 0)
     assert draws == random_selections(4, 3, 3, seed=0)
     assert len({tuple(d) for d in draws}) == 3
     for d, layers in enumerate(draws):

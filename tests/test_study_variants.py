@@ -14,6 +14,7 @@ from flexpaft.cli import main
 from flexpaft.errors import FlexpaftError
 from flexpaft.settings.loading import load_config
 from flexpaft.workflows.study import Study, StudyConfig, _same_config, _without_added_settings
+from flexpaft.workflows.study.stored import finished_run
 
 
 def _study(tmp_path, *overrides):
@@ -129,9 +130,13 @@ def test_settings_added_since_a_run_keep_it_when_at_their_default():
 def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monkeypatch):
     """Runs whose stored configs lack settings added later (at their earlier behaviour) are not
     redone."""
-    import flexpaft.workflows.study
+    import flexpaft.workflows.study.stored
 
-    monkeypatch.setattr(flexpaft.workflows.study, "EVAL_SETTINGS_ADDED", {"max_templates": None})
+    monkeypatch.setattr(
+        flexpaft.workflows.study.stored,
+        "EVAL_SETTINGS_ADDED",
+        {"prompts": {"max_templates": None}},
+    )
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["lora", "flexora"], seeds=[0])
     flexora = {"val_examples": 4, "selection": "topk", "k": 2}
     text = path.read_text().replace(
@@ -155,7 +160,7 @@ def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monk
         mpath.write_text(json.dumps(m))
     res = root / "eval/unseen/lora-s0/results.json"
     r = json.loads(res.read_text())
-    del r["config"]["max_templates"]
+    del r["config"]["prompts"]["max_templates"]  # eval's prompts section holds it now
     res.write_text(json.dumps(r))
     stamps = {
         p: p.stat().st_mtime_ns
@@ -167,8 +172,12 @@ def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monk
     st = Study(
         load_config(StudyConfig, str(path), ["train.flexora.stage2_examples=all"]), progress=False
     )
-    assert st._finished(st._train_config("lora", 0)) is None
-    assert not _same_config(res, {**r["config"], "max_templates": 3}, {"max_templates": 0})
-    assert _same_config(res, {**r["config"], "max_templates": None}, {"max_templates": None})
+    assert finished_run(st._train_config("lora", 0)) is None
+
+    def with_max(value):
+        return {**r["config"], "prompts": {**r["config"]["prompts"], "max_templates": value}}
+
+    assert not _same_config(res, with_max(3), {"prompts": {"max_templates": 0}})
+    assert _same_config(res, with_max(None), {"prompts": {"max_templates": None}})
     # A missing setting that is not listed as added is a new run, whatever its value.
-    assert not _same_config(res, {**r["config"], "max_templates": None}, {})
+    assert not _same_config(res, with_max(None), {})

@@ -1,35 +1,25 @@
 """``flexpaft prompts generate``: candidates -> filter -> train/test split -> adversarial set.
 
-Writes to ``--out``: candidates.jsonl (every candidate with its source), train.jsonl, test.jsonl,
-adversarial.jsonl, filter_report.json and filter_report.md; LLM replies are cached in
-llm_cache.jsonl there (or ``--cache``), so a rerun resumes without paying twice.
+The command line of ``flexpaft.prompts.generate.pipeline.generate_prompts``: it reads the flags,
+builds the LLM generators and the optional base-model score (``--min-base-accuracy``, which
+needs the evaluator and a model: the layers above ``prompts``), and writes to ``--out``
+candidates.jsonl, train.jsonl, test.jsonl, adversarial.jsonl, filter_report.json and
+filter_report.md; LLM replies are cached in llm_cache.jsonl there (or ``--cache``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from fractions import Fraction
 from pathlib import Path
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.io import atomic_write_json, atomic_write_text
-from flexpaft.prompts.generate.adversarial import make_adversarial
-from flexpaft.prompts.generate.filters import filter_candidates
-from flexpaft.prompts.generate.llm import (
-    MAX_RETRY_WAIT,
-    ChatModel,
-    HFChat,
-    OpenAIChat,
-    generate_with_llms,
-)
-from flexpaft.prompts.generate.offline import generate_offline
+from flexpaft.prompts.generate.clients import MAX_RETRY_WAIT, ChatModel, HFChat, OpenAIChat
+from flexpaft.prompts.generate.pipeline import check_generators, generate_prompts
 from flexpaft.prompts.promptset import PromptSet
 from flexpaft.tasks import AnswerFormat, load_task
-
-GENERATORS = ("offline", "openai", "hf")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -258,105 +248,46 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     generators = _listed(args.generator) or ["offline"]
-    unknown = sorted(set(generators) - set(GENERATORS))
-    if unknown:
-        raise FlexpaftError(
-            f"unknown generator {unknown[0]!r} (choose from {', '.join(GENERATORS)})"
-        )
+    check_generators(generators)
     task = load_task(args.task)
     fmt = AnswerFormat.parse(args.format) if args.format else task.default_format
     task.check_format(fmt)
     test_fraction = _fraction(args.split)
     near_dup = _threshold(args.near_dup_threshold)
-    out: Path = args.out
     seeds = PromptSet.load(args.seeds).texts if args.seeds else None
-
-    texts: list[str] = []
-    sources: list[str] = []
-    generation: dict = {}
     llm_models = _llm_models(args, generators)
-    if llm_models:
-        gen = generate_with_llms(
-            task,
-            fmt,
-            llm_models,
-            n_zero_shot=args.n_zero_shot,
-            n_few_shot=args.n_few_shot,
-            per_request=args.per_request,
-            seeds=seeds,
-            cache=args.cache or out / "llm_cache.jsonl",
-            seed=args.seed,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-        )
-        # LLM candidates first: the near-duplicate filter keeps the first of a pair.
-        texts += gen.prompts.texts
-        sources += gen.sources
-        generation["llm"] = gen.stats
-        generation["llm_totals"] = gen.totals()
-    if "offline" in generators:
-        offline = generate_offline(task, fmt, args.n, args.seed)
-        texts += offline.texts
-        sources += ["offline"] * len(offline)
-        generation["offline"] = len(offline)
-
-    candidates = PromptSet.from_texts(texts, name=f"{task.name}.{fmt.value}")
-    kept, report = filter_candidates(
-        candidates,
+    score = _base_accuracy(args, task, fmt) if args.min_base_accuracy is not None else None
+    result = generate_prompts(
         task,
         fmt,
+        args.out,
+        generators=generators,
+        n=args.n,
+        llm_models=llm_models,
+        n_zero_shot=args.n_zero_shot,
+        n_few_shot=args.n_few_shot,
+        per_request=args.per_request,
+        seeds=seeds,
+        cache=args.cache,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         near_dup_threshold=near_dup,
-        score_fn=_base_accuracy(args, task, fmt) if args.min_base_accuracy is not None else None,
+        score_fn=score,
         min_score=args.min_base_accuracy,
+        test_fraction=test_fraction,
+        min_test=args.min_test,
+        adversarial=args.adversarial,
+        seed=args.seed,
     )
-    # --min-test holds where the set is big enough; a test set never takes more than half.
-    min_test = max(1, min(args.min_test, len(kept) // 2))
-    train, test = kept.split(test_fraction, seed=args.seed, min_test=min_test)
-    by_fraction = round(len(kept) * test_fraction)
-    if len(test) > by_fraction:
+    if result.test > result.test_by_fraction:
         # `--n 40 --split 1/4` giving 20/20 looked like a bug until --min-test was found.
         print(
-            f"note: {len(test)} test templates, not the {by_fraction} that --split {args.split} "
-            f"gives of {len(kept)}: --min-test {args.min_test} (capped at half the set) sets the "
-            "floor; lower --min-test to follow --split",
+            f"note: {result.test} test templates, not the {result.test_by_fraction} that --split "
+            f"{args.split} gives of {result.kept}: --min-test {args.min_test} (capped at half the "
+            "set) sets the floor; lower --min-test to follow --split",
             file=sys.stderr,
         )
-    adversarial = (
-        make_adversarial(test, task, fmt, args.adversarial, seed=args.seed)
-        if args.adversarial > 0
-        else PromptSet([], f"{test.name}.adversarial")
-    )
-
-    rows = "".join(
-        json.dumps({"template": t, "source": s}, ensure_ascii=False) + "\n"
-        for t, s in zip(texts, sources)
-    )
-    atomic_write_text(out / "candidates.jsonl", rows)
-    train.save(out / "train.jsonl")
-    test.save(out / "test.jsonl")
-    adversarial.save(out / "adversarial.jsonl")
-    summary = {
-        "task": task.name,
-        "format": fmt.value,
-        "generators": generators,
-        "generation": generation,
-        "split": {
-            "test_fraction": test_fraction,
-            "min_test": min_test,
-            "train": len(train),
-            "test": len(test),
-            "adversarial": len(adversarial),
-            "seed": args.seed,
-        },
-        **report.to_dict(),
-    }
-    atomic_write_json(out / "filter_report.json", summary)
-    atomic_write_text(out / "filter_report.md", report.to_markdown())
-    print(
-        f"{task.name} ({fmt.value}): {len(candidates)} candidates, {len(kept)} kept -> "
-        f"train {len(train)}, test {len(test)}, adversarial {len(adversarial)}; wrote {out}",
-        file=sys.stderr,
-    )
+    print(result.summary(), file=sys.stderr)
     return 0

@@ -57,14 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexpaft.reporting.tables import (
-        comparison_table,
-        interval_note,
-        interval_table,
-        markdown_lines,
-        own_section,
-        summary_table,
-    )
+    from flexpaft.reporting.tables import console_text
     from flexpaft.reporting.write import write_report
 
     written = write_report(
@@ -78,22 +71,10 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_seed=args.bootstrap_seed,
         seeds=args.seeds,
     )
-    report = written.data
     for w in written.warnings:
         print(f"flexpaft: warning: {w}", file=sys.stderr)
-    if not getattr(args, "quiet", False):
-        print("\n".join(markdown_lines(summary_table(report, mark_best=False))))
-    ivt = interval_table(report)
-    if ivt:
-        print("\n".join(["", *markdown_lines(ivt)]))
-        cmp = comparison_table(report)
-        if cmp:
-            print("\n".join(["", *markdown_lines(cmp)]))
-        print(interval_note(report))
-    own = own_section(report)
-    if own:
-        print("\nUnder the user's own prompt (%):")
-        for t in own:
-            print("\n".join(["", *markdown_lines(t)]))
+    text = console_text(written.data, summary=not getattr(args, "quiet", False))
+    if text:
+        print(text)
     print(f"report: {written.output_dir}/ ({', '.join(written.files)})")
     return 0

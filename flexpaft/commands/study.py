@@ -1,4 +1,4 @@
-"""``flexpaft study``: a whole comparison from one YAML (``workflows/study``)."""
+"""``flexpaft study``: a whole comparison from one YAML (``workflows.study.run_study``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from flexpaft.settings.loading import add_config_arguments, config_from_args
-from flexpaft.workflows.study import StudyConfig
+from flexpaft.workflows.study import StudyConfig, run_study
 
 HELP = (
     "a whole comparison from one YAML: prompts, every method x seed, unseen-template "
@@ -19,13 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexpaft.locks import run_dir_lock
-    from flexpaft.workflows.study import Study
-
     cfg = config_from_args(StudyConfig, args)
-    # One study per directory: two would retrain and re-evaluate over each other's runs.
-    with run_dir_lock(cfg.output_dir, "flexpaft study"):
-        written = Study(cfg, progress=not args.quiet).run()
+    written = run_study(cfg, progress=not args.quiet)
     for name, path in written.items():
         print(f"report ({name}): {path}/report.md", file=sys.stdout)
     return 0

@@ -302,3 +302,24 @@ def interval_note(report: dict[str, Any]) -> str:
             f"{_pct(report['majority_rate'])}% on these examples."
         )
     return " ".join(parts)
+
+
+def console_text(report: dict[str, Any], summary: bool = True) -> str:
+    """What ``flexpaft report`` (and each report of a study) prints of ``report``: the summary
+    table (``summary=False`` under --quiet), then the 95% intervals and paired differences, then
+    the tables under the user's own prompt, where the report has them."""
+    parts = []
+    if summary:
+        parts.append("\n".join(markdown_lines(summary_table(report, mark_best=False))))
+    ivt = interval_table(report)
+    if ivt:
+        parts.append("\n".join(["", *markdown_lines(ivt)]))
+        cmp = comparison_table(report)
+        if cmp:
+            parts.append("\n".join(["", *markdown_lines(cmp)]))
+        parts.append(interval_note(report))
+    own = own_section(report)
+    if own:
+        parts.append("\nUnder the user's own prompt (%):")
+        parts += ["\n".join(["", *markdown_lines(t)]) for t in own]
+    return "\n".join(parts)

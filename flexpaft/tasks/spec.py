@@ -9,14 +9,23 @@ index of the gold option.
 from __future__ import annotations
 
 import dataclasses
-import string
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.errors import FlexpaftError
+from flexpaft.tasks.records import GOLD_KINDS, LETTERS, Example, RecordError, normalize_record
 
-LETTERS = string.ascii_uppercase
+# Imported from here by the rest of flexpaft (the records module is the spec's own detail).
+__all__ = [
+    "GOLD_KINDS",
+    "LETTERS",
+    "OPTION_SLOT",
+    "AnswerFormat",
+    "Example",
+    "RecordError",
+    "TaskSpec",
+]
 
 
 class AnswerFormat(str, Enum):
@@ -39,8 +48,6 @@ class AnswerFormat(str, Enum):
 
 # Slots every task offers, derived from its options (see TaskSpec.normalize).
 GENERIC_SLOTS = ("options", "option_letters", "label_words")
-# How ``gold_kind`` reads the gold field (TaskSpec._read_gold); docs/TASKS.md explains each.
-GOLD_KINDS = ("index", "one_based", "letter", "bool", "option_label", "text")
 # Task keys that hold a list of strings in YAML.
 LIST_KEYS = ("fields", "required", "option_slots", "label_words", "fixed_options", "formats")
 STRING_KEYS = (
@@ -59,26 +66,6 @@ STRING_KEYS = (
 # In option_text format this slot marks where each option's text goes; the scored continuation
 # runs from there to the end of the rendered text (appended after the prompt when absent).
 OPTION_SLOT = "option"
-
-
-@dataclass
-class Example:
-    """One task instance: what templates can show, the options and which one is right."""
-
-    fields: dict[str, str]
-    options: list[str]
-    gold: int
-    uid: str = ""
-
-
-def _get(record: dict[str, Any], path: str) -> Any:
-    """Read ``a.b`` from nested dicts; a missing key raises KeyError with the full path."""
-    node: Any = record
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(path)
-        node = node[part]
-    return node
 
 
 @dataclass(frozen=True)
@@ -211,115 +198,9 @@ class TaskSpec:
 
     # ---- records -> examples -------------------------------------------------------------
     def normalize(self, record: dict[str, Any], uid: str = "") -> Example:
-        """Raw dataset record -> Example; a malformed record raises ``RecordError``.
-
-        Nothing is coerced silently: a missing or null field, a gold label that is not one of
-        the choices (BoolQ "maybe", label 1.7) is an error, never a guessed answer.
-        """
-        try:
-            return self._normalize(record, uid)
-        except KeyError as e:
-            reason = f"has no field {e.args[0]!r}"
-        except RecordError as e:
-            reason = e.reason
-        raise RecordError(self.name, uid, reason)
-
-    def _normalize(self, record: dict[str, Any], uid: str) -> Example:
-        if not isinstance(record, dict):
-            raise RecordError(
-                self.name, uid, f"is not a mapping of fields ({short_repr(record, 40)})"
-            )
-        options = self._read_options(record)
-        gold = self._read_gold(record, options)
-        values: dict[str, str] = {}
-        for f in self.fields:
-            v = _get(record, f)
-            if v is None and f in self.required:
-                raise RecordError(self.name, uid, f"has an empty (null) {f!r}")
-            if isinstance(v, (list, dict)):
-                # str() of it would put "['a', 'b']" into the prompt; text belongs here.
-                raise RecordError(
-                    self.name,
-                    uid,
-                    f"has {_kind(v)} in {f!r} where text belongs ({short_repr(v, 40)})",
-                )
-            values[f] = v if isinstance(v, str) else _to_text(v)
-        if not options:
-            raise RecordError(self.name, uid, "has no options")
-        if not 0 <= gold < len(options):
-            raise RecordError(self.name, uid, f"has gold answer outside the {len(options)} choices")
-        for i, slot in enumerate(self.option_slots):
-            values[slot] = options[i] if i < len(options) else ""
-        for alias, target in self.aliases.items():
-            values[alias] = values.get(target, "")
-        if self.blank_field:
-            text = values.get(self.blank_field, "")
-            before, _, after = text.partition("_")
-            values["before_blank"], values["after_blank"] = before.rstrip(), after
-        values["options"] = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-        letters = [LETTERS[i] for i in range(len(options))]
-        values["option_letters"] = _join_or(letters)
-        values["label_words"] = _join_or(list(self.label_words or options))
-        return Example(fields=values, options=options, gold=gold, uid=str(uid))
-
-    def _read_options(self, record: dict[str, Any]) -> list[str]:
-        if self.fixed_options:
-            return list(self.fixed_options)
-        if isinstance(self.options, str):
-            value = _get(record, self.options)
-            if not isinstance(value, list):
-                raise RecordError(self.name, "", f"field {self.options!r} is not a list")
-            return [_option_text(v, self.options) for v in value]
-        return [_option_text(_get(record, f), f) for f in self.options]
-
-    def _read_gold(self, record: dict[str, Any], options: list[str]) -> int:
-        raw = _get(record, self.gold)
-        kind = self.gold_kind
-        bad = f"has gold {self.gold!r} = {raw!r:.40}, which is not "
-        if kind in ("index", "one_based"):
-            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
-                raw = int(raw.strip())
-            elif isinstance(raw, float) and raw.is_integer():
-                raw = int(raw)
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                hint = ""
-                if isinstance(raw, str):
-                    # The commonest custom-task mistake: labels written out as words.
-                    hint = "; a gold answer written as the option's text needs gold_kind: text"
-                raise RecordError(
-                    self.name, "", bad + f"an integer choice index (gold_kind: {kind}){hint}"
-                )
-            return raw if kind == "index" else raw - 1
-        if kind == "letter":
-            s = str(raw).strip().upper() if isinstance(raw, str) else ""
-            if len(s) != 1 or s not in LETTERS:
-                raise RecordError(self.name, "", bad + "a choice letter (gold_kind: letter)")
-            return LETTERS.index(s)
-        if kind == "bool":
-            word = raw.strip().lower() if isinstance(raw, str) else raw
-            # bool, 0/1 (a CSV column) or the words; 5, "maybe" and null are not answers.
-            if word in (True, "true", "yes", "1"):
-                return 0
-            if word in (False, "false", "no", "0"):
-                return 1
-            raise RecordError(self.name, "", bad + "true/false")
-        if kind == "option_label":
-            labels = [str(x).strip() for x in _get(record, self.option_labels)]
-            if raw is None or str(raw).strip() not in labels:
-                raise RecordError(self.name, "", bad + f"one of the labels {labels}")
-            return labels.index(str(raw).strip())
-        if kind == "text":
-            if str(raw) not in options:
-                shown = ", ".join(map(repr, options[:10])) + (", ..." if len(options) > 10 else "")
-                raise RecordError(
-                    self.name,
-                    "",
-                    bad + f"one of the options [{shown}] (gold_kind: text matches exactly)",
-                )
-            return options.index(str(raw))
-        raise FlexpaftError(
-            f"task {self.name}: unknown gold_kind {kind!r} (accepted: {', '.join(GOLD_KINDS)})"
-        )
+        """Raw dataset record -> Example; a malformed record raises ``RecordError``
+        (``flexpaft.tasks.records``: nothing is coerced silently)."""
+        return normalize_record(self, record, uid)
 
     # ---- answers -------------------------------------------------------------------------
     def answer_strings(self, example: Example, fmt: AnswerFormat) -> list[str]:
@@ -464,39 +345,3 @@ def _check_types(data: dict[str, Any]) -> None:
             raise FlexpaftError(
                 f"{where}: {key} must be a mapping of names to strings, got {value!r:.60}"
             )
-
-
-class RecordError(FlexpaftError):
-    """One malformed data record; ``reason`` says what is wrong, without the record's place,
-    so the data reader can name the file and row."""
-
-    def __init__(self, task: str, uid: str, reason: str):
-        super().__init__(f"task {task}: record {uid or '?'} {reason}")
-        self.reason = reason
-
-
-def _option_text(v: Any, name: str) -> str:
-    if v is None:
-        # datasets fills a key missing from one row with null: an empty option is garbage.
-        raise RecordError("", "", f"has no option {name!r} (missing or null)")
-    if isinstance(v, (list, dict)):
-        raise RecordError(
-            "", "", f"has {_kind(v)} as option {name!r} where text belongs ({short_repr(v, 40)})"
-        )
-    return _to_text(v)
-
-
-def _kind(v: Any) -> str:
-    return "a list" if isinstance(v, list) else "an object"
-
-
-def _to_text(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return "" if v is None else str(v)
-
-
-def _join_or(words: list[str]) -> str:
-    if len(words) <= 1:
-        return "".join(words)
-    return ", ".join(words[:-1]) + " or " + words[-1]
