@@ -26,6 +26,16 @@ def test_bottom_half_by_hand():
     assert bottom_half_layers(30) == list(range(15))
 
 
+def test_first_last_by_hand():
+    from flexpaft.workflows.study.baselines import first_last_layers
+
+    assert first_last_layers(30, 14) == [0, 1, 2, 3, 4, 5, 6, 23, 24, 25, 26, 27, 28, 29]
+    assert first_last_layers(30, 15) == [*range(8), *range(23, 30)]
+    assert first_last_layers(4, 3) == [0, 1, 3]
+    assert first_last_layers(4, 1) == [0]
+    assert first_last_layers(4, 9) == [0, 1, 2, 3]
+
+
 def test_gradient_probe_is_the_per_block_lora_gradient_norm():
     tok = build_tokenizer()
     model = build_model(len(tok), layers=3)
@@ -54,7 +64,7 @@ def test_study_trains_grad_probe_and_bottom_half(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "boolq.jsonl", boolq_rows(40))
     cfg = {
         "output_dir": str(tmp_path / "study"),
-        "methods": ["lora", "flexora", "grad_probe", "bottom_half"],
+        "methods": ["lora", "flexora", "grad_probe", "bottom_half", "first_last"],
         "seeds": [0],
         "train_examples": 16,
         "test_examples": 8,
@@ -78,6 +88,7 @@ def test_study_trains_grad_probe_and_bottom_half(tmp_path, tiny_model_dir):
         return json.loads((root / "train" / run / "manifest.json").read_text())
 
     assert manifest("bottom_half-s0")["layers"] == [0, 1]
+    assert manifest("first_last-s0")["layers"] == [0, 1, 3]  # k = 3, flexora's topk
     scores = json.loads((root / "train/grad_probe-rank-s0/grad_probe.json").read_text())["scores"]
     top3 = sorted(sorted(range(4), key=lambda i: -scores[i])[:3])
     assert (

@@ -4,9 +4,10 @@
 ``random-dD-sS`` per seed), ``lora_drop`` (the k blocks whose LoRA output norm is largest after a
 short LoRA run on every block), ``grad_probe`` (the k blocks whose LoRA gradient norm is largest
 at the start, over a few training batches: the cheapest of the published layer selectors),
-``top_half`` and ``bottom_half`` (the upper and lower half of the blocks). They train on the same
+``top_half`` and ``bottom_half`` (the upper and lower half of the blocks), ``first_last`` (k
+blocks at the two ends: the first ceil(k/2) and the last floor(k/2)). They train on the same
 training slice as ``lora`` and differ from it only in ``lora.layers_to_transform``; random,
-lora_drop and grad_probe read k from ``train/flexora-sS``, so flexora is trained first.
+lora_drop, grad_probe and first_last read k from ``train/flexora-sS``, so flexora is trained first.
 
 ``BLOCK_PICKERS`` maps each baseline (a row of ``rows.ROWS``) to the function that picks its
 blocks: ``pick(study, seed) -> [(run label, blocks), ...]``.
@@ -138,6 +139,24 @@ def _grad_probe(study: StudyRuns, seed: int) -> Picks:
     return [("grad_probe", grad_probe_selection(study, seed))]
 
 
+def first_last_layers(n_blocks: int, k: int) -> list[int]:
+    """k blocks at the two ends: the first ceil(k/2) and the last floor(k/2) (where the official
+    Flexora code's selections cluster; the ends are also where the embedding and the head meet
+    the blocks). All blocks when k >= n_blocks."""
+    if n_blocks < 1 or k < 1:
+        raise FlexpaftError(f"first_last needs blocks and k >= 1 (n_blocks={n_blocks}, k={k})")
+    if k >= n_blocks:
+        return list(range(n_blocks))
+    first = -(-k // 2)
+    return sorted({*range(first), *range(n_blocks - (k - first), n_blocks)})
+
+
+def _first_last(study: StudyRuns, seed: int) -> Picks:
+    search = flexora_search(study, seed)
+    k, n = len(search["layers"]), int(search["n_blocks"])
+    return [("first_last", first_last_layers(n, k))]
+
+
 def _top_half(study: StudyRuns, seed: int) -> Picks:
     from flexpaft.methods.flexora.select import top_half_layers
 
@@ -156,6 +175,7 @@ BLOCK_PICKERS: dict[str, Callable[[StudyRuns, int], Picks]] = {
     "top_half": _top_half,
     "bottom_half": _bottom_half,
     "grad_probe": _grad_probe,
+    "first_last": _first_last,
 }
 
 

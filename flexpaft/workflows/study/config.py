@@ -57,9 +57,9 @@ class StudyConfig:
     methods: list[str] = opt(
         ["base", "lora", "topaccuracy", "paft"],
         f"Methods to compare: {', '.join(STUDY_METHODS)}. random, lora_drop, grad_probe, "
-        "top_half and bottom_half are LoRA on the blocks a baseline picks (random, lora_drop and "
-        "grad_probe: as many as flexora selected for the same seed, so they need flexora); they "
-        "are judged against flexora.",
+        "first_last, top_half and bottom_half are LoRA on the blocks a baseline picks (random, "
+        "lora_drop, grad_probe and first_last: as many as flexora selected for the same seed, so "
+        "they need flexora); they are judged against flexora.",
     )
     seeds: list[int] = opt([0], "Training seeds; each method is trained once per seed.")
     train_examples: int = opt(2000, "Training examples (the first ones of the shuffled data).")

@@ -56,6 +56,11 @@ ROWS: dict[str, Row] = {
             needs_flexora=True,
             rank_label="grad_probe-rank",
         ),
+        Row(
+            "first_last",
+            "k blocks at the two ends: the first ceil(k/2) and the last floor(k/2)",
+            needs_flexora=True,
+        ),
     )
 }
 
