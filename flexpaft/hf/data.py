@@ -179,13 +179,16 @@ class PaftData:
         self.chat: ChatFormat | None = resolve_chat(chat_template, tokenizer)
         self.examples = _examples(self.task, examples)
         self.templates = _templates(self.task, fmt, templates)
-        self.own_template = _own_template(self.task, fmt, own_template)
-        own = own_index(self.own_template, self.templates)
-        if self.own_rate > 0 and own is None:
-            # As flexpaft train: the user's own prompt is drawn at own_rate, so it joins the set.
-            self.templates.append(self.own_template)
-            own = len(self.templates) - 1
-        self.own_index = own if self.own_rate > 0 else None
+        self.own_template: Template | None = None
+        self.own_index: int | None = None
+        if own_template is not None or self.own_rate > 0:  # checked even where not drawn
+            self.own_template = _own_template(self.task, fmt, own_template)
+        if self.own_template is not None and self.own_rate > 0:
+            self.own_index = own_index(self.own_template, self.templates)
+            if self.own_index is None:
+                # As flexpaft train: the own prompt is drawn at own_rate, so it joins the set.
+                self.templates.append(self.own_template)
+                self.own_index = len(self.templates) - 1
         self.append_eos = fmt is AnswerFormat.GENERATION if append_eos is None else append_eos
         self.tokenizer = tokenizer
         self._items = _items(
@@ -264,7 +267,7 @@ class PaftData:
     def __repr__(self) -> str:
         own = (
             f"own template {self.own_template.id} at {self.own_rate:g}"
-            if self.own_index is not None
+            if self.own_template is not None and self.own_index is not None
             else "no own-template share"
         )
         return (
@@ -385,6 +388,11 @@ def _template(value: Any, what: str) -> Template:
 
 def _own_template(task: TaskSpec, fmt: AnswerFormat, value: Any) -> Template:
     if value is None:
+        if not task.templates.get(fmt.value):
+            raise FlexpaftError(
+                f"task {task.name} has no {fmt.value} template to draw at own_rate: give "
+                "own_template=<your prompt>, or own_rate=0"
+            )
         return default_template(task, fmt)
     tpl = _template(value, "own_template")
     problems = tpl.problems(task, fmt)
