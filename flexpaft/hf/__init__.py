@@ -4,8 +4,8 @@
 
     from flexpaft.hf import PaftData
 
-    paft = PaftData("snips", rows, "prompts.jsonl", tokenizer)   # checks everything up front
-    args = SFTConfig("out", **paft.sft_config_kwargs())           # TrainingArguments: training_args_kwargs()
+    paft = PaftData("snips", rows, "prompts.jsonl", tokenizer)  # checks everything up front
+    args = SFTConfig("out", **paft.sft_config_kwargs())  # Trainer: training_args_kwargs()
     trainer = SFTTrainer(model, args=args, processing_class=tokenizer, **paft.trainer_kwargs())
     trainer.train()
 
