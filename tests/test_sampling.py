@@ -6,6 +6,7 @@ import pytest
 from flexpaft.errors import FlexpaftError
 from flexpaft.training.sampling import (
     PromptBatchSampler,
+    example_templates,
     global_batches,
     group_by_length,
     plan_epoch,
@@ -31,6 +32,14 @@ def test_new_draw_every_epoch_and_reproducible():
     b0 = plan_epoch(500, 10, 0, seed=5)
     assert np.array_equal(a0.templates, b0.templates) and np.array_equal(a0.examples, b0.examples)
     assert not np.array_equal(plan_epoch(500, 10, 0, seed=6).templates, a0.templates)
+
+
+@pytest.mark.parametrize("own,rate", [(None, 0.0), (2, 0.5)])
+def test_example_templates_is_the_plans_draw_indexed_by_example(own, rate):
+    for epoch in (0, 3):
+        plan = plan_epoch(300, 7, epoch, seed=4, own=own, own_rate=rate)
+        by_example = example_templates(300, 7, epoch, seed=4, own=own, own_rate=rate)
+        assert by_example[plan.examples].tolist() == plan.templates.tolist()
 
 
 def test_steps_mode_keeps_a_template_for_k_steps():

@@ -94,6 +94,28 @@ def plan_epoch(
     return plan
 
 
+def example_templates(
+    n_examples: int,
+    n_templates: int,
+    epoch: int,
+    seed: int,
+    own: int | None = None,
+    own_rate: float = 0.0,
+) -> np.ndarray:
+    """``out[i]``: the template example ``i`` is rendered with in ``epoch``.
+
+    The same draw as ``plan_epoch``'s ``mode="example"`` plan (which ``flexpaft train`` uses),
+    indexed by example instead of by stream position. For pipelines where someone else orders
+    the examples (a transformers ``Trainer``'s sampler): the (example, template) pairs of an
+    epoch are exactly those ``flexpaft train`` trains on with the same seed, only the order
+    differs.
+    """
+    plan = plan_epoch(n_examples, n_templates, epoch, seed, own=own, own_rate=own_rate)
+    out = np.empty(n_examples, dtype=np.int64)
+    out[plan.examples] = plan.templates
+    return out
+
+
 def second_templates(
     examples: np.ndarray, first: np.ndarray, n_templates: int, seed: int, epoch: int
 ) -> np.ndarray:
