@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flexpaft.chat import ChatFormat, resolve_chat
-from flexpaft.errors import FlexpaftError, short_repr
+from flexpaft.errors import FlexpaftError
+from flexpaft.hf import inputs
 from flexpaft.prompts import PromptSet, Template
-from flexpaft.prompts.promptset import template_id
-from flexpaft.prompts.task_templates import default_template, load_valid_set, own_index
+from flexpaft.prompts.task_templates import own_index
 from flexpaft.render import Rendered, render
 from flexpaft.tasks import AnswerFormat, Example, TaskSpec, load_task
-from flexpaft.tasks.spec import RecordError
 from flexpaft.training.sampling import example_templates
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # The one stored column: the row's example index. Everything else is made on access.
 INDEX_COLUMN = "paft_example"
-LOSSES = ("answer", "options")
 
 
 class PaftTransform:
@@ -169,20 +167,20 @@ class PaftData:
         pad_to_multiple_of: int | None = None,
     ) -> None:
         self.task = task if isinstance(task, TaskSpec) else load_task(str(task))
-        self.answer_format = _answer_format(self.task, answer_format)
+        self.answer_format = inputs.checked_format(self.task, answer_format)
         fmt = self.answer_format
-        self.loss = _check_loss(loss, fmt)
-        self.own_rate = _check_rate(own_rate)
-        self.seed = _check_int("seed", seed, 0)
-        self.max_length = _check_int("max_length", max_length, 2)
-        self.pad_id = _pad_id(tokenizer)
+        self.loss = inputs.check_loss(loss, fmt)
+        self.own_rate = inputs.check_rate(own_rate)
+        self.seed = inputs.check_int("seed", seed, 0)
+        self.max_length = inputs.check_int("max_length", max_length, 2)
+        self.pad_id = inputs.pad_token_id(tokenizer)
         self.chat: ChatFormat | None = resolve_chat(chat_template, tokenizer)
-        self.examples = _examples(self.task, examples)
-        self.templates = _templates(self.task, fmt, templates)
+        self.examples = inputs.checked_examples(self.task, examples)
+        self.templates = inputs.checked_templates(self.task, fmt, templates)
         self.own_template: Template | None = None
         self.own_index: int | None = None
         if own_template is not None or self.own_rate > 0:  # checked even where not drawn
-            self.own_template = _own_template(self.task, fmt, own_template)
+            self.own_template = inputs.checked_own_template(self.task, fmt, own_template)
         if self.own_template is not None and self.own_rate > 0:
             self.own_index = own_index(self.own_template, self.templates)
             if self.own_index is None:
@@ -191,7 +189,7 @@ class PaftData:
                 self.own_index = len(self.templates) - 1
         self.append_eos = fmt is AnswerFormat.GENERATION if append_eos is None else append_eos
         self.tokenizer = tokenizer
-        self._items = _items(
+        self._items = inputs.rendered_items(
             self.loss,
             self.task,
             self.examples,
@@ -202,9 +200,13 @@ class PaftData:
             self.append_eos,
             self.chat,
         )
-        _check_renders(self._items, len(self.templates))
+        inputs.check_renders(self._items, len(self.templates))
         self._transform = PaftTransform(
-            self._items, len(self.templates), self.seed, self.own_index, self.own_rate
+            self._items,
+            len(self.templates),
+            self.seed,
+            self.own_index,
+            self.own_rate,
         )
         self.dataset = _dataset(len(self.examples), self._transform)
         self.collator = _collator(self.loss, self.pad_id, pad_to_multiple_of)
@@ -237,7 +239,7 @@ class PaftData:
     # ---- inspection ----------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Render rows under ``epoch``'s draw (the callback calls this at each epoch's start)."""
-        self._transform.set_epoch(_check_int("epoch", epoch, 0))
+        self._transform.set_epoch(inputs.check_int("epoch", epoch, 0))
 
     @property
     def epoch(self) -> int:
@@ -245,7 +247,7 @@ class PaftData:
 
     def template_indices(self, epoch: int) -> np.ndarray:
         """Index into ``templates`` of every example's template in ``epoch``."""
-        return self._transform.templates_of(_check_int("epoch", epoch, 0)).copy()
+        return self._transform.templates_of(inputs.check_int("epoch", epoch, 0)).copy()
 
     def template_of(self, example: int, epoch: int) -> Template:
         """The template ``examples[example]`` is rendered with in ``epoch``."""
@@ -278,169 +280,6 @@ class PaftData:
 
 
 # ---- checks: every one raises a one-line FlexpaftError naming the argument --------------------
-def _answer_format(task: TaskSpec, value: str | AnswerFormat | None) -> AnswerFormat:
-    fmt = task.default_format if value in (None, "") else AnswerFormat.parse(value)
-    task.check_format(fmt)
-    return fmt
-
-
-def _check_loss(loss: str, fmt: AnswerFormat) -> str:
-    if loss not in LOSSES:
-        raise FlexpaftError(f"loss must be one of {', '.join(LOSSES)}, not {short_repr(loss, 40)}")
-    if loss == "options" and fmt is AnswerFormat.GENERATION:
-        raise FlexpaftError(
-            "loss='options' scores the task's answer options, which the generation format does "
-            "not have: use loss='answer' or another answer_format"
-        )
-    return loss
-
-
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        # Below 1: at 1 every draw is the own template, which is one-prompt LoRA, not PAFT.
-        raise FlexpaftError(f"own_rate must be a number in [0, 1), got {short_repr(rate, 40)}")
-    return float(rate)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise FlexpaftError(f"{name} must be an integer >= {low}, got {short_repr(value, 40)}")
-    return int(value)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):
-        raise FlexpaftError(
-            f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}"
-        )
-    # Padding is masked out and position_ids skip it, so any id serves; EOS when there is no pad.
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise FlexpaftError("the tokenizer has neither a pad nor an EOS token: set pad_token")
-    return int(pad)
-
-
-def _examples(task: TaskSpec, examples: Any) -> list[Example]:
-    if isinstance(examples, (str, bytes, Path)) or not isinstance(examples, Iterable):
-        raise FlexpaftError(
-            "examples must be a list of records (dicts in the task's schema, or a datasets."
-            f"Dataset) or of flexpaft Examples, got {type(examples).__name__}; to read a file "
-            "use flexpaft.tasks.load_examples(task, path)"
-        )
-    out: list[Example] = []
-    for i, row in enumerate(examples):
-        if isinstance(row, Example):
-            out.append(row)
-            continue
-        try:
-            out.append(task.normalize(dict(row) if isinstance(row, Mapping) else row, uid=str(i)))
-        except RecordError as e:
-            # Numbered from 0, as the user's own list or Dataset indexes it.
-            raise FlexpaftError(f"examples[{i}]: {e.reason} (task {task.name})") from None
-    if not out:
-        raise FlexpaftError("examples is empty: PAFT needs training examples")
-    return out
-
-
-def _templates(task: TaskSpec, fmt: AnswerFormat, templates: Any) -> list[Template]:
-    if isinstance(templates, (str, Path)):
-        path = Path(templates)
-        if isinstance(templates, str) and "{" in templates and not path.is_file():
-            raise FlexpaftError(
-                "templates is a prompt-set file or a list of templates; this looks like one "
-                "template text: pass [text]"
-            )
-        # A file is a generated set: skip what does not fit the task, as flexpaft train does.
-        return list(load_valid_set(str(path), task, fmt))
-    if isinstance(templates, PromptSet):
-        templates = list(templates)
-    if not isinstance(templates, Sequence):
-        raise FlexpaftError(
-            f"templates must be a prompt-set file or a list of templates, got "
-            f"{type(templates).__name__}"
-        )
-    out, seen = [], set()
-    for i, t in enumerate(templates):
-        tpl = _template(t, f"templates[{i}]")
-        problems = tpl.problems(task, fmt)
-        if problems:
-            raise FlexpaftError(
-                f"templates[{i}] ({short_repr(tpl.text, 40)}) cannot serve task {task.name} "
-                f"({fmt.value}): {'; '.join(problems)}"
-            )
-        if tpl.text.strip() not in seen:  # a repeat would double its share of the draws
-            seen.add(tpl.text.strip())
-            out.append(tpl)
-    if not out:
-        raise FlexpaftError("templates is empty: PAFT needs templates to draw from")
-    return out
-
-
-def _template(value: Any, what: str) -> Template:
-    if isinstance(value, Template):
-        return value if value.id else Template(value.text, template_id(value.text))
-    if isinstance(value, str):
-        return Template(value, template_id(value))
-    raise FlexpaftError(
-        f"{what} must be a template text or a Template, got {short_repr(value, 40)}"
-    )
-
-
-def _own_template(task: TaskSpec, fmt: AnswerFormat, value: Any) -> Template:
-    if value is None:
-        if not task.templates.get(fmt.value):
-            raise FlexpaftError(
-                f"task {task.name} has no {fmt.value} template to draw at own_rate: give "
-                "own_template=<your prompt>, or own_rate=0"
-            )
-        return default_template(task, fmt)
-    tpl = _template(value, "own_template")
-    problems = tpl.problems(task, fmt)
-    if problems:
-        raise FlexpaftError(
-            f"own_template cannot serve task {task.name} ({fmt.value}): {'; '.join(problems)}"
-        )
-    return tpl
-
-
-def _items(
-    loss: str,
-    task: TaskSpec,
-    examples: list[Example],
-    templates: list[Template],
-    fmt: AnswerFormat,
-    tokenizer: Any,
-    max_length: int,
-    append_eos: bool,
-    chat: ChatFormat | None,
-) -> Any:
-    # flexpaft train's own datasets, indexed by (example, template): the HF rows are the very
-    # rows `flexpaft train` trains on, tokenized and truncated the same way.
-    if loss == "options":
-        from flexpaft.training.options import OptionsDataset as cls
-    else:
-        from flexpaft.training.data import RenderedDataset as cls
-    return cls(
-        task,
-        examples,
-        templates,
-        fmt,
-        tokenizer,
-        max_length,
-        append_eos=append_eos,
-        chat=chat,
-    )
-
-
-def _check_renders(items: Any, n_templates: int) -> None:
-    """Every template rendered and tokenized once (on the first example), before training."""
-    for t in range(n_templates):
-        try:
-            items[(0, t)]
-        except FlexpaftError as e:
-            raise FlexpaftError(f"template {items.templates[t].id}: {e}") from None
-
-
 def _dataset(n: int, transform: PaftTransform) -> datasets.Dataset:
     import datasets
 
@@ -455,7 +294,7 @@ def _collator(loss: str, pad_id: int, multiple: int | None) -> Any:
 
         # Multiples of 8 help GPU tensor cores; on a CPU they are only extra padding.
         multiple = 8 if torch.cuda.is_available() else 1
-    multiple = _check_int("pad_to_multiple_of", multiple, 1)
+    multiple = inputs.check_int("pad_to_multiple_of", multiple, 1)
     if loss == "options":
         from flexpaft.training.options import OptionsCollator
 
