@@ -200,3 +200,35 @@ def test_generate_command_offline_writes_every_output(tmp_path):
 def test_generate_command_user_errors(tmp_path, argv, message):
     with pytest.raises(FlexpaftError, match=re.escape(message)):
         _cli(["--task", "piqa", "--out", str(tmp_path)] + argv)
+
+
+def test_a_task_without_a_question_gets_templates_that_name_the_answer_words():
+    # A minimal classification task: text and label words, no question, no template of its own.
+    from flexpaft.prompts.generate.offline import generate_offline
+    from flexpaft.prompts.task_templates import default_template
+    from flexpaft.tasks.spec import AnswerFormat, TaskSpec
+
+    words = ["negative", "neutral", "positive"]
+    task = TaskSpec.from_mapping(
+        {
+            "name": "reviews",
+            "fields": ["text"],
+            "required": ["text"],
+            "fixed_options": words,
+            "label_words": words,
+            "gold": "label",
+            "gold_kind": "text",
+        }  # fmt: skip
+    )
+    assert task.default_format is AnswerFormat.LABEL_WORDS  # label words, not letters A/B/C
+    for seed in (0, 1):
+        ps = generate_offline(task, AnswerFormat.LABEL_WORDS, n=288, seed=seed)
+        assert len(ps) == 288
+        for t in ps:
+            low = t.text.lower()
+            assert "{label_words}" in t.text or all(w in low for w in words), t.text
+            assert "question" not in low, t.text
+    # Its own template, made from its fields, names the words too.
+    assert default_template(task, AnswerFormat.LABEL_WORDS).text == (
+        "Text: {text}\nAnswer ({label_words}):"
+    )

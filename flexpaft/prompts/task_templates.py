@@ -12,14 +12,35 @@ from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 log = logging.getLogger(__name__)
 
 
+# What follows the task's fields in a template made for a task that names none, by format.
+_ANSWER_CUE = {
+    AnswerFormat.LABEL_WORDS: "Answer ({label_words}):",
+    AnswerFormat.LETTER: "{options}\nAnswer ({option_letters}):",
+    AnswerFormat.OPTION_TEXT: "Answer:",
+    AnswerFormat.GENERATION: "Answer ({label_words}):",
+}
+
+
 def default_template(task: TaskSpec, fmt: AnswerFormat) -> Template:
-    """The task's own template for ``fmt``."""
+    """The task's own template for ``fmt``; for a task that gives none (a minimal task YAML),
+    one line per field ("Text: {text}") and the format's answer cue, said once in the log."""
     text = task.templates.get(fmt.value)
     if not text:
-        raise FlexpaftError(
-            f"task {task.name} has no default {fmt.value} template: give prompts.template"
-        )
+        shown = [f for f in task.fields if f in task.required] or list(task.fields)
+        if not shown:
+            raise FlexpaftError(
+                f"task {task.name} has no default {fmt.value} template and no fields to make "
+                "one from: give prompts.template, or templates: in the task YAML"
+            )
+        lines = [f"{f.replace('_', ' ').replace('.', ' ').capitalize()}: {{{f}}}" for f in shown]
+        text = "\n".join([*lines, _ANSWER_CUE[fmt]])
+        if (task.name, fmt) not in _said:
+            _said.add((task.name, fmt))
+            log.info("task %s has no %s template; using %r", task.name, fmt.value, text)
     return Template(text, template_id(text))
+
+
+_said: set[tuple[str, AnswerFormat]] = set()
 
 
 def own_template(text: str, task: TaskSpec, fmt: AnswerFormat) -> Template:

@@ -246,6 +246,15 @@ class TaskSpec:
             d["options"] = tuple(d["options"])
         if "formats" in d:
             d["formats"] = tuple(AnswerFormat.parse(f) for f in d["formats"])
+        if "formats" not in d and d.get("label_words"):
+            # A classification task given its label words means them: scoring one word per
+            # class, with templates that say which words, not letters A/B/C nobody defined.
+            d["formats"] = (
+                AnswerFormat.LABEL_WORDS,
+                AnswerFormat.LETTER,
+                AnswerFormat.OPTION_TEXT,
+                AnswerFormat.GENERATION,
+            )
         if "default_format" in d:
             d["default_format"] = AnswerFormat.parse(d["default_format"])
         elif d.get("formats"):

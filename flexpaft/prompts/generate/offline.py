@@ -125,9 +125,19 @@ def _options_block(task: TaskSpec, bank: TaskBank, style: _Style, rng: random.Ra
     return header + ("\n" if style.option_joiner == "\n" else " ") + listing
 
 
+def has_question(task: TaskSpec) -> bool:
+    """The task shows a question (BoolQ's, PIQA's goal...): a template may rely on it to say
+    what to answer. A classification task over a text has none."""
+    return any("question" in s or s in ("goal", "query") for s in task.slots)
+
+
 def _instruction(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Random) -> str:
     requests = load_bank()["answer_requests"]
-    phrase = rng.choice(bank.instructions_for(fmt))
+    phrases = bank.instructions_for(fmt)
+    if not has_question(task):
+        # "Answer the question below." over a request with no question asks for nothing.
+        phrases = tuple(p for p in phrases if "question" not in p.lower()) or phrases
+    phrase = rng.choice(phrases)
     if fmt is AnswerFormat.GENERATION:
         kind = "generation_words" if task.label_words else "generation"
         request = rng.choice(requests[kind])
@@ -205,7 +215,27 @@ def compose(task: TaskSpec, fmt: AnswerFormat, bank: TaskBank, rng: random.Rando
     else:
         parts = [*body, cue]
     joiner = " " if style.layout == "inline" and not cloze_blank else style.joiner
-    return joiner.join(p for p in parts if p).rstrip()
+    text = joiner.join(p for p in parts if p).rstrip()
+    if needs_answer_words(task, fmt, text):
+        # Neither a question nor the answer words: name them in the cue, so the template says
+        # what to answer (the words themselves are scored after it).
+        named = _label_case(_named_cue(cue), style.casing)
+        text = joiner.join(p for p in [*parts[:-1], named] if p).rstrip()
+    return text
+
+
+def needs_answer_words(task: TaskSpec, fmt: AnswerFormat, text: str) -> bool:
+    """A label-words template that gives no answer cue: no question to answer, and neither
+    ``{label_words}`` nor every label word written out."""
+    if fmt is not AnswerFormat.LABEL_WORDS or not task.label_words or has_question(task):
+        return False
+    lowered = text.lower()
+    return "{label_words}" not in text and not all(w.lower() in lowered for w in task.label_words)
+
+
+def _named_cue(cue: str) -> str:
+    stem = cue.rstrip(": ").strip() or "Answer"
+    return f"{stem} ({{label_words}}):"
 
 
 def generate_offline(task: TaskSpec, fmt: AnswerFormat, n: int = 300, seed: int = 0) -> PromptSet:
