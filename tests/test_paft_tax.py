@@ -388,7 +388,7 @@ def test_eval_accepts_own_template_as_the_reference(tmp_path):
 
     text = "{goal}\nA: {sol1}\nB: {sol2}\nAnswer:"
     args = build_parser().parse_args(["eval", "--own-template", text])
-    cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir", "reference_template"))
+    cfg = config_from_args(EvalConfig, args, ("adapter", "output_dir", "own_template"))
     assert cfg.reference_template == text
     cfg2 = load_config(EvalConfig, None, ["own_template=default"])
     assert cfg2.reference_template == "default"

@@ -112,6 +112,14 @@ class EvalConfig(Loadable):
     def adversarial_set(self) -> str:
         return self.prompts.adversarial_set
 
+    @property
+    def reference_template(self) -> str:
+        """The own prompt as the old key spelled it: its text, 'default' for the task's, or ''
+        when it is not scored."""
+        if not self.prompts.own:
+            return ""
+        return self.prompts.template or "default"
+
 
 def upgrade_stored(config: dict[str, Any]) -> dict[str, Any]:
     """An EvalConfig as an older results.json stored it (prompt_set, reference_template... at the

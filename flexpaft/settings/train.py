@@ -13,7 +13,8 @@ from flexpaft.settings.common import DataSettings, ModelSettings
 from flexpaft.settings.compute import ComputeSettings
 from flexpaft.settings.flexora import FlexoraSettings
 from flexpaft.settings.loading import Loadable
-from flexpaft.settings.methods import METHODS, Method, method
+from flexpaft.settings.methods import METHODS, Method
+from flexpaft.settings.methods import method as method_row
 from flexpaft.settings.schema import opt, section
 from flexpaft.tasks.spec import AnswerFormat
 
@@ -225,13 +226,15 @@ class OptimSettings:
         if not (math.isfinite(self.consistency) and self.consistency >= 0):
             raise ValueError(f"optim.consistency must be 0 or more, got {self.consistency}")
 
-    def resolved_loss(self, method: Method, fmt: AnswerFormat) -> str:
-        """``loss`` with auto decided for ``method``'s row and answer format ``fmt``."""
+    def resolved_loss(self, method: Method | str, fmt: AnswerFormat) -> str:
+        """``loss`` with auto decided for ``method``'s row (or its name) and answer format
+        ``fmt``."""
         if self.loss != "auto":
             return self.loss
-        return method.auto_loss if fmt is not AnswerFormat.GENERATION else "answer"
+        row = method if isinstance(method, Method) else method_row(method)
+        return row.auto_loss if fmt is not AnswerFormat.GENERATION else "answer"
 
-    def scores_options(self, method: Method, fmt: AnswerFormat) -> bool:
+    def scores_options(self, method: Method | str, fmt: AnswerFormat) -> bool:
         """Training batches hold every option's answer (the options loss or consistency)."""
         return self.resolved_loss(method, fmt) == "options" or self.consistency > 0
 
@@ -306,7 +309,7 @@ class TrainConfig(Loadable):
         if self.push_to_hub and not self.hub_model_id:
             raise FlexpaftError("push_to_hub needs hub_model_id (the hub repository)")
         try:
-            spec = method(self.method)
+            spec = method_row(self.method)
         except ValueError as e:
             raise FlexpaftError(str(e)) from None
         if self.optim.consistency > 0 and not spec.draws_templates:
@@ -320,7 +323,7 @@ class TrainConfig(Loadable):
     @property
     def spec(self) -> Method:
         """This run's method as a row of the methods table: its template and layer policies."""
-        return method(self.method)
+        return method_row(self.method)
 
     def check_format(self, fmt: AnswerFormat) -> None:
         """Refuse, before the model loads, losses that need scored answer options."""
