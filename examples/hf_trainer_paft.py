@@ -5,6 +5,7 @@ Trainer + PEFT script.
 
     python examples/hf_trainer_paft.py                    # the embedded SmolLM2-135M on snips
     python examples/hf_trainer_paft.py --model DIR --max-steps 4 --output-dir /tmp/paft-hf  # CI
+    python examples/hf_trainer_paft.py --examples 160 --epochs 1  # 20 steps: a CPU-sized run
 
 The adapter it saves is a plain PEFT adapter: ``PeftModel.from_pretrained(base, output_dir)``.
 """

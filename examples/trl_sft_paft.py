@@ -5,6 +5,7 @@ one wording. The lines flexpaft adds are marked ``# PAFT``; the rest is an ordin
     pip install 'flexpaft[trl]'
     python examples/trl_sft_paft.py                    # the embedded SmolLM2-135M on snips
     python examples/trl_sft_paft.py --model DIR --max-steps 4 --output-dir /tmp/paft-trl  # CI
+    python examples/trl_sft_paft.py --examples 160 --epochs 1  # 20 steps: a CPU-sized run
 
 The adapter it saves is a plain PEFT adapter: ``PeftModel.from_pretrained(base, output_dir)``.
 """
