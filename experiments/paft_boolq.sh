@@ -19,8 +19,8 @@ TRAIN_ARGS=("${COMMON[@]}" --set "data.limit=$TRAIN" --set "optim.epochs=$EPOCHS
 flexpaft train --method lora -o "$OUT/lora" "${TRAIN_ARGS[@]}"
 flexpaft train --method paft -o "$OUT/paft" "${TRAIN_ARGS[@]}" --set "prompts.prompt_set=$OUT/prompts/train.jsonl"
 EVAL_ARGS=("${COMMON[@]}" --set "data.skip=$TRAIN" --set "data.limit=$TEST"
-           --set "prompt_set=$OUT/prompts/test.jsonl" --set "adversarial_set=$OUT/prompts/adversarial.jsonl"
-           --set reference_template=default)
+           --set "prompts.prompt_set=$OUT/prompts/test.jsonl" --set "prompts.adversarial_set=$OUT/prompts/adversarial.jsonl"
+           --set prompts.template=)
 flexpaft eval -o "$OUT/eval/base" --set name=base "${EVAL_ARGS[@]}"
 flexpaft eval -o "$OUT/eval/lora" --set name=lora --adapter "$OUT/lora/adapter" "${EVAL_ARGS[@]}"
 flexpaft eval -o "$OUT/eval/paft" --set name=paft --adapter "$OUT/paft/adapter" "${EVAL_ARGS[@]}"
