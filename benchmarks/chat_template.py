@@ -106,7 +106,10 @@ def main() -> None:
         "data.task=boolq",
         f"data.max_field_chars={a.max_field_chars}",
     ]
-    evaluation = data + [f"data.limit={a.examples}", f"prompts.prompt_set={out / 'templates.jsonl'}"]
+    evaluation = data + [
+        f"data.limit={a.examples}",
+        f"prompts.prompt_set={out / 'templates.jsonl'}",
+    ]
     report: dict = {"args": vars(a), "threads": THREADS}
     started = time.time()
     runs = {}

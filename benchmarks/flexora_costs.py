@@ -474,8 +474,9 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE,...",
         help="part 1: also run the search alone under these flexora settings (repeatable; e.g. "
-        "the defaults before 2026-12-04: budget_unit=rows,search_budget=0.15); its seconds are "
-        "set against the defaults run's stage 2",
+        "search_budget=0.15, the length before 2026-12-04; since 2026-12-07 a share of one "
+        "pass, as long as the old share of stage 2 at 2 epochs, one validation batch and "
+        "budget_unit=rows); its seconds are set against the defaults run's stage 2",
     )
     p.add_argument("--seq-len", type=int, default=128, help="part 2: random tokens per sequence")
     p.add_argument("--parts", default="12")

@@ -102,7 +102,7 @@ CASES = {
     # ---- late or wrong errors: refused before the model loads -----------------------------------
     "train-flexora-selection": (
         lambda c: c.train("method=flexora", "flexora.selection=best", "model.name=/nonexistent"),
-        "flexora.selection 'best' is not one of positive, gate, topk, fraction",
+        "flexora.selection 'best' is not one of validated, positive, gate, topk, fraction",
     ),
     "train-flexora-ranks": (
         lambda c: c.train("flexora.ranks=wide", "model.name=/nonexistent"),

@@ -1,4 +1,5 @@
-"""Flexora search length: the budget in steps, examples or a share of stage 2, and the early stop."""
+"""Flexora search length: the budget in steps, examples or a share of one pass (the same on every
+machine), the compute it records, and the early stop."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import warnings
 
 import pytest
 from conftest import build_tokenizer
-from test_flexora_search import config, run_search
+from test_flexora_search import build_search, config, run_search
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.methods.flexora.budget import (
     StableSelection,
+    compute_share,
     outer_step_cost,
     passes_per_micro_batch,
     search_length,
@@ -25,9 +27,9 @@ def tok():
     return build_tokenizer()
 
 
-def length(steps_per_epoch=40, global_batch=8, optim=None, passes=1, **flexora):
+def length(steps_per_epoch=40, global_batch=8, optim=None, **flexora):
     return search_length(
-        FlexoraSettings(**flexora), optim or OptimSettings(), steps_per_epoch, global_batch, passes
+        FlexoraSettings(**flexora), optim or OptimSettings(), steps_per_epoch, global_batch
     )
 
 
@@ -38,22 +40,38 @@ def test_explicit_steps_and_examples_win_over_the_auto_budget():
     assert length(search_examples=100, unroll=2) == 7  # two inner steps per outer step
 
 
-def test_auto_budget_is_a_share_of_stage_two_compute():
-    # Stage 2: 3 epochs x 40 steps = 120 micro-batches; an outer step is 1 training + 1
-    # validation micro-batch; 0.5 x 120 / 2 = 30.
-    assert outer_step_cost(FlexoraSettings(), 1) == 2
-    assert length(search_budget=0.5) == 30
-    # The default, 1: 120 / 2 = 60, but one pass over the training split is 40 steps.
+def test_auto_budget_is_a_share_of_one_pass():
+    # One pass over the training split: 40 optimizer steps, one outer step each.
     assert length() == 40
-    # grad_accum 2, val_batches 2: 3 x 20 x 2 = 120 micro-batches, 4 per outer step: 15.
-    assert length(20, 16, OptimSettings(grad_accum=2), val_batches=2, search_budget=0.5) == 15
-    # max_steps replaces the epochs: 0.5 x 50 / 2 = 12.5 -> 12.
-    assert length(optim=OptimSettings(max_steps=50), search_budget=0.5) == 12
-    # Unrolled: 2 inner steps x 3 + 1 validation = 7 per outer step; 60 / 7 -> 8.
+    assert length(search_budget=0.5) == 20
+    assert length(search_budget=0.1) == 4
+    assert length(search_budget=0.29, steps_per_epoch=100) == 29  # 28.999999999999996
+    assert length(search_budget=0.15, steps_per_epoch=63) == 9  # rounded down
+    assert length(search_budget=0.01) == 1  # at least one step
+    # What an outer step costs, and how long stage 2 is, no longer shorten it: 1 is a whole pass
+    # with 2 validation batches, at 1 epoch, and with max_steps (before 2026-12-07: 120 / 3 =
+    # 40, 40 / 2 = 20 and 50 / 2 = 25 outer steps).
+    assert length(val_batches=2) == 40
+    assert length(optim=OptimSettings(epochs=1)) == 40
+    assert length(optim=OptimSettings(max_steps=50)) == 40
+    # grad_accum 2: 20 optimizer steps a pass; the budget counts them, not micro-batches.
+    assert length(20, 16, OptimSettings(grad_accum=2), search_budget=0.5) == 10
+    # Unrolled: an outer step is 2 inner optimizer steps, so a pass is 20 outer steps.
+    assert length(unroll=2) == 20
+    assert length(unroll=2, search_budget=0.5) == 10
+    assert length(unroll=3, steps_per_epoch=34) == 12  # ceil(34 / 3)
+
+
+def test_compute_share_counts_the_search_against_stage_two():
+    # Stage 2: 3 epochs x 40 steps = 120 micro-batches; a first-order outer step is 1 training
+    # + 1 validation micro-batch; unrolled (K = 2): 2 x 3 + 1 = 7.
+    f, o = FlexoraSettings(), OptimSettings()
+    assert outer_step_cost(f, 1) == 2
+    assert compute_share(f, o, 40, 40) == pytest.approx(80 / 120)
     assert outer_step_cost(FlexoraSettings(unroll=2), 1) == 7
-    assert length(unroll=2, search_budget=0.5) == 8
-    # The old default, 0.1 of stage 2: 12 / 2 = 6.
-    assert length(search_budget=0.1) == 6
+    assert compute_share(FlexoraSettings(unroll=2), o, 40, 20) == pytest.approx(140 / 120)
+    # max_steps replaces the epochs.
+    assert compute_share(f, OptimSettings(max_steps=50), 40, 40) == pytest.approx(80 / 50)
 
 
 def test_auto_budget_stops_at_one_pass_and_takes_at_least_one_step():
@@ -82,14 +100,21 @@ def test_a_micro_batch_costs_one_unit_per_row_chunk_where_passes_are_the_unit(
     assert passes_per_micro_batch(f, 8, rows, device) == expected
 
 
-def test_counting_passes_shortens_the_auto_budget_but_not_explicit_lengths():
-    # Two chunks per micro-batch: an outer step is (1 + 1) x 2 = 4 units; 0.5 x 120 / 4 = 15,
-    # and at the default (1) 120 / 4 = 30.
-    assert outer_step_cost(FlexoraSettings(), 1, passes=2) == 4
-    assert length(passes=2, search_budget=0.5) == 15
-    assert length(passes=2) == 30
-    assert length(passes=2, search_steps=7) == 7
-    assert length(passes=2, search_examples=100) == 13
+@pytest.mark.parametrize("unit", ["auto", "rows", "pass"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_whole_pass_on_every_machine_whatever_the_unit(unit, device):
+    """The snips study's setting: 272 training examples in batches of 8 (34 steps a pass),
+    2 epochs, 1 validation batch, micro-batches in 2 chunks of 4 rows. Before 2026-12-07 a GPU
+    counted 2 passes per chunked micro-batch and searched 17 outer steps, a CPU 34."""
+    f, o = FlexoraSettings(budget_unit=unit), OptimSettings(epochs=2, batch_size=8)
+    passes = passes_per_micro_batch(f, 8, 4, device)
+    assert search_length(f, o, 34, 8) == 34
+    assert search_length(FlexoraSettings(budget_unit=unit, search_budget=0.5), o, 34, 8) == 17
+    # The unit says how the search's compute is counted, nothing else: (1 + 1) units per outer
+    # step, x 2 where every chunk is a pass; stage 2 is 68 micro-batches.
+    counts_chunks = unit == "pass" or (unit == "auto" and device == "cuda")
+    assert passes == (2 if counts_chunks else 1)
+    assert compute_share(f, o, 34, 34, passes) == pytest.approx(34 * 2 * passes / 68)
     # The unrolled hypergradient runs whole micro-batches: chunks do not enter its cost.
     assert outer_step_cost(FlexoraSettings(unroll=2), 1, passes=2) == 7
 
@@ -150,20 +175,29 @@ def test_search_stops_once_the_sign_pattern_is_stable_and_resumes_as_stopped(tmp
 
 
 def test_default_length_comes_from_the_budget(tmp_path, tok):
-    # 14 training examples in batches of 4: 4 steps a pass; stage 2: 3 epochs = 12 steps; an
-    # outer step is 1 + 2 validation micro-batches: 0.5 x 12 / 3 = 2.
+    # 14 training examples in batches of 4: 4 steps a pass; half of it is 2 outer steps.
     search, outcome = run_search(config(tmp_path, "flexora.search_budget=0.5"), tok)
     assert search.total == 2 and outcome.steps == 2 and not outcome.stopped_early
+    # The default, 1: the whole pass, one outer step per optimizer step (built, not run).
+    assert build_search(config(tmp_path / "whole"), tok).total == 4
+    assert build_search(config(tmp_path / "k2", "flexora.unroll=2"), tok).total == 2
 
 
-def test_the_search_counts_its_row_chunks_when_told_to(tmp_path, tok):
-    # The same run counting passes: batches of 4 run as 2 chunks of 2 rows (micro_batch auto),
-    # so an outer step is (1 + 2) x 2 = 6 units: 0.5 x 12 / 6 = 1. On a CPU, auto counts rows.
+def test_the_search_is_as_long_counting_passes_as_counting_rows(tmp_path, tok):
+    # budget_unit=pass is what auto counts on a GPU: batches of 4 run as 2 chunks of 2 rows
+    # (micro_batch auto), 2 units per micro-batch. The search is as long as with rows (before
+    # 2026-12-07 it was 1 outer step instead of 2); only its recorded compute share doubles:
+    # 2 steps x (1 + 2 validation batches) x 2 / (3 epochs x 4 steps).
     cfg = config(tmp_path, "flexora.search_budget=0.5", "flexora.budget_unit=pass")
     search, outcome = run_search(cfg, tok)
-    assert search.rows == 2 and search.total == 1 and outcome.steps == 1
-    auto, _ = run_search(config(tmp_path / "auto", "flexora.search_budget=0.5"), tok)
-    assert auto.total == 2
+    assert search.rows == 2 and search.total == 2 and outcome.steps == 2
+    assert outcome.compute_share == 1.0
+    rows, rows_outcome = run_search(
+        config(tmp_path / "rows", "flexora.search_budget=0.5", "flexora.budget_unit=rows"), tok
+    )
+    assert rows.total == 2 and rows_outcome.compute_share == 0.5
+    sel = json.loads((tmp_path / "flexora" / "selection.json").read_text())
+    assert sel["compute_share"] == 1.0 and sel["budget_steps"] == 2
 
 
 def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):

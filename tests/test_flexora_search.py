@@ -62,20 +62,25 @@ def config(out, *overrides: str) -> TrainConfig:
     )
 
 
-def run_search(cfg, tok, progress=False):
+def build_search(cfg, tok, templates=TEMPLATES, own=None, layers=2):
     from accelerate import Accelerator
 
-    model = build_model(len(tok), layers=2)
-    search = LayerSearch(
+    model = build_model(len(tok), layers=layers)
+    return LayerSearch(
         cfg,
         model,
         tok,
         get_task("boolq"),
         AnswerFormat.LABEL_WORDS,
         examples(),
-        TEMPLATES,
+        templates,
         Accelerator(cpu=True),
+        own=own,
     )
+
+
+def run_search(cfg, tok, progress=False):
+    search = build_search(cfg, tok)
     return search, search.run(progress)
 
 
@@ -383,7 +388,8 @@ def test_search_command_writes_selection_and_prints_layers(tmp_path, tiny_model_
     assert rc == 0
     printed = capsys.readouterr().out
     sel = json.loads((tmp_path / "run" / "flexora" / "selection.json").read_text())
-    assert f"selected layers (positive, {len(sel['layers'])} of 4)" in printed
+    assert sel["rule"] == "validated"  # the default: validation decides the count
+    assert f"selected layers (validated, {len(sel['layers'])} of 4)" in printed
     assert (tmp_path / "run" / "flexora" / "alpha.png").is_file()
 
 

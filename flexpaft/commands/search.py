@@ -1,8 +1,17 @@
 """``flexpaft search``: Flexora's layer search alone (``flexpaft.search``).
 
-Writes to ``<output_dir>/flexora/``: selection.json (chosen layers and a PEFT LoraConfig for
-them), alpha.jsonl (alpha and gates every step), alpha.png (alpha per layer over the search) and a
-resumable checkpoint. ``flexpaft train --method flexora`` runs the same search, then stage 2.
+The search alternates one optimizer step of LoRA on every block (on stage 2's loss) with one step
+of the per-block logits alpha on the validation batches: first-order by default, as the paper's
+code does (``flexora.unroll=K``: a K-step unrolled hypergradient). It runs one pass over its
+training split by default (``flexora.search_budget=1``: one outer step per inner optimizer step,
+on every machine). The blocks are ranked by alpha, and by default (``flexora.selection=
+validated``) the validation batches decide how many are kept: never a selection that validates
+worse than all blocks beyond a paired standard error.
+
+Writes to ``<output_dir>/flexora/``: selection.json (chosen layers, every scored selection size
+under ``ladder``, and a PEFT LoraConfig for them), alpha.jsonl (alpha and gates every step),
+alpha.png (alpha per layer over the search) and a resumable checkpoint. ``flexpaft train --method
+flexora`` runs the same search, then stage 2.
 """
 
 from __future__ import annotations
@@ -14,7 +23,10 @@ from pathlib import Path
 from flexpaft.settings.loading import add_config_arguments, config_from_args
 from flexpaft.settings.train import TrainConfig
 
-HELP = "Flexora: search which blocks get LoRA (per-block gates tuned on validation data)"
+HELP = (
+    "Flexora: search which blocks get LoRA (per-block gates tuned on validation data by "
+    "first-order steps, or flexora.unroll=K unrolled ones; validation decides how many blocks)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -125,8 +125,8 @@ def sampled_own_index(
 ) -> int | None:
     """The own template's index in ``templates`` for the sampler, else None.
 
-    None as well where the list lacks it: Flexora's search may train on a slice of the prompt
-    set that holds it out (flexora.val_templates=heldout); there it is simply not drawn.
+    None as well where the list lacks it (a caller's own template list); Flexora's search never
+    holds the own template out for validation (methods/flexora/wordings.py).
     """
     own = drawn_own_template(cfg, task, fmt)
     return None if own is None else own_index(own, templates)

@@ -15,7 +15,7 @@ SEARCH_SCHEDULES = ("search", "stage2")
 STAGE2_EXAMPLES = ("all", "train")
 # The selection rules and the stage-2 rank rules (methods/flexora/select.py applies them); here so
 # the config check needs no torch import.
-SELECTION_RULES = ("positive", "gate", "topk", "fraction")
+SELECTION_RULES = ("validated", "positive", "gate", "topk", "fraction")
 RANK_RULES = ("uniform", "gate")
 
 
@@ -28,22 +28,30 @@ class FlexoraSettings:
     search_examples: int = opt(0, "Search length in training examples (0 = search_steps or auto).")
     search_budget: float = opt(
         1.0,
-        "Auto length (search_steps = search_examples = 0): the search's share of stage 2's "
-        "compute (forward+backward passes, counted as budget_unit says), at most one pass over "
-        "the training split. 1 (a whole pass; 0.5 before 2026-12-07) lifted flexora+paft by "
-        "6.4 points on snips (docs/RESULTS.md); 0.1 with alpha_warmup=0 is the cheap setting.",
+        "Auto length (search_steps = search_examples = 0): the search's share of one pass over "
+        "its training split, the same number of outer steps on every machine. An outer step is "
+        "one optimizer step of the inner loop (unroll = K: K of them), so 1 (a whole pass, the "
+        "paper's length) is stage 2's optimizer steps per epoch on that split, "
+        "floor(ceil(train_examples / (optim.batch_size x processes)) / optim.grad_accum), "
+        "divided by K (rounded up) when unrolling; shares below 1 are rounded down (at least "
+        "1 step). A whole "
+        "pass (34 outer steps, no early stop) lifted flexora+paft by 6.4 points over half a "
+        "pass on snips (docs/RESULTS.md); 0.1 with alpha_warmup=0 is the cheap setting.",
     )
     budget_unit: str = opt(
         "auto",
-        "What search_budget counts: rows (a micro-batch is one unit however many row chunks it "
-        "runs as: right where time follows rows, as on a CPU), pass (every forward+backward "
-        "call is one unit: right where a pass costs the same for 2 rows as for 8, as on a GPU "
-        "at LoRA batch sizes), auto (pass on an accelerator, rows on a CPU).",
+        "How the search's compute, recorded as compute_share in selection.json (its "
+        "forward+backward work over stage 2's), is counted; it no longer changes the search's "
+        "length (before 2026-12-07 it did, and a GPU searched half as long as a CPU): rows (a "
+        "micro-batch is one unit however many row chunks it runs as: time follows rows, as on a "
+        "CPU), pass (every forward+backward call is one unit: a pass costs the same for 2 rows "
+        "as for 8, as on a GPU at LoRA batch sizes), auto (pass on an accelerator, rows on a "
+        "CPU).",
     )
     stable_steps: int = opt(
         10,
-        "Stop the search once the selection (for the positive rule: alpha's sign pattern) has "
-        "not changed for this many outer steps (0 = never stop early).",
+        "Stop the search once the selection (for the positive and validated rules: alpha's sign "
+        "pattern) has not changed for this many outer steps (0 = never stop early).",
     )
     alpha_lr: float = opt(1e-2, "Adam learning rate of the layer logits alpha.")
     val_batches: int = opt(1, "Validation micro-batches summed per alpha step.")
@@ -56,9 +64,30 @@ class FlexoraSettings:
     )
     unroll: int = opt(
         0,
-        "0 = first-order alternating steps (the paper's code); K > 0 = K-step unrolled hypergradient.",
+        "How alpha's gradient is taken. 0 (default) = first-order alternating steps, as the "
+        "paper's code runs them: one inner optimizer step of the LoRA weights with the gates "
+        "held constant, then alpha's gradient of the validation loss with the LoRA weights held "
+        "constant. K > 0 = K-step unrolled hypergradient: K differentiable inner steps (an "
+        "AdamW surrogate whose second moment is held constant), alpha's gradient through them, "
+        "then the K steps committed with the real optimizer (about 3x the work per inner step).",
     )
-    selection: str = opt("positive", "positive (alpha > 0), gate (gate > 1), topk, fraction.")
+    selection: str = opt(
+        "validated",
+        "How the selected blocks are chosen from alpha. validated (default): blocks ranked by "
+        "alpha, and the count decided on the validation batches: the top-k blocks for k = the "
+        "positive and gate rules' counts, N/4, N/2, 3N/4 and N (all blocks) are each scored with "
+        "the search's own LoRA, only the candidate blocks' LoRA on, and the smallest whose "
+        "validation loss is within tolerance_se paired standard errors of the best (and of all "
+        "N blocks) is kept; selection.json records every rung. positive (alpha > 0, the "
+        "paper's), gate (gate > 1), topk (the k largest), fraction (the top ceil(fraction x N)).",
+    )
+    tolerance_se: float = opt(
+        1.0,
+        "validated rule: how many paired standard errors (of the per-example validation-loss "
+        "difference) above the best rung, and above all N blocks, a smaller selection may "
+        "validate and still be kept (1: the one-standard-error rule; 0: the best rung, smallest "
+        "on ties).",
+    )
     ranks: str = opt(
         "uniform",
         "Stage-2 ranks of the selected blocks: uniform (lora.r each, layers_to_transform only) "
@@ -129,6 +158,10 @@ class FlexoraSettings:
             raise ValueError(
                 f"flexora.val_template_fraction must be in (0, 1), got {self.val_template_fraction}"
             )
+        if self.unroll < 0 or self.val_batches < 1:
+            raise ValueError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
+        if not self.alpha_lr > 0:
+            raise ValueError(f"flexora.alpha_lr must be positive, got {self.alpha_lr}")
         if not 0 <= self.alpha_warmup < 1:
             raise ValueError(f"flexora.alpha_warmup must be in [0, 1), got {self.alpha_warmup}")
 
@@ -142,6 +175,8 @@ class FlexoraSettings:
             raise ValueError(
                 f"flexora.ranks {short_repr(self.ranks)} is not one of {', '.join(RANK_RULES)}"
             )
+        if not self.tolerance_se >= 0:  # NaN included
+            raise ValueError(f"flexora.tolerance_se must be >= 0, got {self.tolerance_se}")
         if self.selection == "topk" and self.k < 1:
             raise ValueError(f"flexora.k must be at least 1 for the topk rule, got {self.k}")
 

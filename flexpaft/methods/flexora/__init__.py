@@ -1,9 +1,11 @@
 """Flexora: choose which transformer blocks get LoRA by a bilevel search over per-block gates.
 
 blocks.py finds the blocks, gates.py gates each block's LoRA output by N * softmax(alpha),
-search.py learns alpha on held-out data while LoRA trains (its gradients in hypergrad.py, its data
-in stream.py, its checkpoint in checkpoint.py, its outputs in outcome.py and plots.py), and
-select.py turns alpha into layers.
+search.py learns alpha on held-out data while LoRA trains (its gradients in hypergrad.py, its
+length in budget.py, its data in stream.py and wordings.py, its checkpoint in checkpoint.py), and
+conclude.py turns alpha into layers: select.py's rules, or ladder.py's validated rule (the
+default: validation decides how many of the blocks ranked by alpha are kept); outcome.py and
+plots.py hold what it writes.
 The trainer then fits a fresh LoRA on the chosen layers only (``layers_to_transform``).
 """
 

@@ -15,12 +15,15 @@ gated, so a gate of 0 does not switch a DoRA block back to the base weights.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from flexpaft.methods.flexora.blocks import BlockLayout, adapted_modules, modules_by_block
+
+log = logging.getLogger(__name__)
 
 
 def gate_values(alpha: torch.Tensor) -> torch.Tensor:
@@ -44,6 +47,7 @@ class LayerGates:
     ) -> None:
         self.alpha = nn.Parameter(torch.zeros(n_blocks, dtype=dtype, device=device))
         self.detach = False  # True while LoRA weights train: their loss must not move alpha
+        self.fixed: torch.Tensor | None = None  # gates set by hand (``held``), alpha ignored
         self.calls = 0  # hook invocations, for tests and sanity checks
 
     @property
@@ -51,6 +55,8 @@ class LayerGates:
         return self.alpha.numel()
 
     def values(self) -> torch.Tensor:
+        if self.fixed is not None:
+            return self.fixed
         gates = gate_values(self.alpha)
         return gates.detach() if self.detach else gates
 
@@ -63,6 +69,17 @@ class LayerGates:
         finally:
             self.detach = before
 
+    @contextlib.contextmanager
+    def held(self, values: torch.Tensor) -> Iterator[None]:
+        """The gates are ``values`` inside, whatever alpha is (the validated rule scores a
+        candidate selection with the other blocks' gates at 0: ladder.py)."""
+        before = self.fixed
+        self.fixed = values.detach().to(self.alpha.device, self.alpha.dtype)
+        try:
+            yield
+        finally:
+            self.fixed = before
+
     def attach(self, model: nn.Module, layout: BlockLayout, adapter: str = "default") -> GateHooks:
         """Hook every ``lora_B[adapter]`` of ``model``; remove with the handle (or ``with``)."""
         blocks = modules_by_block(model, layout, adapter)
@@ -70,6 +87,9 @@ class LayerGates:
         handles = []
         for name, block in blocks.items():
             handles.append(modules[name].lora_B[adapter].register_forward_hook(self._hook(block)))
+        bare = sorted(set(range(layout.count)) - set(blocks.values()))
+        if bare:
+            log.warning("blocks %s hold no LoRA module: their alpha cannot move", bare)
         return GateHooks(handles, blocks)
 
     def _hook(self, block: int):

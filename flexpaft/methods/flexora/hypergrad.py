@@ -57,6 +57,27 @@ def alpha_gradient(
     return grad, total
 
 
+def scaled_alpha_gradient(
+    model: nn.Module,
+    gates: LayerGates,
+    batches: Sequence[Batch],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    rows: int = 0,
+    scaler: Any = None,
+) -> tuple[torch.Tensor, float]:
+    """``alpha_gradient`` in eval mode (no dropout), under the loss scale of ``scaler`` (a
+    GradScaler or None): under fp16 autocast alpha's backward needs the scaling the LoRA step
+    gets from accelerate's GradScaler, or small gradients flush to zero. Unscaled results."""
+    scale = float(scaler.get_scale()) if scaler is not None else 1.0
+    was_training = model.training
+    model.eval()
+    try:
+        grad, loss = alpha_gradient(model, gates, batches, lambda m, b: loss_fn(m, b) * scale, rows)
+    finally:
+        model.train(was_training)
+    return grad / scale, loss / scale
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """``requires_grad=False`` on the model's trainable parameters inside, restored after."""
@@ -167,11 +188,14 @@ def model_hypergradient(
     steps: Sequence[Sequence[Batch]],
     val: Sequence[Batch],
     val_loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = answer_loss,
+    train_loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = answer_loss,
 ) -> tuple[torch.Tensor, float]:
     """The K-step unrolled gradient of alpha from ``model``'s current LoRA weights.
 
     The surrogate starts from ``optimizer``'s (AdamW) moments and follows ``scheduler``'s
-    learning rates for the next ``len(steps)`` steps; nothing of either is changed.
+    learning rates for the next ``len(steps)`` steps; nothing of either is changed. The inner
+    steps differentiate ``train_loss_fn`` (the search passes stage 2's loss, as its committed
+    inner steps train on), the validation batches ``val_loss_fn``.
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     raw = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
@@ -198,7 +222,7 @@ def model_hypergradient(
     )
 
     def train_loss(params: Params, batch: Batch) -> torch.Tensor:
-        return answer_loss(_WithParams(model, params), batch)
+        return train_loss_fn(_WithParams(model, params), batch)
 
     def val_loss(params: Params) -> torch.Tensor:
         return sum(val_loss_fn(_WithParams(model, params), b) for b in val)

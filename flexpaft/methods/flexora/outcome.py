@@ -23,6 +23,8 @@ ALPHA_LOG = "alpha.jsonl"
 ALPHA_PLOT = "alpha.png"
 SELECTION = "selection.json"
 CHECKPOINT = "checkpoint"
+# 2 (2026-12-07): the inner loop trains on stage 2's loss; the own template never validates.
+SEARCH_VERSION = 2
 
 
 @dataclass
@@ -52,6 +54,10 @@ class SearchOutcome:
     # stage 2 (or a user's own PEFT setup, to_lora_config) adapts on the selected blocks.
     target_modules: list[str] = field(default_factory=list)
     lora: LoraSettings | None = None
+    # flexora.selection=validated: every rung scored on the validation batches (ladder.py).
+    ladder: list[dict[str, Any]] = field(default_factory=list)
+    compute_share: float = 0.0  # the search's forward+backward work over stage 2's (budget.py)
+    inner_loss: str = "answer"  # what the inner loop trained on: stage 2's loss
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -74,6 +80,9 @@ class SearchOutcome:
             "gates": self.gates,
             "alpha_rank_spread": self.alpha_rank_spread,
             "train_examples": len(self.train_examples),
+            "ladder": self.ladder,
+            "compute_share": self.compute_share,
+            "inner_loss": self.inner_loss,
         }
 
     def to_lora_config(self, **overrides: Any) -> Any:
@@ -115,10 +124,13 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
     """Hash of what changes the search trajectory (not the selection rule).
 
     Stage-2 epochs are left out; the search's length in outer steps (``length``; the auto budget
-    derives it from stage 2's) is put in, as it sets the inner learning-rate schedule.
+    derives it from one pass) is put in, as it sets the inner learning-rate schedule.
+    ``SEARCH_VERSION`` names what the code does with the same settings (a checkpoint written
+    by a search that trained or validated otherwise is not continued).
     """
     d = dataclasses.asdict(cfg)
     d["search_length"] = length
+    d["search_version"] = SEARCH_VERSION
     # method stays: flexora and flexora+paft draw templates differently.
     for k in ("output_dir", "resume", "checkpoint_every", "log_every"):
         d.pop(k)
@@ -127,9 +139,10 @@ def search_config_hash(cfg: TrainConfig, length: int | None = None) -> str:
     for k in ("num_workers",) if stage2 else ("epochs", "max_steps", "num_workers"):
         d["optim"].pop(k)
     # micro_batch only sets how many rows share a forward: the steps are the same. The budget
-    # (and its unit) sets only the length, which is in.
+    # sets only the length, which is in; the unit only the recorded compute share.
     for k in (
         "selection",
+        "tolerance_se",
         "k",
         "fraction",
         "search_budget",

@@ -81,8 +81,9 @@ def search_layers(
     sections as keyword arguments (``flexora={"search_budget": 0.5}``, ``lora={"r": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}``, ``optim={"lr": 2e-4}``);
     ``output_dir`` keeps alpha.jsonl, alpha.png and selection.json (default: a temporary
-    directory). The returned ``SearchOutcome`` has ``.layers``, ``.alpha``, ``.gates`` and
-    ``.to_lora_config()``.
+    directory). The returned ``SearchOutcome`` has ``.layers``, ``.alpha``, ``.gates``,
+    ``.ladder`` (under the default ``flexora.selection=validated``: every selection size scored on
+    the validation rows, the chosen one marked) and ``.to_lora_config()``.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed

@@ -9,6 +9,12 @@ validation loss at those weights. Two schemes (gradients in hypergrad.py):
 * ``unroll = K > 0``: K differentiable inner steps give alpha's hypergradient; then the K steps
   are committed with the real optimizer on the same batches, and alpha takes one Adam step.
 
+The inner loop trains on stage 2's loss (``optim.loss`` as stage 2 resolves it: the options loss
+under flexora+paft with ``optim.loss=auto`` on a scored answer format, the answer loss otherwise),
+in the first-order step and in the unrolled one alike; stage 2's consistency term
+(``optim.consistency``) is not part of it. Its length (budget.py) is a share of one pass, the same
+on every machine; its selection is the validated rule's by default (ladder.py).
+
 Against the official code: alpha's gradient never writes LoRA ``.grad``; the inner optimizer is
 built once and keeps its state; alpha is saved every step and checkpointed with everything else
 (checkpoint.py); under ``accelerate launch`` alpha's gradient is averaged across ranks so every
@@ -21,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,31 +36,32 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_write_text
-from flexpaft.memory import peak_memory
-from flexpaft.methods.flexora.blocks import find_blocks, modules_by_block
-from flexpaft.methods.flexora.budget import StableSelection, passes_per_micro_batch, search_length
+from flexpaft.methods.flexora.blocks import find_blocks
+from flexpaft.methods.flexora.budget import (
+    StableSelection,
+    compute_share,
+    inner_schedule,
+    passes_per_micro_batch,
+    search_length,
+    warn_short_search,
+)
 from flexpaft.methods.flexora.checkpoint import read_alpha_log, resume_search, save_search
 from flexpaft.methods.flexora.chunks import chunked_loss_backward, search_rows
+from flexpaft.methods.flexora.conclude import conclude
 from flexpaft.methods.flexora.gates import GateHooks, LayerGates
-from flexpaft.methods.flexora.hypergrad import Batch, alpha_gradient, model_hypergradient
+from flexpaft.methods.flexora.hypergrad import Batch, model_hypergradient, scaled_alpha_gradient
 from flexpaft.methods.flexora.outcome import (
     ALPHA_LOG,
-    ALPHA_PLOT,
     SEARCH_DIR,
-    SELECTION,
     SearchOutcome,
-    block_patterns,
     peft_layers_pattern,
     search_config_hash,
-    write_selection,
 )
-from flexpaft.methods.flexora.plots import plot_alpha
-from flexpaft.methods.flexora.select import gate_ranks, overlap, select_layers
-from flexpaft.methods.flexora.stream import BatchStream, FixedBatches
+from flexpaft.methods.flexora.select import provisional_rule, select_layers
+from flexpaft.methods.flexora.stream import search_streams
 from flexpaft.methods.flexora.wordings import validation_set, validation_templates
 from flexpaft.prompts import Template
 from flexpaft.settings.train import TrainConfig
@@ -64,8 +70,7 @@ from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 from flexpaft.training.compute import attention_without_cudnn, checkpointing_paused
 from flexpaft.training.data import answer_loss
 from flexpaft.training.distributed import check_search_backend, fill_deepspeed_batch_size
-from flexpaft.training.loader import make_loader
-from flexpaft.training.lora import adapted_module_names, add_lora
+from flexpaft.training.lora import add_lora
 from flexpaft.training.options import options_loss
 
 log = logging.getLogger(__name__)
@@ -90,10 +95,6 @@ class LayerSearch:
         f = cfg.flexora
         if val_examples is None and f.val_examples < 1:
             raise FlexpaftError("flexora.val_examples must be at least 1 (alpha learns on them)")
-        if f.unroll < 0 or f.val_batches < 1:
-            raise FlexpaftError("flexora.unroll must be >= 0 and flexora.val_batches >= 1")
-        if f.alpha_lr <= 0:
-            raise FlexpaftError("flexora.alpha_lr must be positive")
         if f.unroll and cfg.compute.attn_implementation == "flash_attention_2":
             raise FlexpaftError(
                 "flexora.unroll > 0 differentiates twice through attention, which "
@@ -130,76 +131,41 @@ class LayerSearch:
         self.layers_pattern = peft_layers_pattern(
             self.model.get_base_model(), self.layout, cfg.lora.layers_pattern
         )
-        gated = set(self.hooks.blocks.values())
-        if len(gated) < self.layout.count:
-            log.warning(
-                "blocks %s hold no LoRA module: their alpha cannot move",
-                sorted(set(range(self.layout.count)) - gated),
-            )
 
         o = cfg.optim
         self.train_templates, self.val_templates = validation_templates(
-            f, templates, cfg.seed, validation_set(cfg, task, fmt, templates)
+            f, templates, cfg.seed, validation_set(cfg, task, fmt, templates, own), own
         )
         self.val_loss_kind = f.resolved_val_loss(fmt)
         self.val_loss_fn = options_loss if self.val_loss_kind == "options" else answer_loss
-        train_loader, self.train_sampler = make_loader(
-            cfg,
-            task,
-            fmt,
-            self.train_examples,
-            self.train_templates,
-            tokenizer,
-            cfg.seed,
-            accelerator,
-            own=own,
-        )
-        # A different seed: validation batches are not drawn in lockstep with training batches.
-        val_loader, val_sampler = make_loader(
-            cfg,
-            task,
-            fmt,
-            self.val_examples,
-            self.val_templates,
-            tokenizer,
-            cfg.seed + 1,
-            accelerator,
-            options=self.val_loss_kind == "options",
-            own=own,
-        )
-        self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)
-        # Rendered and tokenized once, reused every pass.
-        self.val = FixedBatches(val_loader, val_sampler, accelerator.device)
+        # The inner loop learns what stage 2 will learn: its loss, on batches of its layout.
+        self.train_loss_kind = o.resolved_loss(cfg.spec, fmt)
+        self.train_loss_fn = options_loss if self.train_loss_kind == "options" else answer_loss
+        self.train, self.val = search_streams(
+            cfg, task, fmt, (self.train_examples, self.val_examples),
+            (self.train_templates, self.val_templates), tokenizer, accelerator, own,
+            (self.train_loss_kind == "options", self.val_loss_kind == "options"),
+        )  # fmt: skip
 
         self.unroll = f.unroll
-        steps_per_epoch = max(1, len(self.train_sampler.batches(0)) // o.grad_accum)
+        steps_per_epoch = max(1, len(self.train.sampler.batches(0)) // o.grad_accum)
         global_batch = o.batch_size * o.grad_accum * accelerator.num_processes
+        self.total = search_length(f, o, steps_per_epoch, global_batch)
+        # (steps per epoch, compute units per first-order micro-batch), for compute_share.
         passes = passes_per_micro_batch(f, o.batch_size, self.rows, accelerator.device.type)
-        self.total = search_length(f, o, steps_per_epoch, global_batch, passes)
+        self.cost = (steps_per_epoch, passes)
         self.inner_total = self.total * max(1, self.unroll)
         # Outer steps in which only LoRA learns: alpha's first gradients, at a LoRA that has
         # not learned anything yet, would otherwise decide a short search's selection.
         self.alpha_wait = int(f.alpha_warmup * self.total)
-        self.stability = StableSelection(f.selection, f.k, f.fraction, f.stable_steps)
-        if f.stable_steps and self.total <= f.stable_steps:
-            log.warning(
-                "the search is %d outer steps, no more than flexora.stable_steps=%d: it cannot "
-                "stop early, and its selection may not have settled (raise flexora.search_budget "
-                "or set flexora.search_steps)",
-                self.total,
-                f.stable_steps,
-            )
+        self.stability = StableSelection(
+            provisional_rule(f.selection), f.k, f.fraction, f.stable_steps
+        )
+        warn_short_search(self.total, f.stable_steps)
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, weight_decay=o.weight_decay)
-        # search: the schedule squeezed into the search; stage2: the first inner_total steps of
-        # the schedule stage 2 will run, so LoRA learns in the search as it will there.
-        horizon = self.inner_total
-        if f.schedule == "stage2":
-            horizon = max(self.inner_total, o.max_steps or math.ceil(o.epochs * steps_per_epoch))
-        self.scheduler = get_cosine_schedule_with_warmup(
-            optimizer, int(o.warmup_ratio * horizon), horizon
-        )
+        self.scheduler = inner_schedule(f, o, optimizer, self.inner_total, steps_per_epoch)
         self.alpha_optimizer = torch.optim.Adam([self.gates.alpha], lr=f.alpha_lr)
         fill_deepspeed_batch_size(accelerator, o.batch_size)
         self.wrapped, self.optimizer = accelerator.prepare(self.model, optimizer)
@@ -218,7 +184,10 @@ class LayerSearch:
             for batch in micro_batches:
                 with acc.accumulate(self.wrapped):
                     loss = chunked_loss_backward(
-                        batch, self.rows, lambda b: answer_loss(self.wrapped, b), self._backward
+                        batch,
+                        self.rows,
+                        lambda b: self.train_loss_fn(self.wrapped, b),
+                        self._backward,
                     )
                     if acc.sync_gradients and o.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.params, o.max_grad_norm)
@@ -261,25 +230,20 @@ class LayerSearch:
                     steps,
                     val,
                     self.val_loss_fn,
+                    self.train_loss_fn,
                 )
             train_loss = sum(self.inner_step(s) for s in steps) / len(steps)
         else:
             train_loss = self.inner_step(self._micro_batches())
             # The unwrapped model: a DDP forward would wait for a LoRA gradient that never comes.
-            model.eval()
-            # Under fp16 autocast, alpha's backward needs the loss scaling the LoRA step gets
-            # from accelerate's GradScaler, or small gradients flush to zero.
-            scaler = getattr(self.acc, "scaler", None)
-            scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            grad, val_loss = alpha_gradient(
+            grad, val_loss = scaled_alpha_gradient(
                 model,
                 self.gates,
                 self._val_batches(),
-                lambda m, b: self.val_loss_fn(m, b) * scale,
-                rows=self.rows,
+                self.val_loss_fn,
+                self.rows,
+                getattr(self.acc, "scaler", None),
             )
-            grad, val_loss = grad / scale, val_loss / scale
-            model.train()
         if grad is not None:
             if self.acc.num_processes > 1:
                 grad = self.acc.reduce(grad, reduction="mean")
@@ -299,7 +263,10 @@ class LayerSearch:
             "step": self.step,
             "alpha": alpha,
             "alpha_moved": grad is not None,
-            "selected": select_layers(alpha, f.selection, f.k, f.fraction, quiet=True),
+            # validated: its anchor's (positive) until the rungs are scored at the end.
+            "selected": select_layers(
+                alpha, provisional_rule(f.selection), f.k, f.fraction, quiet=True
+            ),
             "unchanged": self.stability.unchanged,
             "gates": self.gates.values().detach().cpu().tolist(),
             "train_loss": train_loss,
@@ -366,61 +333,18 @@ class LayerSearch:
         return self.finish()
 
     def finish(self) -> SearchOutcome:
-        """Select, write selection.json and the plot, and give the model back without LoRA."""
-        cfg, f = self.cfg, self.cfg.flexora
-        alpha = self.gates.alpha.detach().cpu().tolist()
-        gates = self.gates.values().detach().cpu().tolist()
-        layers = select_layers(alpha, f.selection, f.k, f.fraction)
-        ranks, rank_pattern, alpha_pattern = {}, {}, {}
-        if f.ranks == "gate":
-            lora = cfg.lora
-            per_block = gate_ranks(alpha, layers, lora.r, lora.alpha, lora.use_rslora)
-            names = modules_by_block(self.model.get_base_model(), self.layout)
-            rank_pattern, alpha_pattern = block_patterns(names, per_block)
-            ranks = {i: rank for i, (rank, _) in per_block.items()}
-        memory, kind = peak_memory(self.acc.device)
-        spread = 0.0
-        if self.acc.num_processes > 1:
-            # Every rank selects from its own alpha: check they really are one alpha.
-            every = self.acc.gather(self.gates.alpha.detach()[None])
-            spread = float((every - every[0]).abs().max())
-        outcome = SearchOutcome(
-            layers=layers,
-            train_examples=self.train_examples,
-            alpha=alpha,
-            gates=gates,
-            rule=f.selection,
-            steps=self.step,
-            inner_steps=self.inner_steps,
-            seconds=self.seconds,
-            peak_memory_bytes=memory,
-            peak_memory_kind=kind,
-            n_blocks=self.layout.count,
-            block_list=self.layout.prefix,
-            layers_pattern=self.layers_pattern,
-            unroll=self.unroll,
-            budget_steps=self.total,
-            stopped_early=self.stopped_early,
-            ranks=ranks,
-            rank_pattern=rank_pattern,
-            alpha_pattern=alpha_pattern,
-            alpha_rank_spread=spread,
-            target_modules=adapted_module_names(self.model.get_base_model()),
-            lora=cfg.lora,
-        )
-        if self.acc.is_main_process:
-            write_selection(self.out / SELECTION, outcome, cfg, self.config_hash)
-            rows = read_alpha_log(self.out / ALPHA_LOG, self.step)
-            # How settled the selection was: its overlap at every step with the final one.
-            for row in rows:
-                if "selected" in row:
-                    row["overlap_final"] = round(overlap(row["selected"], layers), 4)
-            atomic_write_text(self.out / ALPHA_LOG, "".join(json.dumps(r) + "\n" for r in rows))
-            plot_alpha(rows, self.out / ALPHA_PLOT)
+        """Select (conclude.py), write selection.json and the plot, and give the model back
+        without LoRA."""
+        outcome, message = conclude(self)
         self.acc.wait_for_everyone()
         self.release()
-        log.info("flexora selected %d of %d blocks: %s", len(layers), self.layout.count, layers)
+        log.info("%s", message)
         return outcome
+
+    def compute_share(self, steps: int) -> float:
+        """The work of ``steps`` outer steps over stage 2's (budget.compute_share)."""
+        steps_per_epoch, passes = self.cost
+        return compute_share(self.cfg.flexora, self.cfg.optim, steps_per_epoch, steps, passes)
 
     def release(self) -> None:
         """Remove hooks and LoRA layers; drop the accelerator's references to them.
@@ -461,15 +385,6 @@ def search_layers(
     templates (``methods.templates.drawn_own_template``). ``val_examples``: alpha's validation
     examples; by default ``flexora.val_examples`` of ``examples`` are held out for it."""
     search = LayerSearch(
-        cfg,
-        model,
-        tokenizer,
-        task,
-        fmt,
-        examples,
-        templates,
-        accelerator,
-        own=own,
-        val_examples=val_examples,
+        cfg, model, tokenizer, task, fmt, examples, templates, accelerator, own, val_examples
     )
     return search.run(progress)

@@ -2,7 +2,10 @@
 
 Rules: ``positive`` keeps alpha_i > 0 (the paper); ``gate`` keeps gate_i > 1, i.e. layers whose
 gate is above the uniform share (alpha_i above the log-mean-exp of alpha, not above 0);
-``topk`` keeps the k largest; ``fraction`` keeps the top ceil(fraction * N).
+``topk`` keeps the k largest; ``fraction`` keeps the top ceil(fraction * N). ``validated`` (the
+default) ranks by alpha as topk does and lets validation losses decide k (ladder.py); alpha alone
+cannot apply it, so mid-search, and for the early stop, it stands for its anchor, the positive
+rule (``provisional_rule``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def _ranking(alpha: Sequence[float]) -> list[int]:
     return sorted(range(len(alpha)), key=lambda i: (-alpha[i], i))
 
 
+def provisional_rule(rule: str) -> str:
+    """The rule that alpha alone can apply in place of ``rule``: validated needs validation
+    losses (ladder.py), so mid-search it is represented by the positive rule, its anchor."""
+    return "positive" if rule == "validated" else rule
+
+
 def select_layers(
     alpha: Sequence[float],
     rule: str = "positive",
@@ -62,6 +71,11 @@ def select_layers(
         if not 0 < fraction <= 1:
             raise FlexpaftError(f"flexora.fraction must be in (0, 1], got {fraction}")
         chosen = _ranking(alpha)[: math.ceil(fraction * n)]
+    elif rule == "validated":
+        raise FlexpaftError(
+            "the validated rule chooses on validation losses, not on alpha alone: "
+            "ladder.validated_selection applies it (provisional_rule names its stand-in)"
+        )
     else:
         raise FlexpaftError(f"unknown selection rule {rule!r} (choose from {', '.join(RULES)})")
     if not chosen and quiet:

@@ -60,3 +60,55 @@ class FixedBatches:
         out = [self.batches[(self.position + i) % len(self.batches)] for i in range(n)]
         self.position = (self.position + n) % len(self.batches)
         return out
+
+
+def search_streams(
+    cfg: Any,
+    task: Any,
+    fmt: Any,
+    examples: tuple[list[Any], list[Any]],
+    templates: tuple[list[Any], list[Any]],
+    tokenizer: Any,
+    acc: Any,
+    own: Any = None,
+    options: tuple[bool, bool] = (False, False),
+) -> tuple[BatchStream, FixedBatches]:
+    """The search's training stream and its validation batches, from (train, validation) pairs
+    of ``examples`` and ``templates``; ``options``: whether each holds every option's answer
+    (the options loss, ``training/options.py``).
+
+    ``own`` (the user's own template, drawn at ``prompts.own_rate``) enters the training stream
+    only: validation batches are rendered under the validation wordings and nothing else.
+    """
+    from flexpaft.training.loader import make_loader
+
+    train_loader, train_sampler = make_loader(
+        cfg,
+        task,
+        fmt,
+        examples[0],
+        templates[0],
+        tokenizer,
+        cfg.seed,
+        acc,
+        options=options[0],
+        own=own,
+    )
+    # A different seed: validation batches are not drawn in lockstep with training batches.
+    val_loader, val_sampler = make_loader(
+        cfg,
+        task,
+        fmt,
+        examples[1],
+        templates[1],
+        tokenizer,
+        cfg.seed + 1,
+        acc,
+        options=options[1],
+        own=None,
+    )
+    # Validation batches are rendered and tokenized once, and reused every pass.
+    return (
+        BatchStream(train_loader, train_sampler, acc.device),
+        FixedBatches(val_loader, val_sampler, acc.device),
+    )

@@ -1,5 +1,12 @@
 """Which wordings the search's two levels see: the templates LoRA trains on in the inner loop,
-and the ones the validation batches (alpha's loss) are rendered under."""
+and the ones the validation batches (alpha's loss) are rendered under.
+
+Where the validation wordings are meant to be unseen (``flexora.val_templates=heldout``, the
+default wherever there are enough templates), no template the search trains on renders a
+validation batch: neither a training template nor the user's own template (``prompts.template``),
+which flexora+paft draws at ``prompts.own_rate`` and plain flexora trains on alone. The own
+template is never held out for validation: it always stays with the training templates.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +19,20 @@ from flexpaft.tasks.spec import AnswerFormat, TaskSpec
 
 
 def validation_set(
-    cfg: Any, task: TaskSpec, fmt: AnswerFormat, templates: list[Template]
+    cfg: Any,
+    task: TaskSpec,
+    fmt: AnswerFormat,
+    templates: list[Template],
+    own: Template | None = None,
 ) -> list[Template] | None:
     """Plain flexora's validation wordings: its prompt set, when it has one, minus the template
-    it trains on. None for flexora+paft (it holds a slice of its own training set out) and for
-    a plain flexora run without a prompt set."""
+    it trains on and the user's own template ``own``. None for flexora+paft (it holds a slice of
+    its own training set out) and for a plain flexora run without a prompt set."""
     if cfg.spec.draws_templates or not cfg.prompts.prompt_set:
         return None
     from flexpaft.prompts.task_templates import load_valid_set
 
-    trained = {t.text for t in templates}
+    trained = {t.text for t in [*templates, *([own] if own is not None else [])]}
     found = [t for t in load_valid_set(cfg.prompts.prompt_set, task, fmt) if t.text not in trained]
     if not found:
         raise FlexpaftError(
@@ -32,7 +43,11 @@ def validation_set(
 
 
 def validation_templates(
-    f: Any, templates: list[Template], seed: int, others: list[Template] | None = None
+    f: Any,
+    templates: list[Template],
+    seed: int,
+    others: list[Template] | None = None,
+    own: Template | None = None,
 ) -> tuple[list[Template], list[Template]]:
     """(templates the inner loop trains on, templates the validation batches are rendered under).
 
@@ -40,7 +55,9 @@ def validation_templates(
     tuned for wordings the LoRA it gates never trained on: the search aims at what the
     evaluation under unseen templates measures. ``others``: wordings that the run never trains
     on at all (plain flexora's prompt set beside its one template); under ``heldout`` they are
-    the validation templates and every training template stays in the inner loop.
+    the validation templates and every training template stays in the inner loop. ``own``: the
+    user's own template; under ``heldout`` it is never drawn for validation (the held-out share
+    is drawn from the other templates) and stays with the training templates.
     """
     mode = f.val_templates
     if mode == "auto":
@@ -49,17 +66,18 @@ def validation_templates(
         return templates, templates
     if others:
         return templates, others
-    if len(templates) < 2:
+    own_text = own.text if own is not None else None
+    pool = [i for i, t in enumerate(templates) if t.text != own_text]
+    if len(pool) < 2:
         raise FlexpaftError(
-            "flexora.val_templates=heldout needs a prompt set of at least 2 templates "
-            f"(this run has {len(templates)}): use flexora+paft, or give plain flexora "
-            "prompts.prompt_set (its templates then render the validation batches), or "
+            "flexora.val_templates=heldout needs a prompt set of at least 2 templates besides "
+            f"the own template (this run has {len(pool)}): use flexora+paft, or give plain "
+            "flexora prompts.prompt_set (its templates then render the validation batches), or "
             "flexora.val_templates=train"
         )
-    order = list(range(len(templates)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(templates) - 1, max(1, round(f.val_template_fraction * len(templates))))
-    held = set(order[:n_val])
+    random.Random(seed).shuffle(pool)
+    n_val = min(len(pool) - 1, max(1, round(f.val_template_fraction * len(pool))))
+    held = set(pool[:n_val])
     return (
         [t for i, t in enumerate(templates) if i not in held],
         [t for i, t in enumerate(templates) if i in held],

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 TRAIN_SETTINGS_ADDED: dict[str, Any] = {
     "optim": {"loss": "answer", "consistency": 0.0},
     "prompts": {"own_rate": 0.0},
-    "flexora": {"stage2_examples": "train"},
+    "flexora": {"stage2_examples": "train", "tolerance_se": 1.0},
 }
 EVAL_SETTINGS_ADDED: dict[str, Any] = {}
 
