@@ -281,7 +281,7 @@ def test_the_own_template_never_validates(seed):
 
 
 def test_plain_flexora_validates_under_neither_its_template_nor_the_own_one(tmp_path):
-    from flexpaft.settings.schema import load_config
+    from flexpaft.settings.loading import load_config
     from flexpaft.settings.train import TrainConfig
     from flexpaft.tasks import get_task
 

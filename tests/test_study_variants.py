@@ -138,7 +138,8 @@ def test_a_study_made_before_new_settings_is_kept(tmp_path, tiny_model_dir, monk
         {"prompts": {"max_templates": None}},
     )
     path = _study_yaml(tmp_path, tiny_model_dir, methods=["lora", "flexora"], seeds=[0])
-    flexora = {"val_examples": 4, "selection": "topk", "k": 2}
+    # stage2_examples at the value runs had before the setting existed (the default since is all).
+    flexora = {"val_examples": 4, "selection": "topk", "k": 2, "stage2_examples": "train"}
     text = path.read_text().replace(
         "num_workers: 0", "num_workers: 0\n  flexora: " + json.dumps(flexora)
     )

@@ -132,11 +132,12 @@ class FlexoraSettings:
     )
 
     stage2_examples: str = opt(
-        "train",
-        "What stage 2 trains on: train (only the search's training split, as the paper's code "
-        "does; the measured default) or all (every training example, the search's validation "
-        "examples included: they chose the blocks, a hyperparameter, as a held-out fold does, "
-        "and the final LoRA learns from the same data as a LoRA it is compared with).",
+        "all",
+        "What stage 2 trains on: all (every training example, the search's validation examples "
+        "included: they chose the blocks, a hyperparameter, as a held-out fold does, and the "
+        "final LoRA learns from the same data as a LoRA it is compared with; when every block "
+        "is selected, stage 2 is that LoRA) or train (only the search's training split, as the "
+        "paper's code does; the default before 2026-12-07).",
     )
 
     def __post_init__(self) -> None:
