@@ -37,6 +37,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..errors import FlexpaftError
 from ..io import atomic_write_text
 from ..memory import peak_memory
+from ..packing import attention_implementation
 from ..prompts import Template
 from ..tasks.data import split_examples
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -170,6 +171,8 @@ class LayerSearch:
             cfg.seed + 1,
             accelerator,
             options=self.val_loss_kind == "options",
+            # Multi-token options packed after one shared prompt where the kernel allows it.
+            attn_implementation=attention_implementation(self.model),
         )
         self.train = BatchStream(train_loader, self.train_sampler, accelerator.device)
         # Rendered and tokenized once, reused every pass.

@@ -126,6 +126,7 @@ def make_loader(
     acc: Any,
     options: bool = False,
     pairs: bool = False,
+    attn_implementation: str | None = None,
 ) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
     """The training pipeline: templates drawn per example, length grouping, rank shards.
 
@@ -136,6 +137,9 @@ def make_loader(
     ``pairs``: every item rendered under two templates, both scored over the options
     (consistency.py); implies ``options``. ``prompts.own_rate`` is applied here, so every loader
     of a run (stage 2, Flexora's search) draws the user's own template at that rate.
+    ``attn_implementation``: the model's (``config._attn_implementation``); where it takes a 4D
+    mask, multi-token options are packed after one shared prompt (options.py); None keeps one
+    row per option.
     """
     from torch.utils.data import DataLoader
 
@@ -143,6 +147,11 @@ def make_loader(
 
     o = cfg.optim
     # options=True: items carry every option's answer, for the loss over options (options.py).
+    collator_kwargs: dict[str, Any] = {}
+    if pairs or options:
+        from .options import packs_options
+
+        collator_kwargs["packed"] = packs_options(attn_implementation)
     if pairs:
         from .consistency import PairedCollator, PairedOptionsDataset
 
@@ -185,7 +194,9 @@ def make_loader(
         dataset,
         batch_sampler=sampler.stream(),
         # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
-        collate_fn=collator_cls(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
+        collate_fn=collator_cls(
+            tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1, **collator_kwargs
+        ),
         num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         prefetch_factor=4 if workers else None,

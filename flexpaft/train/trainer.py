@@ -35,6 +35,7 @@ from ..locks import run_dir_lock
 from ..memory import peak_memory, release_memory, releases_memory
 from ..modelcard import write_model_card
 from ..models import base_fingerprint
+from ..packing import attention_implementation
 from ..prompts import PromptSet, Template
 from ..splits import TRAIN_HASHES, write_hashes
 from ..tasks.spec import AnswerFormat, Example, TaskSpec
@@ -340,6 +341,8 @@ def train_lora(
         acc,
         options=o.scores_options(cfg.method, fmt),
         pairs=o.consistency > 0,
+        # Multi-token options packed after one shared prompt where the kernel takes a 4D mask.
+        attn_implementation=attention_implementation(model),
     )
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)
