@@ -248,6 +248,65 @@ def test_alpha_gradient_under_the_packed_options_loss(tok):
     assert_matches_finite_differences(grad_p, gates, total)
 
 
+@pytest.mark.parametrize("unroll", [0, 1])
+def test_the_search_validates_on_packed_batches_as_on_rows(tmp_path, tok, monkeypatch, unroll):
+    """Flexora's search with the options validation loss on a multi-token task: its validation
+    batches are packed, and alpha follows the same trajectory as with per-option rows (the
+    first-order step chunked by one row, and the unrolled hypergradient)."""
+    import json
+
+    from accelerate import Accelerator
+
+    from flexpaft.flexora.search import LayerSearch
+
+    def search(out, packed):
+        if not packed:
+            monkeypatch.setattr(options_mod, "packs_options", lambda attn: False)
+        cfg = load_config(
+            TrainConfig,
+            None,
+            [
+                "method=flexora",
+                f"output_dir={out}",
+                "optim.batch_size=4",
+                "optim.num_workers=0",
+                "optim.lr=0.01",
+                "data.max_length=64",
+                "flexora.val_examples=6",
+                "flexora.val_batches=2",
+                "flexora.search_steps=3",
+                "flexora.alpha_warmup=0",
+                "flexora.stable_steps=0",
+                "flexora.micro_batch=1",
+                f"flexora.unroll={unroll}",
+                "lora.r=4",
+            ],
+        )
+        s = LayerSearch(
+            cfg,
+            build_model(len(tok), layers=2),
+            tok,
+            ARC,
+            CLOZE,
+            mc_examples(14),
+            TEMPLATES,
+            Accelerator(cpu=True),
+        )
+        assert s.val_loss_kind == "options" and s.rows == 1
+        assert all(("segment_ids" in b) == packed for b in s.val.batches)
+        s.run(progress=False)
+        log = (out / "flexora" / "alpha.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in log]
+
+    packed = search(tmp_path / "packed", True)
+    rows = search(tmp_path / "rows", False)
+    assert len(packed) == len(rows) == 3
+    for a, b in zip(packed, rows):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["alpha"] == pytest.approx(b["alpha"], abs=1e-5)
+    assert packed[-1]["alpha"] != [0.0, 0.0]
+
+
 # --- which layout: the decision, the fallback and its warning ---------------------------------
 
 
