@@ -34,6 +34,7 @@ THREADS = early_threads()
 
 import contextlib  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -116,6 +117,7 @@ class Variant:
         if keys is None:
             keys = self.keys[self.next % len(self.keys)]
             self.next += 1
+        cpu0 = time.process_time()
         batch = self.batch(keys)
         with attention_without_cudnn():  # as the trainer runs
             loss = self.loss_fn(self.model, batch)
@@ -123,8 +125,10 @@ class Variant:
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        cpu = time.process_time() - cpu0
         real, padded = batch_tokens(batch)
         return {
+            "cpu_s": cpu,
             "examples": len(keys),
             "real": real,
             "padded": padded,
@@ -144,6 +148,7 @@ def summarize(name: str, samples: list[Sample], ref: list[Sample] | None) -> dic
         "real_tokens_per_step": round(real / len(samples), 1),
         "padding_pct": round(100 * (1 - real / padded), 1),
         "step_s_median": round(step, 3),
+        "step_cpu_s_median": round(median([s.info["cpu_s"] for s in samples]), 3),
         "examples_per_s": round(median([s.info["examples"] / s.seconds for s in samples]), 2),
         "real_tokens_per_s": round(median([s.info["real"] / s.seconds for s in samples]), 1),
         "peak_mib": peak_mib(samples),
@@ -152,6 +157,9 @@ def summarize(name: str, samples: list[Sample], ref: list[Sample] | None) -> dic
         # Same batches at the same repetition: the per-step ratio, then its median.
         row["step_vs_answer"] = round(
             median([s.seconds / r.seconds for s, r in zip(samples, ref)]), 3
+        )
+        row["cpu_vs_answer"] = round(
+            median([s.info["cpu_s"] / r.info["cpu_s"] for s, r in zip(samples, ref)]), 3
         )
         row["tokens_vs_answer"] = round(real / sum(r.info["real"] for r in ref), 3)
         ref_peak = peak_mib(ref)
@@ -166,10 +174,12 @@ STEP_KEYS = [
     "real_tokens_per_step",
     "padding_pct",
     "step_s_median",
+    "step_cpu_s_median",
     "examples_per_s",
     "real_tokens_per_s",
     "peak_mib",
     "step_vs_answer",
+    "cpu_vs_answer",
     "tokens_vs_answer",
     "memory_vs_answer",
 ]
@@ -179,10 +189,12 @@ STEP_HEADERS = [
     "real tok/step",
     "padding %",
     "step s (median)",
+    "CPU s/step (median)",
     "examples/s",
     "real tok/s",
     "peak MiB",
     "step / answer's",
+    "CPU s / answer's",
     "tokens / answer's",
     "peak / answer's",
 ]
@@ -303,7 +315,8 @@ def train_runs(args: Any, device: Any) -> list[dict[str, Any]]:
             if not rows
             else _patched(options_mod, "packs_options", lambda attn: False)
         )
-        with stage(f"train: {name}"), patch:
+        phases: dict[str, float] = {}
+        with stage(f"train: {name}"), patch, _timed_phases(device, phases):
             m = trainer_mod.train(config(name.replace(" ", "_"), method), progress=False).manifest
         row = {
             "run": name,
@@ -311,21 +324,59 @@ def train_runs(args: Any, device: Any) -> list[dict[str, Any]]:
             "loss": m.get("loss"),
             "steps": m["steps"],
             "train_s": round(m["train_seconds"], 1),
+            # train_lora's CPU seconds, all threads (stage 2 for Flexora): less moved than wall
+            # time by other jobs on shared cores.
+            "train_cpu_s": round(phases["stage2_cpu_s"], 1),
+            "train_peak_mib": _mib(phases.get("stage2_bytes")),
             "tokens": m["tokens"],
         }
-        if "flexora" in m:
-            fx = m["flexora"]
+        fx = m.get("flexora") or {}
+        if "search_seconds" in fx:
             row.update(
                 search_s=round(fx["search_seconds"], 1),
-                search_steps=fx["steps"],
+                search_steps=f"{fx['steps']} of {fx['budget_steps']}",
                 search_over_stage2=round(fx["search_seconds"] / m["train_seconds"], 3),
-                val_loss=fx.get("val_loss"),
+                search_cpu_s=round(phases["search_cpu_s"], 1),
+                search_over_stage2_cpu=round(phases["search_cpu_s"] / phases["stage2_cpu_s"], 3),
+                search_peak_mib=_mib(phases.get("search_bytes")),
+                layers=fx["layers"],
             )
         out.append(row)
     lora = next(r for r in out if r["run"] == "lora")
     for r in out:
         r["train_vs_lora"] = round(r["train_s"] / lora["train_s"], 3)
+        r["cpu_vs_lora"] = round(r["train_cpu_s"] / lora["train_cpu_s"], 3)
     return out
+
+
+def _mib(n: int | None) -> float | None:
+    return round(n / 2**20, 1) if n is not None else None
+
+
+@contextlib.contextmanager
+def _timed_phases(device: Any, phases: dict[str, Any]) -> Iterator[None]:
+    """CPU seconds and peak memory of ``train``'s two phases, the search and ``train_lora``
+    (benchmarks/flexora_costs.py's way: ``train`` reaches both through module attributes)."""
+    from common import PeakMemory
+
+    from flexpaft.flexora import search as search_mod
+    from flexpaft.train import trainer as trainer_mod
+
+    def timed(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.process_time()
+            with PeakMemory(device) as mem:
+                out = fn(*a, **k)
+            phases[f"{key}_cpu_s"], phases[f"{key}_bytes"] = time.process_time() - t, mem.bytes
+            return out
+
+        return wrapper
+
+    with (
+        _patched(search_mod, "search_layers", timed(search_mod.search_layers, "search")),
+        _patched(trainer_mod, "train_lora", timed(trainer_mod.train_lora, "stage2")),
+    ):
+        yield
 
 
 @contextlib.contextmanager
@@ -344,9 +395,15 @@ TRAIN_KEYS = [
     "steps",
     "train_s",
     "train_vs_lora",
+    "train_cpu_s",
+    "cpu_vs_lora",
+    "train_peak_mib",
     "search_steps",
     "search_s",
     "search_over_stage2",
+    "search_cpu_s",
+    "search_over_stage2_cpu",
+    "search_peak_mib",
 ]
 TRAIN_HEADERS = [
     "run",
@@ -354,9 +411,15 @@ TRAIN_HEADERS = [
     "steps",
     "train s",
     "train / lora's",
+    "train CPU s",
+    "CPU / lora's",
+    "train peak MiB",
     "search steps",
     "search s",
     "search / stage 2",
+    "search CPU s",
+    "CPU search / stage 2",
+    "search peak MiB",
 ]
 
 
@@ -405,8 +468,9 @@ def main() -> None:
                 "",
             ]
         out_md.append(
-            "step / answer's: median over repetitions of the step time over the answer loss's "
-            "step on the same batch; peak MiB: one extra step of each variant on the same worst "
+            "step / answer's (CPU s / answer's): median over repetitions of the step's wall (CPU) "
+            "time over the answer loss's step on the same batch; CPU s counts every thread of the "
+            "process, so it is less moved by other jobs on a shared machine; peak MiB: one extra step of each variant on the same worst "
             "case (the longest examples under the two longest templates), rise of peak RSS "
             "over the loaded model on CPU.\n"
         )

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, write_jsonl
+from conftest import build_model, build_tokenizer, needs_shared, write_jsonl
 from test_flexora_search import assert_matches_finite_differences, gated_float64_model
 
 import flexpaft.train.options as options_mod
@@ -426,3 +426,46 @@ def train_quiet(cfg):
     from flexpaft.train.trainer import train
 
     return train(cfg, progress=False)
+
+
+@needs_shared
+def test_the_options_benchmark_runs_both_parts_on_the_tiny_model(tmp_path, tiny_model_dir):
+    """benchmarks/options_throughput.py end to end on the tiny model (steps and train runs)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "options.json"
+    cmd = [
+        sys.executable,
+        str(root / "benchmarks" / "options_throughput.py"),
+        f"--model={tiny_model_dir}",
+        "--cases=snips7,arc4",
+        "--examples=16",
+        "--batch=4",
+        "--max-length=64",
+        "--repeats=1",
+        "--warmup=0",
+        "--train-limit=24",
+        "--val-examples=8",
+        "--rows",
+        f"--out={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    snips = result["cases"]["snips7"]
+    assert snips["info"]["options"] == 7
+    rows = {r["variant"]: r for r in snips["rows"]}
+    assert set(rows) == {"answer", "options packed", "options rows", "consistency"}
+    # One row per example packed, one per (example, option) otherwise; consistency: two views.
+    assert rows["options packed"]["rows_per_step"] == 4
+    assert rows["options rows"]["rows_per_step"] == 28
+    assert rows["consistency"]["rows_per_step"] == 8
+    runs = {r["run"]: r for r in result["train"]}
+    assert set(runs) == {"lora", "paft", "flexora", "paft rows", "flexora rows"}
+    assert runs["paft"]["loss"] == "options" and runs["flexora"]["search_s"] > 0
