@@ -11,7 +11,9 @@ task's answer options as the evaluator ranks them (``options.option_scores``), a
 with ``p = softmax(option scores)`` and ``symKL = (KL(p1||p2) + KL(p2||p1)) / 2``. Both
 cross-entropies are kept because the second pass is paid for anyway and treating the two views
 alike keeps the term from pulling a correct first view towards a wrong second one without the
-second view being taught too. Gradients flow through both views.
+second view being taught too. Gradients flow through both views. Each view is an options batch
+in ``OptionsCollator``'s layout (multi-token options packed after one shared prompt where the
+attention kernel allows it), so a step costs about two options-loss passes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class PairedCollator:
     """Both views collated as options batches, in one flat dict (``first.*``, ``second.*``)
     so accelerate moves it to the device like any batch."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1, packed: bool = False):
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int = 1, packed: bool = False
+    ) -> None:
         self.inner = OptionsCollator(pad_token_id, pad_to_multiple_of, packed)
 
     def __call__(self, items: list[dict[str, object]]) -> Batch:

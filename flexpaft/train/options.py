@@ -70,7 +70,9 @@ class OptionsCollator:
     row per option (the layout before packing, right for every attention kernel).
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1, packed: bool = False):
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int = 1, packed: bool = False
+    ) -> None:
         self.pad_id = pad_token_id
         self.multiple = pad_to_multiple_of
         self.packed = packed
@@ -169,10 +171,10 @@ def option_scores(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def _packed_scores(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """(B, K) option scores of a packed batch: one forward per example, the head on the last
-    ``keep`` positions only, and the log-softmax only at the positions that predict a scored
-    token (gathered first: a 49k-vocabulary log-softmax over every kept position would cost
-    more than the gather leaves)."""
+    """(B, K) option scores of a packed batch: one sequence per example, the LM head on its last
+    ``keep`` positions only (the prompt's last and the options'), and the log-softmax only at
+    the positions that predict a scored token, gathered first: over a 49k vocabulary it is not
+    free, and kept positions of shorter rows predict nothing."""
     back = batch["target_back"]
     keep = int(back.max()) if back.numel() else 1
     logits = model(
