@@ -342,6 +342,7 @@ def train_runs(args: Any, device: Any) -> list[dict[str, Any]]:
                 layers=fx["layers"],
             )
         out.append(row)
+        print(f"  {row}", file=sys.stderr, flush=True)
     lora = next(r for r in out if r["run"] == "lora")
     for r in out:
         r["train_vs_lora"] = round(r["train_s"] / lora["train_s"], 3)
@@ -467,6 +468,9 @@ def main() -> None:
                 markdown_table(STEP_HEADERS, [[r.get(k) for k in STEP_KEYS] for r in rows]),
                 "",
             ]
+            # Each case's table as soon as it is measured: a long run shows its progress.
+            print("\n".join(out_md[-4:]), file=sys.stderr, flush=True)
+            write_json(args.out, results)
         out_md.append(
             "step / answer's (CPU s / answer's): median over repetitions of the step's wall (CPU) "
             "time over the answer loss's step on the same batch; CPU s counts every thread of the "
