@@ -119,8 +119,11 @@ def test_labels_mask_the_prompt_and_label_the_answer(tok):
         assert batch["position_ids"][b, pad:].tolist() == list(range(n))
 
 
+@pytest.mark.parametrize("packed", [False, True])  # one row per option / one per example
 @pytest.mark.parametrize("task", ["snips", "boolq"])  # multi-token / one-token answer options
-def test_the_mixins_options_loss_is_the_evaluators_ranking_cross_entropy(tok, task, tmp_path):
+def test_the_mixins_options_loss_is_the_evaluators_ranking_cross_entropy(
+    tok, task, tmp_path, packed
+):
     from transformers import Trainer, TrainingArguments
 
     model = build_model(len(tok), layers=2, seed=1).eval()
@@ -133,7 +136,9 @@ def test_the_mixins_options_loss_is_the_evaluators_ranking_cross_entropy(tok, ta
         ]
         paft = PaftData("boolq", boolq_rows(6), boolq_templates, tok, loss="options")
     paft.set_epoch(2)
+    paft.collator.packed = packed
     batch = paft.collator(paft.dataset.__getitems__(list(range(6))))
+    assert ("segment_ids" in batch) == (packed and task == "snips")
 
     class T(OptionsLossMixin, Trainer):
         pass
@@ -441,3 +446,24 @@ def test_a_task_yaml_without_a_template_needs_own_template_or_rate_zero(tok, tmp
     assert len(PaftData(task, rows, templates, tok, own_rate=0).templates) == 2
     paft = PaftData(task, rows, templates, tok, own_template="Say: {text}\nIntent:")
     assert paft.own_index == 2 and paft.rendered(0, 0).answers == [" music", " weather"]
+
+
+@pytest.mark.parametrize(("attn", "packed"), [("sdpa", True), ("eager", True), ("flash", False)])
+def test_the_callback_packs_options_where_the_models_attention_takes_a_4d_mask(
+    tok, attn, packed, monkeypatch
+):
+    """At train begin the callback tells the options collator the model's attention kernel:
+    sdpa and eager take the shared-prefix 4D mask, a flash kernel gets one row per option."""
+    import flexpaft.training.options as options_mod
+    from flexpaft.hf import PaftEpochCallback
+
+    monkeypatch.setattr(options_mod, "_warned_rows", True)  # the one warning is not the point
+    paft = paft_data(tok, n=4, loss="options")
+    model = build_model(len(tok), layers=1, seed=0)
+    model.config._attn_implementation = {"flash": "flash_attention_2"}.get(attn, attn)
+    callback = PaftEpochCallback(paft)
+    callback.on_train_begin(None, None, None, model=model)
+    try:
+        assert paft.collator.packed is packed
+    finally:
+        callback.on_train_end(None, None, None)

@@ -13,7 +13,8 @@ Three ways, by answer format:
   not fed in, and the head runs only on the prompt's last position and the options' inputs,
   each of which predicts a scored token. Packed sequences are batched by a token budget.
   Attention kernels that take no custom mask (flash attention) get one (prompt + option)
-  sequence per option instead.
+  sequence per option instead. The layout, the mask and the targets are ``flexpaft.packing``'s,
+  shared with the options loss of training (train/options.py).
 - ``generate_answers``: greedy generation, answer extracted from the text; records generated tokens
   and seconds per example (generation-based scoring is how the PAFT paper measured speed).
 
@@ -30,6 +31,9 @@ from typing import Any
 
 import torch
 
+from flexpaft.packing import PACKING_ATTENTION as PACKING_ATTENTION  # re-exported
+from flexpaft.packing import Packed, packed_mask, packed_rows, packed_targets
+from flexpaft.packing import supports_packing as supports_packing
 from flexpaft.render import Rendered, encode_answer, encode_prompt
 from flexpaft.tasks.spec import LETTERS
 
@@ -135,73 +139,14 @@ def score_first_token(
     return out  # type: ignore[return-value]
 
 
-# Attention implementations that honour a custom 4D mask; flash-attention kernels take only
-# padding masks, so shared-prefix packing falls back to one sequence per option there.
-PACKING_ATTENTION = ("eager", "sdpa")
-
-
-def supports_packing(model: Any) -> bool:
-    """True when ``model`` accepts the 4D attention mask that shared-prefix scoring needs."""
-    return getattr(model.config, "_attn_implementation", None) in PACKING_ATTENTION
-
-
-@dataclass
-class _Packed:
-    """One prompt followed by all its options, as one sequence: option j sees the prompt and
-    its own earlier tokens only, at the positions it would have right after the prompt.
-
-    An option's last token is a target only (nothing after it is scored), so it is left out of
-    the input: one-token options add no input at all, and every position after the prompt's
-    last one predicts a scored token."""
-
-    item: int
-    prompt: list[int]
-    options: list[list[int]]
-
-    def __len__(self) -> int:
-        return len(self.prompt) + self.option_inputs
-
-    @property
-    def option_inputs(self) -> int:
-        return sum(len(o) - 1 for o in self.options)
-
-
 def _packed_batch(
-    chunk: list[_Packed], pad_id: int, dtype: torch.dtype, device: torch.device
+    chunk: list[Packed], pad_id: int, dtype: torch.dtype, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Left-padded ids, position ids and an additive 4D mask for packed sequences.
-
-    Segment ids: -1 padding, 0 prompt, j + 1 option j. A query sees earlier keys of its own
-    segment and of the prompt. Pad queries see earlier pads only, so no row of the mask is empty
-    (an all-masked row would give NaN in some kernels, and NaN times a zero weight is NaN).
-    """
-    longest = max(len(p) for p in chunk)
-    ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
-    seg = torch.full((len(chunk), longest), -1, dtype=torch.long)
-    pos = torch.zeros((len(chunk), longest), dtype=torch.long)
-    for r, p in enumerate(chunk):
-        at = longest - len(p)
-        toks, segs, poss = list(p.prompt), [0] * len(p.prompt), list(range(len(p.prompt)))
-        for j, o in enumerate(p.options):
-            toks += o[:-1]
-            segs += [j + 1] * (len(o) - 1)
-            poss += range(len(p.prompt), len(p.prompt) + len(o) - 1)
-        ids[r, at:] = torch.tensor(toks)
-        seg[r, at:] = torch.tensor(segs)
-        pos[r, at:] = torch.tensor(poss)
-    # The (rows x L x L) mask is built where it is used: on a GPU, batches sized to its memory
-    # would make it large work for the CPU and a large copy.
-    seg = seg.to(device)
-    idx = torch.arange(longest, device=device)
-    causal = idx[:, None] >= idx[None, :]
-    same = seg[:, :, None] == seg[:, None, :]
-    to_prompt = (seg[:, :, None] >= 0) & (seg[:, None, :] == 0)
-    allowed = causal[None] & (same | to_prompt)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    """Left-padded ids, position ids and the additive 4D mask of packed sequences (packing.py)."""
+    ids, seg, pos = packed_rows(chunk, pad_id)
     return {
         "input_ids": ids.to(device),
-        "attention_mask": mask[:, None],
+        "attention_mask": packed_mask(seg.to(device), dtype),
         "position_ids": pos.to(device),
     }
 
@@ -237,7 +182,7 @@ def score_continuations(
     scores = [[0.0] * len(it.answers) for it in items]
     lengths = [[len(c) for c in cs] for cs in conts]
     packed = [
-        _Packed(i, prompts[i], conts[i])
+        Packed(prompts[i], conts[i], item=i)
         for i in range(len(items))
         if shared_prefix and 0 < len(prompts[i]) <= max_length - max(lengths[i])
     ]
@@ -259,7 +204,7 @@ def score_continuations(
 def _score_packed(
     model: Any,
     tokenizer: Any,
-    packed: list[_Packed],
+    packed: list[Packed],
     scores: list[list[float]],
     batch_size: int,
     max_batch_tokens: int,
@@ -270,27 +215,20 @@ def _score_packed(
         batch = _packed_batch(chunk, tokenizer.pad_token_id, dtype, device)
         # The head runs on the options and the prompt's last position only: every row ends with
         # its options, so the last (most option inputs + 1) positions hold all that is scored.
-        keep = max(p.option_inputs for p in chunk) + 1
+        targets = packed_targets(chunk)
+        keep = targets.keep
         logits = model(**batch, logits_to_keep=keep).logits
-        rows, cols, targets, owner, slots = [], [], [], [], []
-        for r, p in enumerate(chunk):
-            start = keep - p.option_inputs  # column of this row's first option input
-            last_prompt = start - 1
-            for j, o in enumerate(p.options):
-                # Option token t is predicted at the position of token t - 1; token 0 by the
-                # prompt's last position, shared by all options.
-                rows += [r] * len(o)
-                cols += [last_prompt] + list(range(start, start + len(o) - 1))
-                targets += o
-                owner += [len(slots)] * len(o)
-                start += len(o) - 1
-                slots.append((p.item, j))
-        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-        picked = picked.float()
-        target = torch.tensor(targets, device=device)
+        rows = torch.tensor(targets.row, device=device)
+        cols = keep - torch.tensor(targets.back, device=device)
+        picked = logits[rows, cols].float()
+        target = torch.tensor(targets.token, device=device)
         logp = picked.gather(-1, target[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+        # One slot per (row, option), in row order.
+        slots = [(p.item, j) for p in chunk for j in range(len(p.options))]
+        first_slot = torch.tensor([0] + [len(p.options) for p in chunk[:-1]]).cumsum(0)
+        owner = first_slot.to(device)[rows] + torch.tensor(targets.option, device=device)
         totals = torch.zeros(len(slots), device=device, dtype=logp.dtype)
-        totals.index_add_(0, torch.tensor(owner, device=device), logp)
+        totals.index_add_(0, owner, logp)
         for (i, j), v in zip(slots, totals.tolist()):
             scores[i][j] = v
 

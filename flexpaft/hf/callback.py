@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from flexpaft.errors import FlexpaftError
+from flexpaft.packing import attention_implementation
 from flexpaft.training.compute import attention_without_cudnn
-from flexpaft.training.options import is_options_batch
+from flexpaft.training.options import is_options_batch, packs_options
 
 if TYPE_CHECKING:
     from flexpaft.hf.data import PaftData
@@ -71,6 +72,9 @@ class PaftEpochCallback(TrainerCallback):
                 )
             model = kwargs.get("model")
             if model is not None:
+                # Multi-token options packed after one shared prompt where the model's attention
+                # takes a 4D mask; set before the first batch is drawn (and workers start).
+                self.paft.collator.packed = packs_options(attention_implementation(model))
                 self._hook = model.register_forward_pre_hook(
                     self._refuse_options_batch, with_kwargs=True
                 )

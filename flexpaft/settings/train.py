@@ -191,7 +191,8 @@ class OptimSettings:
         "auto",
         "Training loss: answer (cross-entropy of the gold answer's tokens over the whole "
         "vocabulary), options (cross-entropy over the task's answer options, ranked by summed "
-        "log-probability as the evaluator ranks them; label_words, letter and option_text "
+        "log-probability as the evaluator ranks them, every option packed after one shared "
+        "prompt (one per option under flash attention); label_words, letter and option_text "
         "formats only), or auto (options for paft and flexora+paft where the format scores "
         "options, answer otherwise; chosen by the PAFT tax study, docs/RESULTS.md).",
     )

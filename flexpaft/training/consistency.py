@@ -11,7 +11,9 @@ task's answer options as the evaluator ranks them (``options.option_scores``), a
 with ``p = softmax(option scores)`` and ``symKL = (KL(p1||p2) + KL(p2||p1)) / 2``. Both
 cross-entropies are kept because the second pass is paid for anyway and treating the two views
 alike keeps the term from pulling a correct first view towards a wrong second one without the
-second view being taught too. Gradients flow through both views.
+second view being taught too. Gradients flow through both views. Each view is an options batch
+in ``OptionsCollator``'s layout (multi-token options packed after one shared prompt where the
+attention kernel allows it), so a step costs about two options-loss passes.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ class PairedCollator:
     """Both views collated as options batches, in one flat dict (``first.*``, ``second.*``)
     so accelerate moves it to the device like any batch."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1) -> None:
-        self.inner = OptionsCollator(pad_token_id, pad_to_multiple_of)
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int = 1, packed: bool = False
+    ) -> None:
+        self.inner = OptionsCollator(pad_token_id, pad_to_multiple_of, packed)
 
     def __call__(self, items: list[dict[str, object]]) -> Batch:
         out: Batch = {}
@@ -64,12 +68,16 @@ def symmetric_kl(scores_a: torch.Tensor, scores_b: torch.Tensor) -> torch.Tensor
 
     Options an example lacks are -inf in both (same example, same options) and contribute 0.
     """
-    logp = torch.log_softmax(scores_a, dim=-1)
-    logq = torch.log_softmax(scores_b, dim=-1)
     real = torch.isfinite(scores_a) & torch.isfinite(scores_b)
-    # (p - q)(log p - log q) summed is KL(p||q) + KL(q||p); masked so 0 * (-inf) is no NaN.
+    # Missing options zeroed before the product, not after: (-inf) - (-inf) is NaN, and a NaN
+    # there would reach the gradient (its factor's gradient is 0 * NaN) though where() drops it
+    # from the value.
+    zero = torch.zeros((), dtype=scores_a.dtype, device=scores_a.device)
+    logp = torch.where(real, torch.log_softmax(scores_a, dim=-1), zero)
+    logq = torch.where(real, torch.log_softmax(scores_b, dim=-1), zero)
+    # (p - q)(log p - log q) summed is KL(p||q) + KL(q||p); 0 where an option is missing.
     diff = (logp.exp() - logq.exp()) * (logp - logq)
-    per_example = torch.where(real, diff, torch.zeros_like(diff)).sum(dim=-1)
+    per_example = diff.sum(dim=-1)
     return 0.5 * per_example.mean()
 
 

@@ -13,7 +13,7 @@ from flexpaft.prompts.template import Template
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
 from flexpaft.training.consistency import PairedCollator, PairedOptionsDataset
 from flexpaft.training.data import PadCollator, RenderedDataset
-from flexpaft.training.options import OptionsCollator, OptionsDataset
+from flexpaft.training.options import OptionsCollator, OptionsDataset, packs_options
 from flexpaft.training.sampling import PromptBatchSampler
 
 
@@ -29,6 +29,7 @@ def make_loader(
     options: bool = False,
     pairs: bool = False,
     own: Template | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[torch.utils.data.DataLoader, PromptBatchSampler]:
     """The training pipeline: templates drawn per example, length grouping, rank shards.
 
@@ -40,11 +41,17 @@ def make_loader(
     (consistency.py); implies ``options``. ``own``: the user's own template, drawn for a
     ``prompts.own_rate`` share of the examples where ``templates`` holds it (the template
     policy says whether a method has such a share: ``methods.templates.drawn_own_template``).
+    ``attn_implementation``: the model's (``config._attn_implementation``); where it takes a 4D
+    mask, multi-token options are packed after one shared prompt (options.py); None keeps one
+    row per option.
     """
     from torch.utils.data import DataLoader
 
     o = cfg.optim
     # options=True: items carry every option's answer, for the loss over options (options.py).
+    collator_kwargs: dict[str, Any] = {}
+    if pairs or options:
+        collator_kwargs["packed"] = packs_options(attn_implementation)
     if pairs:
         dataset_cls, collator_cls = PairedOptionsDataset, PairedCollator
     elif options:
@@ -83,7 +90,9 @@ def make_loader(
         dataset,
         batch_sampler=sampler.stream(),
         # Multiples of 8 help GPU tensor cores; on CPU they are only extra padding.
-        collate_fn=collator_cls(tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1),
+        collate_fn=collator_cls(
+            tokenizer.pad_token_id, 8 if acc.device.type == "cuda" else 1, **collator_kwargs
+        ),
         num_workers=workers,
         pin_memory=acc.device.type == "cuda",
         prefetch_factor=4 if workers else None,

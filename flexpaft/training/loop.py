@@ -30,6 +30,7 @@ from flexpaft.errors import FlexpaftError
 from flexpaft.io import atomic_directory
 from flexpaft.memory import peak_memory
 from flexpaft.models import base_fingerprint
+from flexpaft.packing import attention_implementation
 from flexpaft.prompts import Template
 from flexpaft.settings.train import TrainConfig, config_hash
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
@@ -134,6 +135,8 @@ def train_lora(
         options=o.scores_options(cfg.spec, fmt),
         pairs=o.consistency > 0,
         own=own,
+        # Multi-token options packed after one shared prompt where the kernel takes a 4D mask.
+        attn_implementation=attention_implementation(model),
     )
     batches_per_epoch = len(sampler.batches(0))
     steps_per_epoch = max(1, batches_per_epoch // o.grad_accum)

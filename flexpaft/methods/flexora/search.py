@@ -63,6 +63,7 @@ from flexpaft.methods.flexora.outcome import (
 from flexpaft.methods.flexora.select import provisional_rule, select_layers
 from flexpaft.methods.flexora.stream import search_streams
 from flexpaft.methods.flexora.wordings import validation_set, validation_templates
+from flexpaft.packing import attention_implementation
 from flexpaft.prompts import Template
 from flexpaft.settings.train import TrainConfig
 from flexpaft.tasks.data import split_examples
@@ -145,6 +146,7 @@ class LayerSearch:
             cfg, task, fmt, (self.train_examples, self.val_examples),
             (self.train_templates, self.val_templates), tokenizer, accelerator, own,
             (self.train_loss_kind == "options", self.val_loss_kind == "options"),
+            attention_implementation(self.model),
         )  # fmt: skip
 
         self.unroll = f.unroll

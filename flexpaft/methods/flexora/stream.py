@@ -72,6 +72,7 @@ def search_streams(
     acc: Any,
     own: Any = None,
     options: tuple[bool, bool] = (False, False),
+    attn_implementation: str | None = None,
 ) -> tuple[BatchStream, FixedBatches]:
     """The search's training stream and its validation batches, from (train, validation) pairs
     of ``examples`` and ``templates``; ``options``: whether each holds every option's answer
@@ -79,6 +80,8 @@ def search_streams(
 
     ``own`` (the user's own template, drawn at ``prompts.own_rate``) enters the training stream
     only: validation batches are rendered under the validation wordings and nothing else.
+    ``attn_implementation``: the model's; where it takes a 4D mask, multi-token options are
+    packed after one shared prompt in both streams (``training/options.py``).
     """
     from flexpaft.training.loader import make_loader
 
@@ -93,6 +96,7 @@ def search_streams(
         acc,
         options=options[0],
         own=own,
+        attn_implementation=attn_implementation,
     )
     # A different seed: validation batches are not drawn in lockstep with training batches.
     val_loader, val_sampler = make_loader(
@@ -106,6 +110,7 @@ def search_streams(
         acc,
         options=options[1],
         own=None,
+        attn_implementation=attn_implementation,
     )
     # Validation batches are rendered and tokenized once, and reused every pass.
     return (
