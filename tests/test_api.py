@@ -78,7 +78,7 @@ def test_train_evaluate_report_from_python(tmp_path, tiny_model_dir, files):
         tiny_model_dir
     )  # the adapter's own, found without model.name
 
-    rep = flexpaft.report({"paft": ev.output_dir}, tmp_path / "report", n_boot=0)
+    rep = flexpaft.report({"paft": ev.output_dir}, tmp_path / "report", bootstrap=0)
     assert rep.markdown.is_file() and rep.method("paft")["mean"] == pytest.approx(ev.mean)
 
 

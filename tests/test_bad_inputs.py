@@ -139,7 +139,7 @@ CASES = {
     ),
     "train-max-length-zero": (
         lambda c: c.train("data.max_length=0"),
-        "data.max_length must be at least 1",
+        "data.max_length must be between 1 and 1048576, got 0",
     ),
     "train-dropout-above-1": (
         lambda c: c.train("lora.dropout=1.5"),

@@ -41,8 +41,9 @@ def test_flexora_costs_part_one_runs_on_a_tiny_shape(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     row = result["search_vs_training"]
-    # 12 training examples in batches of 4: stage 2 is one epoch of 3 steps.
-    assert row["train_examples"] == 12 and row["stage2_steps"] == 3
+    # The search trains on 12 (20 less 8 validation examples); stage 2 on all 20
+    # (flexora.stage2_examples=all), in batches of 4: one epoch of 5 steps.
+    assert row["train_examples"] == 12 and row["stage2_steps"] == 5
     assert row["search_cpu_s"] > 0 and row["stage2_cpu_s"] > 0 and row["n_blocks"] == 6
     memory = result["memory"]
     assert memory["search_added_mib"] > 0 and memory["stage2_added_mib"] > 0
@@ -81,7 +82,7 @@ def test_flexora_costs_runs_a_shape_with_a_saved_tokenizer_and_no_full_pass(tmp_
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     assert "full_search" not in result and "accuracy" not in result
-    assert result["search_vs_training"]["stage2_steps"] == 3
+    assert result["search_vs_training"]["stage2_steps"] == 5  # all 20 examples, batches of 4
     # --also: the search alone under other settings, set against the same stage 2.
     (also,) = result["also"]
     assert also["settings"] == "budget_unit=rows,search_budget=0.5" and also["steps"] >= 1
