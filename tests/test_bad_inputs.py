@@ -542,6 +542,27 @@ CASES = {
         ],  # fmt: skip
         "takes the NAME of the environment variable",
     ),
+    "generate-cache-not-utf8": (
+        # Read before any request: port 9 refuses, and no request is made.
+        lambda c: [
+            "prompts",
+            "generate",
+            "--task",
+            "boolq",
+            "--out",
+            c.out,
+            "--generator",
+            "openai",
+            "--models",
+            "m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--cache",
+            c.file("cache.jsonl", b'{"reply": "a"}\n\xff\xfe\n'),
+        ],  # fmt: skip
+        "cache.jsonl is not UTF-8 text (line 2): it is damaged or not a flexpaft reply cache; "
+        "delete it (its replies are asked for again) or give another --cache file",
+    ),
     "generate-unknown-generator": (
         lambda c: ["prompts", "generate", "--task", "boolq", "--out", c.out, "--generator", "gpt"],
         "unknown generator 'gpt'",
