@@ -98,6 +98,12 @@ def _rows(**change) -> list[dict]:
     return [{k: v for k, v in r.items() if v is not ...} for r in rows]
 
 
+def _word_rows() -> list:
+    """BoolQ rows answered "yes"/"no", then blank lines 2 and 3, and "maybe" on line 4."""
+    rows = [{**r, "answer": "yes" if r["answer"] else "no"} for r in boolq_rows(2)]
+    return [rows[0], "", "", {**rows[1], "answer": "maybe"}]
+
+
 PIQA = [{"goal": "open a jar", "sol1": "twist", "sol2": "hit", "label": 0}]
 
 
@@ -213,44 +219,105 @@ CASES = {
     ),
     "data-invalid-json-row": (
         lambda c: c.train(source=c.file("d.jsonl", json.dumps(boolq_rows(1)[0]) + "\n{oops\n")),
-        "d.jsonl row 2: invalid JSON",
+        "d.jsonl line 2: invalid JSON",
     ),
     "data-row-not-object": (
         lambda c: c.train(source=c.file("d.jsonl", "[1, 2]\n")),
-        "row 1: expected a JSON object",
+        "line 1: expected a JSON object",
     ),
     "data-boolq-maybe": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(answer="maybe"))),
-        "d.jsonl row 3: has gold 'answer' = 'maybe', which is not true/false",
+        "d.jsonl line 3: has gold 'answer' = 'maybe', which is not true/false",
     ),
     "data-boolq-null": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(answer=None))),
-        "row 3: has gold 'answer' = None",
+        "line 3: has gold 'answer' = None",
     ),
     "data-boolq-five": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(answer=5))),
-        "row 3: has gold 'answer' = 5",
+        "line 3: has gold 'answer' = 5",
     ),
     "data-question-null": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(question=None))),
-        "row 3: has an empty (null) 'question'",
+        "line 3: has an empty (null) 'question'",
     ),
     "data-piqa-label-float": (
         lambda c: c.train("data.task=piqa", source=c.jsonl("p.jsonl", [{**PIQA[0], "label": 1.7}])),
-        "p.jsonl row 1: has gold 'label' = 1.7, which is not an integer choice index",
+        "p.jsonl line 1: has gold 'label' = 1.7, which is not an integer choice index",
     ),
     "data-piqa-missing-sol2": (
         lambda c: c.train(
             "data.task=piqa",
             source=c.jsonl("p.jsonl", PIQA + [{"goal": "g", "sol1": "a", "label": 0}]),
         ),
-        "p.jsonl row 2: has no option 'sol2'",
+        "p.jsonl line 2: has no option 'sol2'",
     ),
     "data-piqa-gold-outside": (
         lambda c: c.train("data.task=piqa", source=c.jsonl("p.jsonl", [{**PIQA[0], "label": 3}])),
         "gold answer outside the 2 choices",
     ),
     "data-skip-everything": (lambda c: c.train("data.skip=100"), "no examples left"),
+    # A bad row is named by the file's line (a CSV's header is line 1; blank lines and a quoted
+    # cell over two lines count), and a missing field lists the columns the file has.
+    "data-csv-missing-column": (
+        lambda c: c.train(source=c.file("d.csv", "txt,passage,answer\nis it,It is.,true\n")),
+        "d.csv line 2: has no field 'question' (task boolq); the file's columns are: txt, "
+        "passage, answer",
+    ),
+    "data-csv-bad-row-after-multiline-cell": (
+        lambda c: c.train(
+            source=c.file(
+                "d.csv",
+                'question,passage,answer\nis it,"It is.\nReally.",true\n\nis it,No.,maybe\n',
+            )
+        ),
+        "d.csv line 5: has gold 'answer' = 'maybe'",
+    ),
+    "data-jsonl-bad-row-after-blank-lines": (
+        # Answers as words: with a blank line, datasets cannot read a column of mixed types.
+        lambda c: c.train(
+            source=c.file(
+                "d.jsonl", "\n".join(json.dumps(r) if r else "" for r in _word_rows()) + "\n"
+            )
+        ),
+        "d.jsonl line 4: has gold 'answer' = 'maybe'",
+    ),
+    "data-jsonl-missing-column": (
+        lambda c: c.train(
+            source=c.jsonl("d.jsonl", [{"q": r.pop("question"), **r} for r in boolq_rows(3)])
+        ),
+        "d.jsonl line 1: has no field 'question' (task boolq); the file's columns are: q, "
+        "passage, answer",
+    ),
+    "data-empty-objects": (
+        lambda c: c.train(source=c.file("d.jsonl", "{}\n{}\n")),
+        "d.jsonl: every row is an empty JSON object {}, with no fields: task boolq reads the "
+        "fields question, passage, answer",
+    ),
+    "data-json-lines-named-csv": (
+        lambda c: c.train(source=c.jsonl("d.csv", [{"a": "x"}, {"a": "y, z", "b": "1, 2"}])),
+        "d.csv holds JSON lines, not CSV: rename it to d.jsonl",
+    ),
+    "validate-data-csv-missing-column": (
+        lambda c: [
+            "prompts",
+            "validate",
+            c.s["prompts"],
+            "--task",
+            "boolq",
+            "--data",
+            c.file("d.csv", "txt,passage,answer\nis it,It is.,true\n"),
+        ],  # fmt: skip
+        "d.csv line 2: has no field 'question' (task boolq); the file's columns are: txt, ",
+    ),
+    # HF_HUB_OFFLINE is set for every test (conftest): a hub dataset not in the cache is one
+    # line at once, without datasets' retries.
+    "data-hub-offline": (
+        lambda c: c.train(source="flexpaft-test/no-such-dataset"),
+        "cannot load dataset 'flexpaft-test/no-such-dataset' from the hub: HF_HUB_OFFLINE is set "
+        "and the dataset is not in the local cache: unset HF_HUB_OFFLINE to download it, or set "
+        "data.source to a local data file",
+    ),
     # ---- train: tasks, templates, models ---------------------------------------------------
     "task-unknown": (lambda c: c.train("data.task=boolqq"), "unknown task 'boolqq'"),
     "task-file-not-utf8": (
@@ -474,6 +541,27 @@ CASES = {
             SECRET,
         ],  # fmt: skip
         "takes the NAME of the environment variable",
+    ),
+    "generate-cache-not-utf8": (
+        # Read before any request: port 9 refuses, and no request is made.
+        lambda c: [
+            "prompts",
+            "generate",
+            "--task",
+            "boolq",
+            "--out",
+            c.out,
+            "--generator",
+            "openai",
+            "--models",
+            "m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--cache",
+            c.file("cache.jsonl", b'{"reply": "a"}\n\xff\xfe\n'),
+        ],  # fmt: skip
+        "cache.jsonl is not UTF-8 text (line 2): it is damaged or not a flexpaft reply cache; "
+        "delete it (its replies are asked for again) or give another --cache file",
     ),
     "generate-unknown-generator": (
         lambda c: ["prompts", "generate", "--task", "boolq", "--out", c.out, "--generator", "gpt"],
@@ -753,3 +841,86 @@ def test_eval_results_carry_a_data_digest_and_equal_ones_compare(tmp_path, share
     assert (
         main(["-q", "report", str(shared["results"]), str(copy), "-o", str(tmp_path / "rep")]) == 0
     )
+
+
+# ---- hub lookups on a machine without the hub -------------------------------------------------
+# The CLI in a child process, with the environment variables as a user sets them (the hub
+# libraries read them once, at import); the child times ``main`` alone, not its imports.
+_TIMED_MAIN = """
+import sys, time
+import datasets, flexpaft.cli
+start = time.perf_counter()
+code = flexpaft.cli.main(sys.argv[1:])
+print(f"{time.perf_counter() - start:.2f}")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("hub", ["HF_HUB_OFFLINE", "unreachable-endpoint"])
+@pytest.mark.parametrize("verb", ["validate-data", "eval-empty-config"])
+def test_an_unreachable_hub_is_one_line_within_seconds(tmp_path, shared, hub, verb):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    # An empty cache: the dataset is nowhere on this machine.
+    env["HF_HOME"] = str(tmp_path / "hf")
+    if hub == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"], reason = "1", "HF_HUB_OFFLINE is set"
+    else:
+        # Port 9 (discard) refuses: before, datasets retried 5 times over about 25 s and printed
+        # 23 lines of "Retrying in 8s".
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+        reason = "the hub at http://127.0.0.1:9 cannot be reached (ConnectError"
+    if verb == "validate-data":
+        argv, dataset = ["prompts", "validate", str(shared["prompts"]), "--task", "boolq",
+                         "--data", "flexpaft-test/no-such-dataset"], "flexpaft-test/no-such-dataset"  # fmt: skip
+    else:
+        # No config at all: eval's default task reads BoolQ from the hub.
+        empty = tmp_path / "empty.yaml"
+        empty.write_text("")
+        argv, dataset = ["eval", "-c", str(empty), "-o", str(tmp_path / "out")], "google/boolq"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TIMED_MAIN, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Retrying" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"flexpaft: error: cannot load dataset '{dataset}' from the hub: ")
+    assert reason in lines[0] and "not in the local cache" in lines[0], lines[0]
+    assert "set data.source to a local data file" in lines[0]
+    assert float(proc.stdout.split()[-1]) < 5, proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reachable_hub_is_still_asked(monkeypatch):
+    # The probe's answer decides: a hub that answers gets the lookup as before (no offline mode).
+    import datasets.config
+    from huggingface_hub import constants
+
+    import flexpaft.hub_reach as hub_reach
+
+    for name in hub_reach.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+
+    class Session:
+        def head(self, url, **kw):
+            assert kw["timeout"] <= 3
+            return object()
+
+    monkeypatch.setattr("huggingface_hub.utils.get_session", lambda: Session())
+    assert hub_reach.hub_unreachable() is None
+    seen = []
+    with hub_reach.hub_lookup("dataset 'x/y'", "fix"):
+        seen.append(datasets.config.HF_HUB_OFFLINE)
+    assert seen == [False]
+    with pytest.raises(hub_reach.FlexpaftError, match="from the hub: boom$"):
+        with hub_reach.hub_lookup("dataset 'x/y'", "fix"):
+            raise RuntimeError("boom\nsecond line")

@@ -168,18 +168,18 @@ CASES = {
     # ---- silently wrong data -------------------------------------------------------------------
     "data-question-list": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(question=["is", "it"]))),
-        "d.jsonl row 3: has a list in 'question' where text belongs (['is', 'it'])",
+        "d.jsonl line 3: has a list in 'question' where text belongs (['is', 'it'])",
     ),
     "data-passage-object": (
         lambda c: c.train(source=c.jsonl("d.jsonl", _rows(passage={"text": "x"}))),
-        "row 3: has an object in 'passage' where text belongs",
+        "line 3: has an object in 'passage' where text belongs",
     ),
     "data-piqa-option-list": (
         lambda c: c.train(
             "data.task=piqa",
             source=c.jsonl("p.jsonl", [{"goal": "g", "sol1": ["a"], "sol2": "b", "label": 0}]),
         ),
-        "p.jsonl row 1: has a list as option 'sol1' where text belongs",
+        "p.jsonl line 1: has a list as option 'sol1' where text belongs",
     ),
     "data-balance-one-label": (
         lambda c: c.train(

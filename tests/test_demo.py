@@ -61,6 +61,14 @@ def test_demo_runs_the_whole_flow(tmp_path, tiny_model_dir, monkeypatch, capsys)
     assert "On 3 templates it never trained on (8 held-out examples each), paft averages" in out
     assert "against lora (one prompt)" in out
     assert "separated" in out and "per-template plot" in out
+    # The last line says what the numbers were made with.
+    import torch
+
+    from flexpaft.version import __version__
+
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"versions: flexpaft {__version__}, python ")
+    assert f"torch {torch.__version__}, transformers " in last and ", peft " in last
     assert (tmp_path / "demo" / "per_template.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo" / "lora" / "adapter" / "adapter_config.json").is_file()
 
@@ -145,3 +153,13 @@ def test_demo_paft_draws_the_users_own_prompt(tmp_path, tiny_model_dir, monkeypa
     assert paft["config"]["prompts"]["template"] == own == lora["config"]["prompts"]["template"]
     assert paft["templates"]["own"]["rate"] == 0.5 and paft["templates"]["own"]["added"] is True
     assert paft["loss"] == "options" and lora["loss"] == "answer"
+
+
+def test_versions_line_is_one_short_line():
+    from flexpaft.workflows.demo import versions_line
+
+    assert versions_line({"flexpaft": "0.1.0", "torch": "2.13.0+cpu"}) == (
+        "versions: flexpaft 0.1.0, torch 2.13.0+cpu"
+    )
+    line = versions_line()
+    assert "\n" not in line and len(line) < 160 and "accelerate" in line

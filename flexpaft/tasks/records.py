@@ -48,11 +48,13 @@ class TaskKeys(Protocol):
 
 class RecordError(FlexpaftError):
     """One malformed data record; ``reason`` says what is wrong, without the record's place,
-    so the data reader can name the file and row."""
+    so the data reader can name the file and row. ``missing`` is the field a record lacks
+    (a column the file does not have), so the reader can list the columns it does have."""
 
-    def __init__(self, task: str, uid: str, reason: str):
+    def __init__(self, task: str, uid: str, reason: str, missing: str = ""):
         super().__init__(f"task {task}: record {uid or '?'} {reason}")
         self.reason = reason
+        self.missing = missing
 
 
 def normalize_record(task: TaskKeys, record: dict[str, Any], uid: str = "") -> Example:
@@ -64,10 +66,22 @@ def normalize_record(task: TaskKeys, record: dict[str, Any], uid: str = "") -> E
     try:
         return _normalize(task, record, uid)
     except KeyError as e:
-        reason = f"has no field {e.args[0]!r}"
+        raise RecordError(
+            task.name, uid, f"has no field {e.args[0]!r}", missing=str(e.args[0])
+        ) from None
     except RecordError as e:
-        reason = e.reason
-    raise RecordError(task.name, uid, reason)
+        raise RecordError(task.name, uid, e.reason, missing=e.missing) from None
+
+
+def record_keys(task: TaskKeys) -> list[str]:
+    """The top-level keys ``task`` reads from a record (for messages about rows without them)."""
+    options = [task.options] if isinstance(task.options, str) else list(task.options)
+    if task.fixed_options:
+        options = []
+    keys = [*task.fields, *options, task.gold]
+    if task.gold_kind == "option_label" and task.option_labels:
+        keys.append(task.option_labels)
+    return list(dict.fromkeys(k.split(".")[0] for k in keys if k))
 
 
 def _normalize(task: TaskKeys, record: dict[str, Any], uid: str) -> Example:

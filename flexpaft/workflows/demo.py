@@ -231,7 +231,16 @@ def run_demo(args: argparse.Namespace) -> int:
     print()
     print(conclusion(report, out / "report.md", png))
     print(f"total time: {time.time() - started:.0f} s")
+    print(versions_line())
     return 0
+
+
+def versions_line(found: dict[str, str] | None = None) -> str:
+    """The versions the demo ran with, on one line (``version.versions()``, which training
+    manifests, eval results and reports record): the figures it prints depend on them."""
+    from flexpaft.version import versions
+
+    return "versions: " + ", ".join(f"{k} {v}" for k, v in (found or versions()).items())
 
 
 def dequantize_apart(model: str) -> None:

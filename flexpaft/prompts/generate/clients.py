@@ -204,20 +204,36 @@ class OpenAIChat:
         except (ConnectionResetError, http.client.HTTPException) as e:
             # The server was reached but dropped the connection: transient.
             raise _Retryable(f"connection dropped ({type(e).__name__})") from None
-        return _choices(raw)
+        return _choices(raw, f"{self.url} ({self.model})", self._scrub)
 
     def _scrub(self, text: str) -> str:
         key = os.environ.get(self.api_key_env, "")
         return text.replace(key, "***") if key else text
 
 
-def _choices(raw: bytes) -> list[str]:
-    """Reply texts from a chat-completions body; a malformed body gives no replies."""
+def _choices(raw: bytes, where: str, scrub: Callable[[str], str] = str) -> list[str]:
+    """Reply texts from a chat-completions body.
+
+    A 200 whose body is not one (a proxy's HTML page, a server of another API under a wrong
+    --base-url, an error object) is one line naming the endpoint and what it sent: every
+    request would get the same, and counting them as empty replies ended, requests later, in
+    "prompt set of 0 templates is too small to split" without a word about the endpoint.
+    """
     try:
         data = json.loads(raw)
-        return [str(c["message"]["content"] or "") for c in data["choices"]]
-    except (ValueError, KeyError, TypeError):
-        return []
+    except ValueError:  # UnicodeDecodeError included
+        why = "not JSON"
+    else:
+        try:
+            return [str(c["message"]["content"] or "") for c in data["choices"]]
+        except (KeyError, TypeError, IndexError):
+            why = "JSON without choices[].message.content"
+    text = " ".join(raw[:200].decode("utf-8", "replace").split())
+    excerpt = scrub(text[:120] + ("..." if len(text) > 120 or len(raw) > 200 else ""))
+    raise FlexpaftError(
+        f"{where}: the reply (HTTP 200) is {why}, not a chat completion: {excerpt!r}; is "
+        "--base-url an OpenAI-compatible API (ending in /v1)?"
+    )
 
 
 # ---- local Hugging Face model ------------------------------------------------------------------

@@ -40,12 +40,35 @@ class ReplyCache:
         if self.path and self.path.is_dir():
             raise FlexpaftError(f"reply cache {self.path} is a directory; give a file (.jsonl)")
         if self.path and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for line in self._lines():
                 try:
                     row = json.loads(line)
                     self._replies[self._key(row)] = row["reply"]
                 except (ValueError, KeyError, TypeError):
                     continue
+
+    def _lines(self) -> list[str]:
+        """The cache's lines as text. A line that is not UTF-8 (flexpaft writes UTF-8 only) means
+        another file or damage: refused, naming the file, rather than skipped and then appended
+        to. Only a torn last line (a run killed mid-write, possibly inside a character) is
+        dropped, as a torn JSON line is."""
+        if self.path is None:
+            return []
+        raw = self.path.read_bytes()
+        chunks = raw.split(b"\n")
+        lines = []
+        for n, chunk in enumerate(chunks, 1):
+            try:
+                lines.append(chunk.decode("utf-8"))
+            except UnicodeDecodeError:
+                if n == len(chunks):
+                    break
+                raise FlexpaftError(
+                    f"reply cache {self.path} is not UTF-8 text (line {n}): it is damaged or not "
+                    "a flexpaft reply cache; delete it (its replies are asked for again) or give "
+                    "another --cache file"
+                ) from None
+        return lines
 
     @staticmethod
     def _key(row: dict[str, Any]) -> tuple:
