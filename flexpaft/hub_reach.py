@@ -36,8 +36,10 @@ def hub_unreachable() -> tuple[str, str] | None:
     from huggingface_hub.utils import get_session
 
     try:
-        # Any HTTP answer, even an error status, means the hub is there to ask.
-        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT, follow_redirects=False)
+        # Any HTTP answer, even an error status, means the hub is there to ask. No redirect
+        # keyword: the session is requests' before huggingface_hub 1.0 and httpx's after, and a
+        # HEAD follows no redirect in either by default.
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT)
     except Exception as e:  # httpx's connect, timeout, TLS and proxy errors, and anything else
         detail = (str(e).strip().splitlines() or [""])[0][:120]
         return (
