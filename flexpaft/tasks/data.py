@@ -107,7 +107,7 @@ def _check_text_file(path: Path, suffix: str, task: TaskSpec | None = None) -> N
     import json
 
     if suffix == ".csv":
-        first = next(line.strip() for line in text.splitlines() if line.strip())
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         if first.startswith(("{", "[")):
             try:
                 json.loads(first)
