@@ -218,9 +218,11 @@ def test_validation_batches_are_rendered_once(tmp_path, tok, monkeypatch):
     search, outcome = run_search(config(tmp_path, "flexora.search_steps=6"), tok)
     val = {e.uid for e in search.val_examples}
     # 6 steps x 2 validation batches of 4 = 48 rows served; one pass (6 examples, padded to 2
-    # batches of 4 by wrapping around) rendered.
+    # batches of 4 by wrapping around) rendered, and one more under the own prompt (the
+    # validated rule's own-prompt check, rendered once as well).
     val_renders = [u for u in rendered if u in val]
-    assert set(val_renders) == val and len(val_renders) == 8
+    assert set(val_renders) == val and len(val_renders) == 16
+    assert len(search.own_val.batches) == 2
     assert len(search.val.batches) == 2 and outcome.steps == 6
 
 

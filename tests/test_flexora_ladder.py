@@ -123,6 +123,93 @@ def test_tolerance_zero_takes_the_best_rung():
     assert choose(sizes, [0, 1, 2, 3], [noisy, middle, BASE], 1.0).layers == [0]
 
 
+# -- the own-prompt check -----------------------------------------------------------------------
+
+
+def test_a_rung_worse_under_the_own_prompt_is_not_kept():
+    sizes = {1: ["N/4"], 2: ["N/2"], 4: ["all"]}
+    level = [x + (0.01 if j % 2 else -0.012) for j, x in enumerate(BASE)]  # level with all
+    unseen = [level, level, BASE]
+    worse = [x + 0.2 for x in BASE]
+    calls = []
+
+    def own(table):
+        def score(i):
+            calls.append(i)
+            return table[i]
+
+        return score
+
+    # Rung 0 is worse under the own prompt, rung 1 level there: rung 1 is kept.
+    ladder = choose(sizes, [2, 0, 1, 3], unseen, 1.0, own([worse, level, BASE]))
+    assert ladder.layers == [0, 2]
+    assert [r.get("own_level") for r in ladder.records] == [False, True, None]
+    assert ladder.records[0]["own_vs_all"][0] == pytest.approx(0.2)
+    assert "own prompt" in ladder.message
+    assert sorted(set(calls)) == [0, 1, 2]  # lazily: never more rungs than it must judge
+    # Every smaller rung worse under the own prompt: all blocks, and the line says why.
+    calls.clear()
+    ladder = choose(sizes, [2, 0, 1, 3], unseen, 1.0, own([worse, worse, BASE]))
+    assert ladder.layers == [0, 1, 2, 3]
+    assert "worse under the own prompt" in ladder.message
+    # The smallest rung passes both: the rungs above it are never scored under the own prompt.
+    calls.clear()
+    ladder = choose(sizes, [2, 0, 1, 3], unseen, 1.0, own([level, worse, BASE]))
+    assert ladder.layers == [2] and sorted(set(calls)) == [0, 2]
+    # Without the check the unseen wordings alone decide.
+    assert choose(sizes, [2, 0, 1, 3], unseen, 1.0).layers == [2]
+
+
+def test_the_own_prompt_check_never_keeps_a_rung_worse_there_beyond_the_noise():
+    rng = np.random.default_rng(1)
+    sizes = {1: ["a"], 2: ["b"], 3: ["c"], 5: ["d"], 8: ["all"]}
+    for trial in range(200):
+        tolerance = [0.0, 0.5, 1.0, 2.0][trial % 4]
+        unseen = [(1.0 + s + rng.normal(0, 0.1, size=12)).tolist() for s in rng.normal(0, 0.05, 5)]
+        owned = [(1.0 + s + rng.normal(0, 0.1, size=12)).tolist() for s in rng.normal(0, 0.05, 5)]
+        ladder = choose(sizes, list(range(8)), unseen, tolerance, owned.__getitem__)
+        chosen = next(i for i, r in enumerate(ladder.records) if r["chosen"])
+        d, se = paired(owned[chosen], owned[-1])
+        assert d <= tolerance * se + 1e-9
+        d, se = paired(unseen[chosen], unseen[-1])
+        assert d <= tolerance * se + 1e-9
+        # A smaller rung was passed over only for failing one of the two checks.
+        for r in ladder.records[:chosen]:
+            assert not r["level"] or r["own_level"] is False
+
+
+def test_the_search_scores_the_own_prompt_on_its_validation_examples(tmp_path, tok):
+    cfg = config(
+        tmp_path,
+        "method=flexora",
+        "flexora.val_templates=train",
+        "flexora.search_steps=2",
+        "flexora.alpha_warmup=0",
+        "flexora.stable_steps=0",
+    )
+    search = build_search(cfg, tok, templates=[TEMPLATES[0]], layers=4)
+    own = search.own_val.batches
+    # The same 6 validation examples (2 batches of 4, the last one filled), under one prompt:
+    # the task's default template, which plain flexora trains on.
+    assert sum(len(b["input_ids"]) for b in own) == sum(
+        len(b["input_ids"]) for b in search.val.batches
+    )
+    text = tok.decode(own[0]["input_ids"][0], skip_special_tokens=True)
+    assert "Answer:" in text
+    outcome = search.run(progress=False)
+    scored = [r for r in outcome.ladder if "own_loss" in r]
+    assert outcome.ladder[-1] in scored  # all N blocks, the reference
+    (chosen,) = [r for r in outcome.ladder if r["chosen"]]
+    assert chosen["own_vs_all"][0] <= chosen["own_vs_all"][1] + 1e-9
+    # Off: no own-prompt batches, no own fields.
+    cfg = config(
+        tmp_path / "off", "method=flexora", "flexora.val_templates=train", "flexora.own_check=false"
+    )
+    search = build_search(cfg, tok, templates=[TEMPLATES[0]])
+    assert search.own_val is None
+    search.release()
+
+
 # -- scoring a rung on the model ----------------------------------------------------------------
 
 
@@ -305,13 +392,15 @@ def test_validation_batches_never_draw_the_own_template(tmp_path, tok, monkeypat
     real = loader.make_loader
 
     def spy(*args, **kwargs):
-        owns.append(kwargs.get("own"))
+        owns.append((kwargs.get("own"), args[4]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loader, "make_loader", spy)
     cfg = config(tmp_path, "prompts.own_rate=0.5")
     search = build_search(cfg, tok, templates=[*PROMPT_SET, OWN], own=OWN)
-    assert owns == [OWN, None]  # own_rate draws it for training batches only
+    # own_rate draws it for training batches only; the third loader is the own-prompt check's.
+    assert [o for o, _ in owns] == [OWN, None, None]
+    assert owns[2][1] == [OWN] and OWN not in owns[1][1]
     assert OWN in search.train_templates and OWN not in search.val_templates
     assert not set(search.val_templates) & set(search.train_templates)
     search.release()

@@ -6,7 +6,8 @@ code does (``flexora.unroll=K``: a K-step unrolled hypergradient). It runs one p
 training split by default (``flexora.search_budget=1``: one outer step per inner optimizer step,
 on every machine). The blocks are ranked by alpha, and by default (``flexora.selection=
 validated``) the validation batches decide how many are kept: never a selection that validates
-worse than all blocks beyond a paired standard error.
+worse than all blocks beyond a paired standard error, on the unseen wordings or under the user's
+own prompt.
 
 Writes to ``<output_dir>/flexora/``: selection.json (chosen layers, every scored selection size
 under ``ladder``, and a PEFT LoraConfig for them), alpha.jsonl (alpha and gates every step),

@@ -88,6 +88,15 @@ class FlexoraSettings:
         "validate and still be kept (1: the one-standard-error rule; 0: the best rung, smallest "
         "on ties).",
     )
+    own_check: bool = opt(
+        True,
+        "validated rule: also score the rungs on the validation examples rendered under the "
+        "user's own prompt (prompts.template, the one plain flexora trains on), and keep a "
+        "smaller selection only where it is within tolerance_se paired standard errors of all N "
+        "blocks there too. Unseen wordings alone can favour fewer blocks (less fitted to the "
+        "one prompt) while the prompt the user deploys loses accuracy; the own prompt is never "
+        "a wording alpha learns from.",
+    )
     ranks: str = opt(
         "uniform",
         "Stage-2 ranks of the selected blocks: uniform (lora.r each, layers_to_transform only) "

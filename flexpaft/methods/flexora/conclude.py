@@ -34,8 +34,9 @@ def validated(search: Any) -> Ladder:
         gather = gather_object
     model = search.acc.unwrap_model(search.wrapped)
     f = search.cfg.flexora
+    own = search.own_val.batches if search.own_val is not None else None
     return validated_selection(
-        model, search.gates, search.val.batches, search.rows, f.tolerance_se, gather
+        model, search.gates, search.val.batches, search.rows, f.tolerance_se, gather, own
     )
 
 

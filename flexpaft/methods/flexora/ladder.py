@@ -32,6 +32,17 @@ N, all N blocks are trained, and the log line says so. (Under multi-process trai
 rows are gathered first, so every rank chooses the same; validation rows the loader repeats to
 fill its last batch count as often as they are served.)
 
+The own prompt (``flexora.own_check``, on by default). Unseen wordings alone can favour fewer
+blocks: for plain flexora, which trains under one prompt, switching blocks off undoes part of
+its fit to that prompt, which reads as better transfer to other wordings while the prompt the user
+deploys loses accuracy (the study of 2026-12-07: -5.7 points under the own prompt, separated, for
+15 of 30 blocks). So the same validation examples are also rendered under the user's own template
+(``prompts.template``), and a rung is kept only where it is also level with all N blocks there:
+D_own <= tolerance x SE_own, paired as above. The own prompt never renders a batch alpha learns
+from; it is a check on the count, as the unseen wordings are. It is scored lazily: all N blocks
+once, then only the rungs, smallest first, that pass the unseen-wordings test, until one passes
+both (at most one extra forward pass over the validation examples per rung; usually two).
+
 A caveat: the searched LoRA learned with every block on; a rung that switches blocks off scores
 those blocks' learned updates alone, where stage 2 trains a fresh LoRA on them alone. The ladder
 therefore leans towards more blocks, never towards fewer. Under DoRA a gate of 0 leaves the
@@ -136,37 +147,62 @@ def choose(
     order: list[int],
     losses: list[list[float]],
     tolerance: float,
+    own: Callable[[int], list[float]] | None = None,
 ) -> Ladder:
-    """The smallest rung level with the best and with all N blocks (module doc)."""
-    means = [sum(x) / len(x) if x else math.inf for x in losses]
-    means = [m if math.isfinite(m) else math.inf for m in means]
+    """The smallest rung level with the best and with all N blocks (module doc); with ``own``
+    (rung index -> per-example losses under the own prompt, called only for the rungs it must
+    judge), also level with all N blocks under the own prompt."""
+    means = [_mean(x) for x in losses]
     best = min(range(len(means)), key=lambda i: (means[i], i))
     last = len(losses) - 1  # all N blocks
+    own_losses: dict[int, list[float]] = {}
+
+    def own_level(i: int) -> bool:
+        if own is None:
+            return True
+        for j in (last, i):
+            if j not in own_losses:
+                own_losses[j] = own(j)
+        d, se = paired(own_losses[i], own_losses[last])
+        return math.isfinite(_mean(own_losses[i])) and d <= tolerance * se + EPS
+
     records, chosen = [], None
     for i, (k, names) in enumerate(sizes.items()):
         vs_best, vs_all = paired(losses[i], losses[best]), paired(losses[i], losses[last])
         level = math.isfinite(means[i]) and all(
             d <= tolerance * se + EPS for d, se in (vs_best, vs_all)
         )
+        record: dict[str, Any] = {
+            "k": k,
+            "rules": names,
+            "blocks": sorted(order[:k]),
+            "loss": round(means[i], 6),
+            "vs_best": [round(x, 6) for x in vs_best],
+            "vs_all": [round(x, 6) for x in vs_all],
+            "level": bool(level),
+            "examples": len(losses[i]),
+        }
         if level and chosen is None:
-            chosen = i
-        records.append(
-            {
-                "k": k,
-                "rules": names,
-                "blocks": sorted(order[:k]),
-                "loss": round(means[i], 6),
-                "vs_best": [round(x, 6) for x in vs_best],
-                "vs_all": [round(x, 6) for x in vs_all],
-                "level": bool(level),
-                "examples": len(losses[i]),
-            }
-        )
+            own_ok = own_level(i)
+            if own is not None:
+                record["own_level"] = bool(own_ok)
+            if own_ok:
+                chosen = i
+        records.append(record)
     if chosen is None:  # every rung non-finite: keep every block
         chosen = last
     for i, r in enumerate(records):
         r["chosen"] = i == chosen
+        if i in own_losses:
+            d, se = paired(own_losses[i], own_losses[last])
+            r["own_loss"] = round(_mean(own_losses[i]), 6)
+            r["own_vs_all"] = [round(d, 6), round(se, 6)]
     return Ladder(records[chosen]["blocks"], records, _message(records, chosen, best, tolerance))
+
+
+def _mean(x: Sequence[float]) -> float:
+    m = sum(x) / len(x) if x else math.inf
+    return m if math.isfinite(m) else math.inf
 
 
 def _message(records: list[dict[str, Any]], chosen: int, best: int, tolerance: float) -> str:
@@ -174,6 +210,15 @@ def _message(records: list[dict[str, Any]], chosen: int, best: int, tolerance: f
     if chosen == len(records) - 1:
         if len(records) == 1:
             return f"flexora: all {n} blocks (validated: no smaller selection to try)"
+        own = [r for r in records[:-1] if r.get("own_level") is False]
+        if own:
+            r = own[0]
+            d, se = r["own_vs_all"]
+            return (
+                f"flexora: all {n} blocks (validated: {r['k']} blocks are level on the unseen "
+                f"wordings but worse under the own prompt: {r['own_loss']:.4f} against all "
+                f"{n} {records[-1]['own_loss']:.4f}, {d:+.4f} +- {se:.4f} paired SE)"
+            )
         nearest = records[best] if best != chosen else records[-2]
         d, se = nearest["vs_all"]
         return (
@@ -189,6 +234,9 @@ def _message(records: list[dict[str, Any]], chosen: int, best: int, tolerance: f
     )
     if best not in (chosen, len(records) - 1):
         text += f"; best {records[best]['k']} blocks {records[best]['loss']:.4f}"
+    if "own_vs_all" in c:
+        d, se = c["own_vs_all"]
+        text += f"; own prompt {d:+.4f} +- {se:.4f} against all {n}"
     return text + ")"
 
 
@@ -200,11 +248,13 @@ def validated_selection(
     rows: int = 0,
     tolerance: float = 1.0,
     gather: Callable[[list[float]], list[float]] | None = None,
+    own_batches: Sequence[Batch] | None = None,
 ) -> Ladder:
     """Score every rung on ``batches`` with ``model``'s LoRA (gated by ``gates``) and choose.
 
     ``gather``: joins every rank's per-example losses (the same list on every rank); None on
-    one process.
+    one process. ``own_batches``: the validation examples under the user's own prompt (the
+    own-prompt check, module doc); None skips it.
     """
     alpha = gates.alpha.detach().cpu().tolist()
     searched = gates.values().detach()
@@ -212,14 +262,22 @@ def validated_selection(
     sizes = ladder_sizes(alpha)
     was_training = model.training
     model.eval()
-    losses = []
+    ks = list(sizes)
+
+    def score(k: int, served: Sequence[Batch]) -> list[float]:
+        on = torch.zeros_like(searched)
+        on[order[:k]] = 1
+        with gates.held(searched * on):
+            rung = [x for b in served for x in per_example_losses(model, b, rows)]
+        return gather(rung) if gather is not None else rung
+
+    listed = list(own_batches) if own_batches is not None else []
+
+    def own(i: int) -> list[float]:
+        return score(ks[i], listed)
+
     try:
-        for k in sizes:
-            on = torch.zeros_like(searched)
-            on[order[:k]] = 1
-            with gates.held(searched * on):
-                rung = [x for b in batches for x in per_example_losses(model, b, rows)]
-            losses.append(gather(rung) if gather is not None else rung)
+        losses = [score(k, batches) for k in ks]
+        return choose(sizes, order, losses, tolerance, own if own_batches is not None else None)
     finally:
         model.train(was_training)
-    return choose(sizes, order, losses, tolerance)

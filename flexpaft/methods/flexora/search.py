@@ -61,10 +61,11 @@ from flexpaft.methods.flexora.outcome import (
     search_config_hash,
 )
 from flexpaft.methods.flexora.select import provisional_rule, select_layers
-from flexpaft.methods.flexora.stream import search_streams
+from flexpaft.methods.flexora.stream import own_prompt_batches, search_streams
 from flexpaft.methods.flexora.wordings import validation_set, validation_templates
 from flexpaft.packing import attention_implementation
 from flexpaft.prompts import Template
+from flexpaft.prompts.task_templates import own_template
 from flexpaft.settings.train import TrainConfig
 from flexpaft.tasks.data import split_examples
 from flexpaft.tasks.spec import AnswerFormat, Example, TaskSpec
@@ -148,6 +149,15 @@ class LayerSearch:
             (self.train_loss_kind == "options", self.val_loss_kind == "options"),
             attention_implementation(self.model),
         )  # fmt: skip
+        # The validated rule's second check: the validation examples under the own prompt.
+        self.own_val = None
+        if f.selection == "validated" and f.own_check:
+            self.own_val = own_prompt_batches(
+                cfg, task, fmt, self.val_examples,
+                own if own is not None else own_template(cfg.prompts.template, task, fmt),
+                tokenizer, accelerator, self.val_loss_kind == "options",
+                attention_implementation(self.model),
+            )  # fmt: skip
 
         self.unroll = f.unroll
         steps_per_epoch = max(1, len(self.train.sampler.batches(0)) // o.grad_accum)
@@ -360,6 +370,7 @@ class LayerSearch:
             ("_optimizers", self.optimizer),
             ("_dataloaders", self.train.loader),
             ("_dataloaders", self.val.loader),
+            ("_dataloaders", self.own_val.loader if self.own_val is not None else None),
         ):
             held = getattr(self.acc, attr, None)
             if isinstance(held, list):

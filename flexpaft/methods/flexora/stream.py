@@ -117,3 +117,34 @@ def search_streams(
         BatchStream(train_loader, train_sampler, acc.device),
         FixedBatches(val_loader, val_sampler, acc.device),
     )
+
+
+def own_prompt_batches(
+    cfg: Any,
+    task: Any,
+    fmt: Any,
+    examples: list[Any],
+    own: Any,
+    tokenizer: Any,
+    acc: Any,
+    options: bool = False,
+    attn_implementation: str | None = None,
+) -> FixedBatches:
+    """The validation examples rendered under the user's own template ``own`` alone: the second
+    check of the validated rule (ladder.py), never a batch alpha learns from."""
+    from flexpaft.training.loader import make_loader
+
+    loader, sampler = make_loader(
+        cfg,
+        task,
+        fmt,
+        examples,
+        [own],
+        tokenizer,
+        cfg.seed + 1,
+        acc,
+        options=options,
+        own=None,
+        attn_implementation=attn_implementation,
+    )
+    return FixedBatches(loader, sampler, acc.device)
