@@ -7,7 +7,8 @@ beat choosing blocks at random?" is about the random baseline as a whole. Here e
 are averaged example by example (as the report does), the random draws are averaged into one row
 ``random (mean of draws)``, and flexora (and flexora+paft) are compared with every row by the
 report's own paired bootstrap (flexpaft.reporting.intervals.compare: templates and examples
-resampled with the same indices). No model is run. Prints Markdown.
+resampled with the same indices), and under the user's own prompt where the runs scored it
+(intervals.compare_own: the same examples resampled). No model is run. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,37 @@ def correct_matrix(results: Path, template_ids: list[str] | None) -> tuple[np.nd
     per = {t["id"]: t["correct"] for t in data["per_template"]}
     ids = template_ids or sorted(per)
     return np.array([per[t] for t in ids], dtype=np.float64), ids
+
+
+def own_vector(results: Path) -> np.ndarray | None:
+    """Per-example correctness under the own prompt (the run's reference), if it was scored."""
+    ref = json.loads(results.read_text(encoding="utf-8")).get("reference") or {}
+    per = ref.get("per_template") or []
+    return np.array(per[0]["correct"], dtype=np.float64) if per else None
+
+
+def load_own(study: Path, test_set: str) -> dict[str, np.ndarray]:
+    """Own-prompt correctness per row, seeds averaged example by example (rows where every seed
+    scored it)."""
+    runs: dict[str, list[np.ndarray | None]] = {}
+    for d in sorted((study / "eval" / test_set).iterdir()):
+        m = re.fullmatch(r"(.+)-s(\d+)", d.name)
+        if m and (d / "results.json").is_file():
+            runs.setdefault(m.group(1), []).append(own_vector(d / "results.json"))
+    rows = {k: np.mean(v, axis=0) for k, v in runs.items() if all(x is not None for x in v)}
+    draws = [v for k, v in rows.items() if k.startswith("random-d")]
+    if draws:
+        rows["random (mean of draws)"] = np.mean(draws, axis=0)
+    return rows
+
+
+def seeds_of(study: Path, test_set: str) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for d in sorted((study / "eval" / test_set).iterdir()):
+        m = re.fullmatch(r"(.+)-s(\d+)", d.name)
+        if m and (d / "results.json").is_file():
+            out.setdefault(m.group(1), []).append(int(m.group(2)))
+    return out
 
 
 def load_rows(study: Path, test_set: str) -> dict[str, np.ndarray]:
@@ -66,22 +98,32 @@ def main() -> None:
     )
     args = ap.parse_args()
     rows = load_rows(args.study, args.test_set)
+    own = load_own(args.study, args.test_set)
+    seeds = seeds_of(args.study, args.test_set)
     n_t, n_x = next(iter(rows.values())).shape
     rs = intervals.Resamples.draw(n_t, n_x, args.bootstrap, seed=0)
     stats = {k: intervals.replicate_stats(v, rs) for k, v in rows.items()}
     print(f"{n_t} templates x {n_x} examples; seeds averaged; {args.bootstrap} replicates\n")
-    print("| Row | Mean | Worst |\n|---|---:|---:|")
+    print("| Row | seeds | Mean | Worst | Own prompt |\n|---|---|---:|---:|---:|")
     for k, v in rows.items():
         acc = v.mean(axis=1)
-        print(f"| {k} | {100 * acc.mean():.1f} | {100 * acc.min():.1f} |")
+        o = f"{100 * own[k].mean():.1f}" if k in own else "-"
+        s = ",".join(map(str, seeds.get(k, []))) or "draws"
+        print(f"| {k} | {s} | {100 * acc.mean():.1f} | {100 * acc.min():.1f} | {o} |")
     for a in args.rows.split(","):
         if a not in rows:
             continue
-        print(f"\n| {a} vs | Mean {a} - B | Worst {a} - B |\n|---|---:|---:|")
+        print(f"\n| {a} vs | Mean {a} - B | Worst {a} - B | Own prompt {a} - B |")
+        print("|---|---:|---:|---:|")
         for b in rows:
             if b != a:
                 c = intervals.compare(rows[a], rows[b], rs, stats[a], stats[b])
-                print(f"| {b} | {_fmt(c['mean_diff'])} | {_fmt(c['min_diff'])} |")
+                o = (
+                    _fmt(intervals.compare_own(own[a], own[b], rs))
+                    if a in own and b in own
+                    else "-"
+                )
+                print(f"| {b} | {_fmt(c['mean_diff'])} | {_fmt(c['min_diff'])} | {o} |")
 
 
 if __name__ == "__main__":
