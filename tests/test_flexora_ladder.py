@@ -187,10 +187,20 @@ def test_the_search_scores_the_own_prompt_on_its_validation_examples(tmp_path, t
         "flexora.alpha_warmup=0",
         "flexora.stable_steps=0",
     )
-    search = build_search(cfg, tok, templates=[TEMPLATES[0]], layers=4)
+    # Plain flexora validating under the template it trains on, the own prompt itself: the
+    # validation losses are the own prompt's already, so nothing is rendered twice.
+    from flexpaft.prompts.task_templates import own_template
+    from flexpaft.tasks import get_task
+
+    mine = own_template(cfg.prompts.template, get_task("boolq"), AnswerFormat.LABEL_WORDS)
+    search = build_search(cfg, tok, templates=[mine])
+    assert search.own_val is None
+    search.release()
+    assert mine.text != TEMPLATES[1].text
+    search = build_search(cfg, tok, templates=[TEMPLATES[1]], layers=4)
     own = search.own_val.batches
-    # The same 6 validation examples (2 batches of 4, the last one filled), under one prompt:
-    # the task's default template, which plain flexora trains on.
+    # Trained and validated under another template: the same 6 validation examples (2 batches
+    # of 4, the last one filled) are rendered under the own prompt, the task's default template.
     assert sum(len(b["input_ids"]) for b in own) == sum(
         len(b["input_ids"]) for b in search.val.batches
     )
@@ -205,7 +215,7 @@ def test_the_search_scores_the_own_prompt_on_its_validation_examples(tmp_path, t
     cfg = config(
         tmp_path / "off", "method=flexora", "flexora.val_templates=train", "flexora.own_check=false"
     )
-    search = build_search(cfg, tok, templates=[TEMPLATES[0]])
+    search = build_search(cfg, tok, templates=[TEMPLATES[1]])
     assert search.own_val is None
     search.release()
 

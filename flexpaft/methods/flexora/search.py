@@ -150,13 +150,18 @@ class LayerSearch:
             attention_implementation(self.model),
         )  # fmt: skip
         # The validated rule's second check: the validation examples under the own prompt.
+        # Not where the validation batches are the own prompt's already (plain flexora without
+        # a prompt set validates under the one template it trains on): the same losses twice.
         self.own_val = None
-        if f.selection == "validated" and f.own_check:
+        mine = own if own is not None else own_template(cfg.prompts.template, task, fmt)
+        if (
+            f.selection == "validated"
+            and f.own_check
+            and [t.text for t in self.val_templates] != [mine.text]
+        ):
             self.own_val = own_prompt_batches(
-                cfg, task, fmt, self.val_examples,
-                own if own is not None else own_template(cfg.prompts.template, task, fmt),
-                tokenizer, accelerator, self.val_loss_kind == "options",
-                attention_implementation(self.model),
+                cfg, task, fmt, self.val_examples, mine, tokenizer, accelerator,
+                self.val_loss_kind == "options", attention_implementation(self.model),
             )  # fmt: skip
 
         self.unroll = f.unroll
