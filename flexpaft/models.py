@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -160,11 +161,25 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".")) or "\\" in name or name.count("/") > 1
 
 
+def hub_model_lookup(name: str) -> AbstractContextManager[None]:
+    """Around a load of ``name``: for a hub id, one quick line when the hub cannot be reached
+    (offline, a model not in the local cache: before, five retries over about 55 s), and the
+    libraries' offline mode so a cached one still loads (hub_reach); nothing for a local path."""
+    if Path(name).exists() or _looks_local(name) or name.count("/") != 1:
+        return nullcontext()
+    from flexpaft.hub_reach import hub_lookup
+
+    return hub_lookup(f"model {name!r}", "set model.name to a local model directory")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with hub_model_lookup(path):
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except FlexpaftError:
+        raise
     except Exception as e:
         raise FlexpaftError(f"cannot load tokenizer for {path}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -202,13 +217,14 @@ def load_model(
         )
     dev = torch.device(device) if device else default_device()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=parse_dtype(dtype, dev),
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if trust_remote_code else True,
-            **load_kwargs,
-        )
+        with hub_model_lookup(path):
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=parse_dtype(dtype, dev),
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if trust_remote_code else True,
+                **load_kwargs,
+            )
     except OSError as e:
         raise FlexpaftError(
             f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}"

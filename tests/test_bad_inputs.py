@@ -924,3 +924,40 @@ def test_a_reachable_hub_is_still_asked(monkeypatch):
     with pytest.raises(hub_reach.FlexpaftError, match="from the hub: boom$"):
         with hub_reach.hub_lookup("dataset 'x/y'", "fix"):
             raise RuntimeError("boom\nsecond line")
+
+
+@pytest.mark.parametrize("load", ["model", "tokenizer"])
+def test_a_hub_model_id_offline_is_one_quick_line(monkeypatch, load):
+    # Before, transformers retried five times over about 55 s with a line each.
+    import time
+
+    import flexpaft.hub_reach as hub_reach
+    from flexpaft import models
+    from flexpaft.errors import FlexpaftError
+
+    reason = ("the hub at http://127.0.0.1:9 cannot be reached (ConnectError)", "connect")
+    monkeypatch.setattr(hub_reach, "hub_unreachable", lambda: reason)
+    start = time.perf_counter()
+    with pytest.raises(FlexpaftError) as e:
+        if load == "model":
+            models.load_model("flexpaft-test/no-such-model", device="cpu")
+        else:
+            models.load_tokenizer("flexpaft-test/no-such-model")
+    assert time.perf_counter() - start < 5
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("cannot load model 'flexpaft-test/no-such-model'")
+    assert reason[0] in line and "not in the local cache" in line
+    assert "set model.name to a local model directory" in line
+
+
+def test_local_model_paths_skip_the_hub_probe(monkeypatch, tmp_path):
+    import flexpaft.hub_reach as hub_reach
+    from flexpaft import models
+
+    def probe():
+        raise AssertionError("a local path never probes the hub")
+
+    monkeypatch.setattr(hub_reach, "hub_unreachable", probe)
+    for name in (str(tmp_path), "./model", "a/b/c"):
+        with models.hub_model_lookup(name):
+            pass
