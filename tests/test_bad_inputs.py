@@ -894,7 +894,10 @@ def test_an_unreachable_hub_is_one_line_within_seconds(tmp_path, shared, hub, ve
     assert lines[0].startswith(f"flexpaft: error: cannot load dataset '{dataset}' from the hub: ")
     assert reason in lines[0] and "not in the local cache" in lines[0], lines[0]
     assert "set data.source to a local data file" in lines[0]
-    assert float(proc.stdout.split()[-1]) < 5, proc.stdout
+    # The retries this replaces took 25-29 s; main alone takes about 2 s on a quiet 2-core
+    # machine (it imports torch and transformers lazily), 8 s when two other jobs share the
+    # cores: the bound tells the two paths apart without timing the machine's load.
+    assert float(proc.stdout.split()[-1]) < 15, proc.stdout
     assert not (tmp_path / "out").exists()
 
 
@@ -943,7 +946,7 @@ def test_a_hub_model_id_offline_is_one_quick_line(monkeypatch, load):
             models.load_model("flexpaft-test/no-such-model", device="cpu")
         else:
             models.load_tokenizer("flexpaft-test/no-such-model")
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 15  # the retries took 55 s
     line = str(e.value)
     assert "\n" not in line and line.startswith("cannot load model 'flexpaft-test/no-such-model'")
     assert reason[0] in line and "not in the local cache" in line
