@@ -61,7 +61,7 @@ from flexpaft.methods.flexora.outcome import (
     search_config_hash,
 )
 from flexpaft.methods.flexora.select import provisional_rule, select_layers
-from flexpaft.methods.flexora.stream import own_prompt_batches, search_streams
+from flexpaft.methods.flexora.stream import search_streams, validation_batches
 from flexpaft.methods.flexora.wordings import validation_set, validation_templates
 from flexpaft.packing import attention_implementation
 from flexpaft.prompts import Template
@@ -159,8 +159,8 @@ class LayerSearch:
             and f.own_check
             and [t.text for t in self.val_templates] != [mine.text]
         ):
-            self.own_val = own_prompt_batches(
-                cfg, task, fmt, self.val_examples, mine, tokenizer, accelerator,
+            self.own_val = validation_batches(
+                cfg, task, fmt, self.val_examples, [mine], tokenizer, accelerator,
                 self.val_loss_kind == "options", attention_implementation(self.model),
             )  # fmt: skip
 

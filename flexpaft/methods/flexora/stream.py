@@ -98,48 +98,39 @@ def search_streams(
         own=own,
         attn_implementation=attn_implementation,
     )
-    # A different seed: validation batches are not drawn in lockstep with training batches.
-    val_loader, val_sampler = make_loader(
-        cfg,
-        task,
-        fmt,
-        examples[1],
-        templates[1],
-        tokenizer,
-        cfg.seed + 1,
-        acc,
-        options=options[1],
-        own=None,
-        attn_implementation=attn_implementation,
-    )
     # Validation batches are rendered and tokenized once, and reused every pass.
     return (
         BatchStream(train_loader, train_sampler, acc.device),
-        FixedBatches(val_loader, val_sampler, acc.device),
-    )
+        validation_batches(
+            cfg, task, fmt, examples[1], templates[1], tokenizer, acc, options[1],
+            attn_implementation,
+        ),
+    )  # fmt: skip
 
 
-def own_prompt_batches(
+def validation_batches(
     cfg: Any,
     task: Any,
     fmt: Any,
     examples: list[Any],
-    own: Any,
+    templates: list[Any],
     tokenizer: Any,
     acc: Any,
     options: bool = False,
     attn_implementation: str | None = None,
 ) -> FixedBatches:
-    """The validation examples rendered under the user's own template ``own`` alone: the second
-    check of the validated rule (ladder.py), never a batch alpha learns from."""
+    """``examples`` rendered under ``templates`` once, with no own-template share: the search's
+    validation batches, and (templates = the user's own one alone) the validated rule's
+    own-prompt check (ladder.py); never a batch the inner loop learns from."""
     from flexpaft.training.loader import make_loader
 
+    # A different seed: validation batches are not drawn in lockstep with training batches.
     loader, sampler = make_loader(
         cfg,
         task,
         fmt,
         examples,
-        [own],
+        templates,
         tokenizer,
         cfg.seed + 1,
         acc,
